@@ -1,0 +1,40 @@
+//! Compute backends, at the level of algorithm stages.
+//!
+//! Each index algorithm is written once against [`Backend`]; the CPU backend ([`cpu`]) is the
+//! reference every other backend is tested against. Device choice happens at the edge (the
+//! CLI's `--gpu`), never inside algorithms.
+
+pub mod cpu;
+
+use crate::{Metric, Result, TopK};
+use ndarray::ArrayView2;
+
+pub use cpu::CpuBackend;
+
+/// A block of queries prepared for a metric: normalised for cosine, with squared norms for L2.
+#[derive(Debug, Clone, Copy)]
+pub struct Queries<'a> {
+    /// `[nq, dim]`, standard layout.
+    pub vectors: ArrayView2<'a, f32>,
+    /// `[nq]` squared norms (used by L2; empty otherwise).
+    pub sq_norms: &'a [f32],
+    pub metric: Metric,
+}
+
+/// The stages an index build or search needs from a compute device.
+pub trait Backend: Sync {
+    /// A short name for manifests and logs (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+
+    /// Exact k-NN of a block of base rows: scores every query against every row of `base`
+    /// and folds the results into `topk` (one per query). `base: [nb, dim]`, `base_sq_norms:
+    /// [nb]` (L2 only; empty otherwise); rows are numbered from `first_row`.
+    fn knn_block(
+        &self,
+        queries: Queries<'_>,
+        base: ArrayView2<'_, f32>,
+        base_sq_norms: &[f32],
+        first_row: u64,
+        topk: &mut [TopK],
+    ) -> Result<()>;
+}

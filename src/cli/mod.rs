@@ -1,0 +1,104 @@
+//! Command-line definitions ("what the user typed") and dispatch to the commands.
+
+mod build;
+mod doctor;
+mod eval;
+mod info;
+mod input;
+mod knn;
+mod search;
+
+use clap::{Parser, Subcommand};
+
+/// Build approximate-nearest-neighbour indexes from embeddings in Parquet, serve them from a
+/// memory-mapped artifact, and run batch query jobs.
+#[derive(Debug, Parser)]
+#[command(name = "vecbuild", version, about, long_about = None, propagate_version = true)]
+pub struct Args {
+    /// Worker threads for reading and search (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No progress bars or summaries on stderr (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Build(build::BuildArgs),
+    Search(search::SearchArgs),
+    Knn(knn::KnnArgs),
+    Eval(eval::EvalArgs),
+    Info(info::InfoArgs),
+    Validate(input::ValidateArgs),
+    Doctor(doctor::DoctorArgs),
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(n) = args.threads {
+        if n == 0 {
+            return Err(vecbuild::Error::param("--threads must be at least 1").into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let ui = Ui { quiet: args.quiet };
+    match args.command {
+        Command::Build(a) => build::run(a, &ui),
+        Command::Search(a) => search::run(a, &ui),
+        Command::Knn(a) => knn::run(a, &ui),
+        Command::Eval(a) => eval::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Validate(a) => input::validate(a, &ui),
+        Command::Doctor(a) => doctor::run(a),
+    }
+}
+
+/// What the commands need to know about the terminal.
+pub struct Ui {
+    pub quiet: bool,
+}
+
+impl Ui {
+    /// A progress bar for reading rows, shown only on a terminal and without `--quiet`.
+    pub fn progress(&self, what: &str, total_rows: Option<u64>) -> indicatif::ProgressBar {
+        use std::io::IsTerminal;
+        if self.quiet || !std::io::stderr().is_terminal() {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = match total_rows {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(what.to_string());
+        bar
+    }
+
+    /// A one-line summary on stderr, unless `--quiet`.
+    pub fn note(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", line.as_ref());
+        }
+    }
+}
+
+/// Refuses `--gpu` until the CUDA backend exists: never a silent CPU fallback.
+pub fn require_cpu(gpu: Option<u32>) -> anyhow::Result<()> {
+    match gpu {
+        None => Ok(()),
+        Some(n) => Err(vecbuild::Error::Gpu(format!(
+            "--gpu {n} asked for a GPU, but the CUDA backend is not built yet in this vecbuild; run without --gpu to use the CPU"
+        ))
+        .into()),
+    }
+}

@@ -1,0 +1,127 @@
+//! `vecbuild search`: batch queries from a file against an artifact, results to Parquet.
+
+use super::input::{read_with_progress, ColumnArgs};
+use super::{require_cpu, Ui};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use vecbuild::io::parquet::ResultsWriter;
+use vecbuild::io::Batch;
+use vecbuild::{Error, Ids, SearchParams, Searcher};
+
+/// Search an artifact with a file of queries and write the results as Parquet.
+///
+/// Results have one row per query, in query order: `query_id` (the query file's id type),
+/// `neighbors` (list of the index's ids, nearest first) and `distances` (list of float32:
+/// squared L2 for l2, inner product for ip, 1 − cos for cosine).
+///
+/// Example: vecbuild search --index emb.vbx --queries q.parquet --k 10 --out results.parquet
+#[derive(Debug, clap::Args)]
+pub struct SearchArgs {
+    /// The artifact to search.
+    #[arg(long, value_name = "FILE")]
+    pub index: PathBuf,
+
+    /// Query files, directories or glob patterns (Parquet, .npy, .fvecs), same dimension as the
+    /// index.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    pub queries: Vec<String>,
+
+    /// Neighbours per query (at most the number of rows in the index).
+    #[arg(long, short, default_value_t = 10)]
+    pub k: usize,
+
+    /// The results file to write (Parquet).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Queries searched per batch (bounds memory for very large query files).
+    #[arg(long, default_value_t = 16384, value_name = "N")]
+    pub batch_queries: usize,
+
+    /// Search on this GPU (not available yet: the CUDA backend is not built).
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+}
+
+pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
+    require_cpu(args.gpu)?;
+    let started = Instant::now();
+    let searcher = Searcher::open(&args.index)?;
+    let m = searcher.manifest().clone();
+    if args.k == 0 || args.k as u64 > m.count {
+        return Err(Error::param(format!(
+            "--k {} must be between 1 and the {} rows in the index",
+            args.k, m.count
+        ))
+        .into());
+    }
+    let mut writer: Option<ResultsWriter> = None;
+    let mut pending: Vec<Batch> = Vec::new();
+    let mut pending_rows = 0usize;
+    let mut search_time = Duration::ZERO;
+    let mut searched = 0u64;
+    let mut flush =
+        |pending: &mut Vec<Batch>, writer: &mut Option<ResultsWriter>| -> vecbuild::Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut q_ids = Ids::empty(pending[0].ids.kind());
+            let mut views = Vec::new();
+            for b in pending.iter() {
+                let _ = q_ids.append(&b.ids);
+                views.push(b.vectors.view());
+            }
+            let queries = ndarray::concatenate(ndarray::Axis(0), &views)
+                .map_err(|e| Error::param(e.to_string()))?;
+            let t = Instant::now();
+            let results = searcher.search(queries.view(), args.k, &SearchParams::default())?;
+            search_time += t.elapsed();
+            searched += queries.nrows() as u64;
+            let ids = searcher.ids();
+            let neighbors = ids.take(results.rows.iter().map(|&r| r as usize));
+            let k = results.rows.ncols();
+            let offsets: Vec<usize> = (0..=queries.nrows()).map(|i| i * k).collect();
+            if writer.is_none() {
+                *writer = Some(ResultsWriter::create(&args.out, q_ids.kind(), ids.kind())?);
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write(
+                    &q_ids,
+                    &neighbors,
+                    &offsets,
+                    results.distances.as_slice().unwrap_or(&[]),
+                )?;
+            }
+            pending.clear();
+            Ok(())
+        };
+    let mut opts = args.columns.options(m.metric.normalizes());
+    opts.expect_dim = Some(m.dim);
+    read_with_progress(ui, "searching", &args.queries, opts, &mut |b: Batch| {
+        pending_rows += b.vectors.nrows();
+        pending.push(b);
+        if pending_rows >= args.batch_queries.max(1) {
+            pending_rows = 0;
+            flush(&mut pending, &mut writer)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut pending, &mut writer)?;
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    let secs = search_time.as_secs_f64();
+    ui.note(format!(
+        "searched {searched} queries (k={}) against {} rows in {:.3} s ({:.0} QPS in search; {:.2} s in all) → {}",
+        args.k,
+        m.count,
+        secs,
+        searched as f64 / secs.max(1e-9),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    ));
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Exact k-NN over a base that arrives in blocks (a memory-mapped artifact in one block, or a
+//! Parquet stream in many), on any [`Backend`].
+
+use super::SearchResults;
+use crate::backend::{Backend, Queries};
+use crate::metric::squared_norms;
+use crate::{Error, Metric, Result, TopK};
+use ndarray::{Array2, ArrayView2};
+
+/// Checks queries against an index's dimension and metric and prepares them: finite values
+/// required, rows normalised for cosine.
+pub fn prepare_queries(
+    queries: ArrayView2<'_, f32>,
+    dim: usize,
+    metric: Metric,
+) -> Result<Array2<f32>> {
+    if queries.ncols() != dim {
+        return Err(Error::param(format!(
+            "queries have dimension {} but the index has {dim}",
+            queries.ncols()
+        )));
+    }
+    if let Some(pos) = queries.iter().position(|v| !v.is_finite()) {
+        return Err(Error::param(format!(
+            "query row {} holds a non-finite value",
+            pos / dim.max(1)
+        )));
+    }
+    let mut q = queries.as_standard_layout().into_owned();
+    if metric.normalizes() {
+        if let Some(row) = crate::metric::normalize_rows(q.view_mut()) {
+            return Err(Error::param(format!(
+                "query row {row} is a zero vector, which has no cosine distance"
+            )));
+        }
+    }
+    Ok(q)
+}
+
+/// A running exact search of fixed queries over base blocks.
+pub struct ExactSearch {
+    metric: Metric,
+    queries: Array2<f32>,
+    q_norms: Vec<f32>,
+    topk: Vec<TopK>,
+    rows_seen: u64,
+}
+
+impl ExactSearch {
+    /// `queries: [nq, dim]`, already prepared (see [`prepare_queries`]); `k ≥ 1`.
+    pub fn new(queries: Array2<f32>, metric: Metric, k: usize) -> Self {
+        let q_norms = if metric == Metric::L2 {
+            squared_norms(queries.view())
+        } else {
+            Vec::new()
+        };
+        let topk = (0..queries.nrows()).map(|_| TopK::new(k)).collect();
+        ExactSearch {
+            metric,
+            queries,
+            q_norms,
+            topk,
+            rows_seen: 0,
+        }
+    }
+
+    /// Scores the next block of base rows `[nb, dim]` (numbered after the previous blocks).
+    /// `sq_norms` may carry the rows' squared norms when known (L2); they are computed otherwise.
+    pub fn add(
+        &mut self,
+        backend: &dyn Backend,
+        base: ArrayView2<'_, f32>,
+        sq_norms: Option<&[f32]>,
+    ) -> Result<()> {
+        let computed;
+        let norms: &[f32] = match (self.metric, sq_norms) {
+            (Metric::L2, Some(n)) => n,
+            (Metric::L2, None) => {
+                computed = squared_norms(base);
+                &computed
+            }
+            _ => &[],
+        };
+        let queries = Queries {
+            vectors: self.queries.view(),
+            sq_norms: &self.q_norms,
+            metric: self.metric,
+        };
+        backend.knn_block(queries, base, norms, self.rows_seen, &mut self.topk)?;
+        self.rows_seen += base.nrows() as u64;
+        Ok(())
+    }
+
+    /// The results: `min(k, rows seen)` neighbours per query, best first.
+    pub fn finish(self) -> SearchResults {
+        let nq = self.topk.len();
+        let k = self
+            .topk
+            .first()
+            .map(|t| (t.k() as u64).min(self.rows_seen) as usize)
+            .unwrap_or(0);
+        let mut rows = Array2::<u64>::zeros((nq, k));
+        let mut distances = Array2::<f32>::zeros((nq, k));
+        for (i, t) in self.topk.into_iter().enumerate() {
+            for (j, n) in t.into_sorted().into_iter().take(k).enumerate() {
+                rows[[i, j]] = n.row;
+                distances[[i, j]] = self.metric.report(n.score);
+            }
+        }
+        SearchResults { rows, distances }
+    }
+}
