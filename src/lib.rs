@@ -19,6 +19,7 @@ pub use topk::{Neighbor, TopK};
 pub mod artifact;
 pub mod index;
 pub mod search;
+pub mod synth;
 
 pub use search::{SearchParams, SearchResults, Searcher};
 #[cfg(feature = "parquet")]

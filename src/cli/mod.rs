@@ -3,6 +3,7 @@
 mod build;
 mod doctor;
 mod eval;
+mod generate;
 mod info;
 mod input;
 mod knn;
@@ -36,6 +37,7 @@ pub enum Command {
     Info(info::InfoArgs),
     Validate(input::ValidateArgs),
     Doctor(doctor::DoctorArgs),
+    Generate(generate::GenerateArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Validate(a) => input::validate(a, &ui),
         Command::Doctor(a) => doctor::run(a),
+        Command::Generate(a) => generate::run(a, &ui),
     }
 }
 

@@ -908,3 +908,49 @@ pub fn read_results(path: &Path) -> Result<ResultsTable> {
     }
     table.ok_or_else(|| Error::input(Location::file(path), "results file has no rows"))
 }
+
+/// Writes `vectors: [n, dim]` with their `ids` as Parquet: columns `id` and `embedding`
+/// (`FixedSizeList<Float32>` with child `item`), dictionary encoding off for the floats,
+/// row groups of `row_group_rows` rows. Written atomically.
+pub fn write_vectors(
+    path: &Path,
+    ids: &Ids,
+    vectors: ndarray::ArrayView2<'_, f32>,
+    row_group_rows: usize,
+) -> Result<()> {
+    let (n, dim) = vectors.dim();
+    let item = Arc::new(Field::new_list_field(DataType::Float32, true));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", id_type(ids.kind()), false),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(item.clone(), dim as i32),
+            false,
+        ),
+    ]));
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
+        .build();
+    let file = AtomicFile::create(path)?;
+    let io = |e: parquet::errors::ParquetError| Error::io(path, std::io::Error::other(e));
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(io)?;
+    let rows = vectors.as_standard_layout();
+    let data = rows.as_slice().unwrap_or(&[]);
+    let step = row_group_rows.clamp(1, 65536);
+    for start in (0..n).step_by(step) {
+        let end = (start + step).min(n);
+        let values = Arc::new(Float32Array::from(data[start * dim..end * dim].to_vec()));
+        let list = arrow_array::FixedSizeListArray::try_new(item.clone(), dim as i32, values, None)
+            .map_err(|e| Error::param(e.to_string()))?;
+        let ids_part = ids.view().take(start..end);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![ids_to_array(&ids_part)?, Arc::new(list)],
+        )
+        .map_err(|e| Error::param(e.to_string()))?;
+        writer.write(&batch).map_err(io)?;
+    }
+    writer.into_inner().map_err(io)?.commit()
+}
