@@ -45,7 +45,7 @@ pub struct GenerateArgs {
 }
 
 fn write(
-    path: &PathBuf,
+    path: &std::path::Path,
     data: ndarray::ArrayView2<'_, f32>,
     row_group_rows: usize,
 ) -> vecbuild::Result<()> {

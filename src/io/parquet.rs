@@ -521,9 +521,8 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
             return Err(Error::input(at(i), "vector is null"));
         }
     }
-    // Child values and the [start, end) of each row within them.
-    let (values, bounds): (&ArrayRef, Box<dyn Fn(usize) -> (usize, usize)>) = match col.data_type()
-    {
+    // Child values, and row i's values at offsets[i]..offsets[i + 1] within them.
+    let (values, offsets): (&ArrayRef, Vec<usize>) = match col.data_type() {
         DataType::FixedSizeList(_, size) => {
             let a = col.as_fixed_size_list();
             if *size as usize != dim {
@@ -533,26 +532,20 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
                 ));
             }
             let start = a.value_offset_at(0);
-            let s = *size as usize;
-            (
-                a.values(),
-                Box::new(move |i| (start + i * s, start + (i + 1) * s)),
-            )
+            (a.values(), (0..=n).map(|i| start + i * dim).collect())
         }
         DataType::List(_) => {
             let a = col.as_list::<i32>();
-            let o = a.value_offsets().to_vec();
             (
                 a.values(),
-                Box::new(move |i| (o[i] as usize, o[i + 1] as usize)),
+                a.value_offsets().iter().map(|&o| o as usize).collect(),
             )
         }
         DataType::LargeList(_) => {
             let a = col.as_list::<i64>();
-            let o = a.value_offsets().to_vec();
             (
                 a.values(),
-                Box::new(move |i| (o[i] as usize, o[i + 1] as usize)),
+                a.value_offsets().iter().map(|&o| o as usize).collect(),
             )
         }
         other => {
@@ -562,63 +555,44 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
             ))
         }
     };
-    for i in 0..n {
-        let (s, e) = bounds(i);
-        if e - s != dim {
+    if let Some(i) = (0..n).find(|&i| offsets[i + 1] - offsets[i] != dim) {
+        return Err(Error::input(
+            at(i),
+            format!(
+                "vector has {} elements, expected {dim}",
+                offsets[i + 1] - offsets[i]
+            ),
+        ));
+    }
+    // Rows are now known to be `dim` long and back to back (lengths add up), except that a
+    // null list entry may own no values; nulls were rejected above, so the span is contiguous.
+    let span = offsets[0]..offsets[n];
+    if let Some(nulls) = values.nulls() {
+        if let Some(j) = span.clone().find(|&j| nulls.is_null(j)) {
+            let i = (j - offsets[0]) / dim;
             return Err(Error::input(
                 at(i),
-                format!("vector has {} elements, expected {dim}", e - s),
+                format!("element {} is null", j - offsets[i]),
             ));
         }
     }
-    if let Some(nulls) = values.nulls() {
-        for i in 0..n {
-            let (s, e) = bounds(i);
-            if let Some(j) = (s..e).find(|&j| nulls.is_null(j)) {
-                return Err(Error::input(at(i), format!("element {} is null", j - s)));
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(n * dim);
-    let contiguous = n == 0 || bounds(n - 1).1 - bounds(0).0 == n * dim;
-    macro_rules! copy {
-        ($arr:expr, $conv:expr) => {{
-            let v = $arr.values();
-            if contiguous {
-                let (s, e) = (bounds(0).0, bounds(n.saturating_sub(1)).1);
-                out.extend(v[s..e].iter().map($conv));
-            } else {
-                for i in 0..n {
-                    let (s, e) = bounds(i);
-                    out.extend(v[s..e].iter().map($conv));
-                }
-            }
-        }};
-    }
-    match values.data_type() {
-        DataType::Float32 => {
-            let v = values.as_primitive::<Float32Type>().values();
-            if contiguous {
-                if n > 0 {
-                    out.extend_from_slice(&v[bounds(0).0..bounds(n - 1).1]);
-                }
-            } else {
-                for i in 0..n {
-                    let (s, e) = bounds(i);
-                    out.extend_from_slice(&v[s..e]);
-                }
-            }
-        }
-        DataType::Float64 => copy!(values.as_primitive::<Float64Type>(), |x: &f64| *x as f32),
-        DataType::Float16 => copy!(values.as_primitive::<Float16Type>(), |x: &half::f16| x
-            .to_f32()),
+    let out: Vec<f32> = match values.data_type() {
+        DataType::Float32 => values.as_primitive::<Float32Type>().values()[span].to_vec(),
+        DataType::Float64 => values.as_primitive::<Float64Type>().values()[span]
+            .iter()
+            .map(|x| *x as f32)
+            .collect(),
+        DataType::Float16 => values.as_primitive::<Float16Type>().values()[span]
+            .iter()
+            .map(|x| x.to_f32())
+            .collect(),
         other => {
             return Err(Error::input(
                 at(0),
                 format!("vector elements have type {other}; expected floats"),
             ))
         }
-    }
+    };
     Ok(out)
 }
 

@@ -1,0 +1,337 @@
+//! The command line end to end: generate → build → knn → search → eval, string ids, errors.
+
+use crate::common::*;
+use vecbuild::io::parquet::read_results;
+use vecbuild::Ids;
+
+#[test]
+fn build_search_knn_eval_end_to_end() {
+    let dir = tmp();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "5000",
+            "--dim",
+            "32",
+            "--clusters",
+            "50",
+            "--out",
+            "base.parquet",
+            "--queries",
+            "200",
+            "--queries-out",
+            "q.parquet",
+        ],
+    );
+    for metric in ["l2", "ip", "cosine"] {
+        ok(
+            d,
+            &[
+                "build",
+                "--input",
+                "base.parquet",
+                "--metric",
+                metric,
+                "--out",
+                "i.vbx",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "search",
+                "--index",
+                "i.vbx",
+                "--queries",
+                "q.parquet",
+                "--k",
+                "10",
+                "--out",
+                "r.parquet",
+            ],
+        );
+        ok(
+            d,
+            &[
+                "knn",
+                "--base",
+                "base.parquet",
+                "--queries",
+                "q.parquet",
+                "--k",
+                "100",
+                "--metric",
+                metric,
+                "--out",
+                "t.parquet",
+            ],
+        );
+        let json = ok(
+            d,
+            &[
+                "eval",
+                "--results",
+                "r.parquet",
+                "--truth",
+                "t.parquet",
+                "--k",
+                "10",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).expect("eval JSON");
+        assert_eq!(v["queries"], 200);
+        // The flat index is exact: it must agree with knn up to exact ties.
+        assert!(
+            v["recall"].as_f64().unwrap() >= 0.999,
+            "{metric}: flat recall@10 {}",
+            v["recall"]
+        );
+        let r = read_results(&d.join("r.parquet")).unwrap();
+        assert_eq!(
+            r.query_ids,
+            Ids::Int64((0..200).collect()),
+            "one row per query, in query order"
+        );
+        assert_eq!(r.offsets.len(), 201);
+        assert_eq!(r.offsets[200], 2000);
+        let dists = &r.distances[..10];
+        let sorted = match metric {
+            "ip" => dists.windows(2).all(|w| w[0] >= w[1]),
+            _ => dists.windows(2).all(|w| w[0] <= w[1]),
+        };
+        assert!(sorted, "{metric}: distances best first: {dists:?}");
+    }
+    let table = ok(
+        d,
+        &[
+            "eval",
+            "--results",
+            "r.parquet",
+            "--truth",
+            "t.parquet",
+            "--k",
+            "10",
+        ],
+    );
+    assert!(
+        table.contains("recall@k") && table.contains("200"),
+        "{table}"
+    );
+    let info = ok(d, &["info", "i.vbx"]);
+    assert!(
+        info.contains("5000 × 32")
+            && info.contains("cosine")
+            && info.contains("checksums verified"),
+        "{info}"
+    );
+}
+
+#[test]
+fn string_ids_come_back_in_results() {
+    let dir = tmp();
+    let d = dir.path();
+    let n = 500;
+    let base = data(n, 8, 11);
+    let names: Vec<String> = (0..n).map(|i| format!("doc-{i:04}")).collect();
+    write_parquet(
+        &d.join("b.parquet"),
+        vec![
+            ("id", strings(&names)),
+            ("emb", fsl_f32(&base, 8, "element", &[])),
+        ],
+        100,
+    );
+    // Queries are base rows 3 and 77 with string query ids.
+    let mut q = base[3 * 8..4 * 8].to_vec();
+    q.extend_from_slice(&base[77 * 8..78 * 8]);
+    write_parquet(
+        &d.join("q.parquet"),
+        vec![
+            ("id", strings(&["first".into(), "second".into()])),
+            ("emb", fsl_f32(&q, 8, "item", &[])),
+        ],
+        100,
+    );
+    ok(d, &["build", "--input", "b.parquet", "--out", "b.vbx"]);
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "b.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "5",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let r = read_results(&d.join("r.parquet")).unwrap();
+    assert_eq!(r.query_ids, Ids::from_strings(&["first", "second"]));
+    let v = r.neighbors.view();
+    assert_eq!(
+        v.get(0).to_string(),
+        "\"doc-0003\"",
+        "a base row is its own nearest neighbour"
+    );
+    assert_eq!(v.get(5).to_string(), "\"doc-0077\"");
+    assert!(
+        r.distances[0].abs() < 1e-4,
+        "self distance {}",
+        r.distances[0]
+    );
+}
+
+#[test]
+fn npy_and_fvecs_inputs_work_end_to_end() {
+    let dir = tmp();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "1000",
+            "--dim",
+            "16",
+            "--out",
+            "b.npy",
+            "--queries",
+            "10",
+            "--queries-out",
+            "q.fvecs",
+        ],
+    );
+    ok(d, &["build", "--input", "b.npy", "--out", "b.vbx"]);
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "b.vbx",
+            "--queries",
+            "q.fvecs",
+            "--k",
+            "3",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let r = read_results(&d.join("r.parquet")).unwrap();
+    assert_eq!(r.offsets.len(), 11);
+}
+
+#[test]
+fn gpu_and_unbuilt_index_kinds_are_refused_clearly() {
+    let dir = tmp();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "100",
+            "--dim",
+            "4",
+            "--out",
+            "b.parquet",
+        ],
+    );
+    let out = run(
+        d,
+        &[
+            "build",
+            "--gpu",
+            "0",
+            "--input",
+            "b.parquet",
+            "--out",
+            "x.vbx",
+        ],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("CUDA backend is not built yet"),
+        "{}",
+        out.stderr
+    );
+    for kind in ["ivf-pq", "cagra"] {
+        let out = run(
+            d,
+            &[
+                "build",
+                "--index",
+                kind,
+                "--input",
+                "b.parquet",
+                "--out",
+                "x.vbx",
+            ],
+        );
+        assert_eq!(out.code, 2);
+        assert!(out.stderr.contains("not built yet"), "{}", out.stderr);
+    }
+    assert!(!d.join("x.vbx").exists());
+    let doctor = ok(d, &["doctor"]);
+    assert!(doctor.contains("CUDA backend not built yet"), "{doctor}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_k_is_checked() {
+    let dir = tmp();
+    let d = dir.path();
+    assert_eq!(run(d, &["build"]).code, 2, "missing arguments");
+    assert_eq!(run(d, &["frobnicate"]).code, 2, "unknown command");
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "50",
+            "--dim",
+            "4",
+            "--out",
+            "b.parquet",
+            "--queries",
+            "5",
+            "--queries-out",
+            "q.parquet",
+        ],
+    );
+    ok(d, &["build", "--input", "b.parquet", "--out", "b.vbx"]);
+    let out = run(
+        d,
+        &[
+            "search",
+            "--index",
+            "b.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "51",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("--k 51"), "{}", out.stderr);
+    let out = run(
+        d,
+        &[
+            "search",
+            "--index",
+            "missing.vbx",
+            "--queries",
+            "q.parquet",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("missing.vbx"), "{}", out.stderr);
+}

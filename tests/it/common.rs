@@ -1,0 +1,119 @@
+//! Helpers: running the binary, writing Parquet files of every shape the reader accepts.
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `vecbuild args…` in `dir`.
+pub fn run(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_vecbuild"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("vecbuild runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert_eq!(out.code, 0, "vecbuild {args:?} failed: {}", out.stderr);
+    out.stdout
+}
+
+/// Writes columns as one Parquet file, `rows_per_group` rows per row group.
+pub fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>, rows_per_group: usize) {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), a.null_count() > 0))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .expect("batch");
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .build();
+    let file = std::fs::File::create(path).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
+
+/// A FixedSizeList<Float32> column with child field `child`; `null_rows` are null vectors.
+pub fn fsl_f32(data: &[f32], dim: usize, child: &str, null_rows: &[usize]) -> ArrayRef {
+    let field = Arc::new(Field::new(child, arrow_schema::DataType::Float32, true));
+    let values = Arc::new(arrow_array::Float32Array::from(data.to_vec()));
+    let n = data.len() / dim;
+    let nulls = (!null_rows.is_empty()).then(|| {
+        arrow_buffer::NullBuffer::from(
+            (0..n)
+                .map(|i| !null_rows.contains(&i))
+                .collect::<Vec<bool>>(),
+        )
+    });
+    Arc::new(
+        arrow_array::FixedSizeListArray::try_new(field, dim as i32, values, nulls).expect("fsl"),
+    )
+}
+
+/// A List<Float32> column from rows (ragged allowed); `None` rows are null.
+pub fn list_f32(rows: &[Option<Vec<f32>>]) -> ArrayRef {
+    let mut b = arrow_array::builder::ListBuilder::new(arrow_array::builder::Float32Builder::new());
+    for r in rows {
+        match r {
+            Some(v) => {
+                b.values().append_slice(v);
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+pub fn int64(v: impl IntoIterator<Item = i64>) -> ArrayRef {
+    Arc::new(arrow_array::Int64Array::from(
+        v.into_iter().collect::<Vec<_>>(),
+    ))
+}
+
+pub fn strings(v: &[String]) -> ArrayRef {
+    Arc::new(arrow_array::StringArray::from(v.to_vec()))
+}
+
+/// Seeded clustered data, `[n, dim]` row-major.
+pub fn data(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    vecbuild::synth::clustered(n, 0, dim, 20, seed)
+        .base
+        .into_raw_vec_and_offset()
+        .0
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Files in `dir` (to prove nothing half-written was left behind).
+pub fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,8 @@
+//! vecbuild's integration tests: one binary, a module per area.
+
+mod artifact;
+mod bad_input;
+mod cli;
+mod common;
+mod knn;
+mod reader;
