@@ -18,7 +18,7 @@ pub struct ColumnArgs {
     #[arg(long, value_name = "NAME")]
     pub id_column: Option<String>,
 
-    /// Rows per read batch (default: about 32 MiB of vectors).
+    /// Rows per read batch (default: about 8 MiB of vectors).
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     pub batch_rows: usize,
 }

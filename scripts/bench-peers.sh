@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmarks vecbuild against its peers on the same data, same machine, same threads, one run,
+# and prints ratios (peer time / vecbuild time: above 1.0 means vecbuild is faster).
+#
+#   Parquet read:  `vecbuild validate` vs pyarrow read_table + conversion to a float32 matrix
+#   Exact k-NN:    `vecbuild search` on a flat artifact vs faiss IndexFlatL2.search
+#
+# usage: scripts/bench-peers.sh [--rows N] [--dim D] [--queries Q] [--k K] [--threads T]
+#                               [--base FILE.parquet --query-file FILE.parquet]
+# Given files must have the schema `id` (integer) + `embedding` (list of float).
+# Quote figures only from an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=200000 dim=128 queries=10000 k=10 threads=$(nproc) base="" qfile=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rows) rows=$2; shift 2 ;;
+    --dim) dim=$2; shift 2 ;;
+    --queries) queries=$2; shift 2 ;;
+    --k) k=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --base) base=$2; shift 2 ;;
+    --query-file) qfile=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+if [ ! -x .venv-bench/bin/python ]; then
+  python3 -m venv .venv-bench
+  .venv-bench/bin/pip install --quiet --disable-pip-version-check numpy pyarrow faiss-cpu
+fi
+cargo build --release --quiet
+mkdir -p bench-data
+if [ -z "$base" ]; then
+  base=bench-data/base-${rows}x${dim}.parquet
+  qfile=bench-data/queries-${queries}x${dim}.parquet
+  if [ ! -f "$base" ] || [ ! -f "$qfile" ]; then
+    target/release/vecbuild generate --rows "$rows" --dim "$dim" --clusters 1000 --seed 7 \
+      --out "$base" --queries "$queries" --queries-out "$qfile"
+  fi
+fi
+.venv-bench/bin/python scripts/bench_peers.py --vecbuild target/release/vecbuild \
+  --base "$base" --queries "$qfile" --k "$k" --threads "$threads" --work bench-data
