@@ -3,13 +3,17 @@
 //!
 //! Exact k-NN (`knn_block`):
 //! 1. Queries are cut into tiles of [`QUERY_TILE`] rows and the base into tiles of
-//!    [`BASE_TILE`] rows, so one tile of scores (`QUERY_TILE × BASE_TILE` f32, 1 MiB) stays in
-//!    cache and the full distance matrix never exists.
+//!    [`BASE_TILE`] rows, so one tile of scores (`QUERY_TILE × BASE_TILE` f32, 512 KiB, the
+//!    L2 size per core here) stays in cache and the full distance matrix never exists. Of the
+//!    shapes tried on 200k × 128 (128×2048, 128×1024, 64×2048, 256×256, 256×512, 512×256,
+//!    512×512), 256×512 was fastest on average over alternating runs.
 //! 2. For each pair of tiles one GEMM computes `scale · Q·Xᵀ` (`scale` = −2 for L2, −1 for
 //!    inner product and cosine) with the `gemm` crate, which measured 74–80 GFLOP/s per core on
 //!    these tile shapes against 68–74 for `matrixmultiply`.
-//! 3. The score of each cell is completed in place (`+ ‖q‖² + ‖x‖²` for L2, `+ 1` for cosine)
-//!    and fed to the query's [`TopK`], which rejects almost every cell with one comparison.
+//! 3. Each cell's ranking score is `−2q·x + ‖x‖²` for L2 and `−q·x` otherwise: the per-query
+//!    constants (`‖q‖²` for L2, `1` for cosine) do not change a query's ranking, so they are
+//!    added when results are reported ([`Queries::offset`]). Cells go to the query's [`TopK`]
+//!    in groups of 16 tested at once against its threshold; almost all fail together.
 //! 4. Rayon parallelises over query tiles when there are enough of them; for small query
 //!    batches it splits the base across threads instead and merges the per-thread selections.
 
@@ -19,9 +23,9 @@ use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 /// Queries per GEMM tile.
-pub const QUERY_TILE: usize = 128;
+pub const QUERY_TILE: usize = 256;
 /// Base rows per GEMM tile.
-pub const BASE_TILE: usize = 2048;
+pub const BASE_TILE: usize = 512;
 
 /// The CPU backend. Thread count is rayon's (the CLI's `--threads`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -78,7 +82,6 @@ pub fn knn_block(
     let tile = TileArgs {
         metric: queries.metric,
         dim,
-        q_norms: queries.sq_norms,
         x,
         x_norms: base_sq_norms,
         first_row,
@@ -120,7 +123,6 @@ pub fn knn_block(
 struct TileArgs<'a> {
     metric: Metric,
     dim: usize,
-    q_norms: &'a [f32],
     x: &'a [f32],
     x_norms: &'a [f32],
     first_row: u64,
@@ -149,29 +151,43 @@ impl TileArgs<'_> {
             let x_tile = &self.x[b0 * dim..(b0 + n) * dim];
             let s = &mut scores[..m * n];
             gemm_abt(q_tile, x_tile, m, n, dim, scale, s);
+            let x_norms = (self.metric == Metric::L2).then(|| &self.x_norms[b0..b0 + n]);
+            let base_row = self.first_row + b0 as u64;
             for (i, state) in states.iter_mut().enumerate() {
-                let row = &mut s[i * n..(i + 1) * n];
-                match self.metric {
-                    Metric::L2 => {
-                        let qn = self.q_norms[q0 + i];
-                        for (v, xn) in row.iter_mut().zip(&self.x_norms[b0..b0 + n]) {
-                            *v += qn + xn;
-                        }
-                    }
-                    Metric::Cosine => row.iter_mut().for_each(|v| *v += 1.0),
-                    Metric::InnerProduct => {}
-                }
-                let mut threshold = state.threshold();
-                let base_row = self.first_row + b0 as u64;
-                for (j, &v) in row.iter().enumerate() {
-                    if v <= threshold {
-                        state.push(v, base_row + j as u64);
-                        threshold = state.threshold();
-                    }
-                }
+                select_row(&s[i * n..(i + 1) * n], x_norms, base_row, state);
             }
             b0 += n;
         }
+    }
+}
+
+/// Lanes checked together before any candidate is looked at one by one.
+const LANES: usize = 16;
+
+/// Feeds one query's row of partial scores `[n]` (plus `x_norms` for L2) to its selection.
+/// Almost every score fails the threshold, so lanes are first tested together in a loop the
+/// compiler vectorises; only a lane group with a hit is walked one by one.
+#[inline]
+fn select_row(row: &[f32], x_norms: Option<&[f32]>, base_row: u64, state: &mut TopK) {
+    let mut threshold = state.threshold();
+    let n = row.len();
+    let mut j = 0;
+    while j < n {
+        let end = (j + LANES).min(n);
+        let hit = match x_norms {
+            Some(x) => row[j..end].iter().zip(&x[j..end]).fold(false, |any, (v, x)| any | (v + x <= threshold)),
+            None => row[j..end].iter().fold(false, |any, v| any | (*v <= threshold)),
+        };
+        if hit {
+            for l in j..end {
+                let v = row[l] + x_norms.map_or(0.0, |x| x[l]);
+                if v <= threshold {
+                    state.push(v, base_row + l as u64);
+                    threshold = state.threshold();
+                }
+            }
+        }
+        j = end;
     }
 }
 

@@ -21,13 +21,26 @@ pub struct Queries<'a> {
     pub metric: Metric,
 }
 
+impl Queries<'_> {
+    /// What turns query `i`'s ranking score from [`Backend::knn_block`] into its internal
+    /// score (see [`crate::Metric`]): `‖q‖²` for L2, `1` for cosine, `0` for inner product.
+    pub fn offset(metric: Metric, sq_norms: &[f32], i: usize) -> f32 {
+        match metric {
+            Metric::L2 => sq_norms[i],
+            Metric::Cosine => 1.0,
+            Metric::InnerProduct => 0.0,
+        }
+    }
+}
+
 /// The stages an index build or search needs from a compute device.
 pub trait Backend: Sync {
     /// A short name for manifests and logs (`cpu`, `cuda:0`).
     fn name(&self) -> String;
 
     /// Exact k-NN of a block of base rows: scores every query against every row of `base`
-    /// and folds the results into `topk` (one per query). `base: [nb, dim]`, `base_sq_norms:
+    /// and folds the results into `topk` (one per query). Scores are ranking scores: the
+    /// internal score less the per-query constant [`Queries::offset`]. `base: [nb, dim]`, `base_sq_norms:
     /// [nb]` (L2 only; empty otherwise); rows are numbered from `first_row`.
     fn knn_block(
         &self,
