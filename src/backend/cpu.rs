@@ -175,8 +175,13 @@ fn select_row(row: &[f32], x_norms: Option<&[f32]>, base_row: u64, state: &mut T
     while j < n {
         let end = (j + LANES).min(n);
         let hit = match x_norms {
-            Some(x) => row[j..end].iter().zip(&x[j..end]).fold(false, |any, (v, x)| any | (v + x <= threshold)),
-            None => row[j..end].iter().fold(false, |any, v| any | (*v <= threshold)),
+            Some(x) => row[j..end]
+                .iter()
+                .zip(&x[j..end])
+                .fold(false, |any, (v, x)| any | (v + x <= threshold)),
+            None => row[j..end]
+                .iter()
+                .fold(false, |any, v| any | (*v <= threshold)),
         };
         if hit {
             for l in j..end {

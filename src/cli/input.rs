@@ -45,12 +45,15 @@ pub fn read_with_progress(
     sink: &mut dyn FnMut(Batch) -> Result<()>,
 ) -> Result<InputSummary> {
     let files = io::resolve_inputs(patterns)?;
-    let bar = ui.progress(what, None);
+    let bar = ui.progress(what);
     let started = Instant::now();
-    let report = |rows: u64, bytes: u64| {
-        bar.set_position(rows);
+    let report = |p: io::Progress| {
+        if let Some(total) = p.total_rows {
+            bar.set_length(total);
+        }
+        bar.set_position(p.rows);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{:.0} MB/s", bytes as f64 / 1e6 / secs));
+        bar.set_message(format!("{:.0} MB/s", p.bytes as f64 / 1e6 / secs));
     };
     let opts = ReadOptions {
         progress: Some(&report),

@@ -68,16 +68,14 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// A progress bar for reading rows, shown only on a terminal and without `--quiet`.
-    pub fn progress(&self, what: &str, total_rows: Option<u64>) -> indicatif::ProgressBar {
+    /// A progress bar for reading rows, shown only on a terminal and without `--quiet`; its
+    /// length is set once the reader knows the total.
+    pub fn progress(&self, what: &str) -> indicatif::ProgressBar {
         use std::io::IsTerminal;
         if self.quiet || !std::io::stderr().is_terminal() {
             return indicatif::ProgressBar::hidden();
         }
-        let bar = match total_rows {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::new_spinner(),
-        };
+        let bar = indicatif::ProgressBar::new(0);
         let style = indicatif::ProgressStyle::with_template(
             "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows {msg} ETA {eta}",
         )

@@ -97,7 +97,11 @@ pub(crate) fn read(
             bytes: size,
         });
         if let Some(p) = opts.progress {
-            p(summary.rows, bytes_done);
+            p(super::Progress {
+                rows: summary.rows,
+                bytes: bytes_done,
+                total_rows: None,
+            });
         }
     }
     Ok(summary)

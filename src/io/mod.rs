@@ -49,6 +49,15 @@ pub struct InputSummary {
     pub id_column: Option<String>,
 }
 
+/// How far a read has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub rows: u64,
+    pub bytes: u64,
+    /// All rows of all inputs, when known before reading (Parquet footers, `.npy` headers).
+    pub total_rows: Option<u64>,
+}
+
 /// How to read inputs.
 #[derive(Clone, Default)]
 pub struct ReadOptions<'a> {
@@ -65,8 +74,8 @@ pub struct ReadOptions<'a> {
     pub normalize: bool,
     /// The dimension the vectors must have (queries for an existing index), if any.
     pub expect_dim: Option<usize>,
-    /// Called after each batch with (rows so far, input bytes so far).
-    pub progress: Option<&'a (dyn Fn(u64, u64) + Sync)>,
+    /// Called after each batch with how far the read has come.
+    pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
 }
 
 impl std::fmt::Debug for ReadOptions<'_> {

@@ -156,7 +156,11 @@ pub(crate) fn read(
             done += n as u64;
             bytes_done += (n * h.dim * 4) as u64;
             if let Some(p) = opts.progress {
-                p(summary.rows + done, bytes_done);
+                p(super::Progress {
+                    rows: summary.rows + done,
+                    bytes: bytes_done,
+                    total_rows: None,
+                });
             }
         }
         summary.rows += h.rows;

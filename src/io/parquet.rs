@@ -61,6 +61,7 @@ struct Unit {
     file: usize,
     row_group: usize,
     first_row_in_file: u64,
+    rows: u64,
     bytes: u64,
 }
 
@@ -280,6 +281,7 @@ pub(crate) fn read(
                     file: plans.len(),
                     row_group: rg,
                     first_row_in_file: file_rows,
+                    rows: rg_meta.num_rows() as u64,
                     bytes,
                 });
             }
@@ -320,7 +322,8 @@ pub(crate) fn read(
         dim,
         opts,
     };
-    let (mut rows_done, mut bytes_done) = (0u64, 0u64);
+    // Bytes are credited per batch in proportion to its rows, then exactly per row group.
+    let (mut rows_done, mut bytes_done, mut bytes_before_unit) = (0u64, 0u64, 0u64);
     std::thread::scope(|scope| -> Result<()> {
         let mut receivers: Vec<Receiver<Result<Msg>>> = Vec::with_capacity(threads);
         for w in 0..threads {
@@ -349,13 +352,22 @@ pub(crate) fn read(
                 match msg {
                     Msg::Batch(b) => {
                         rows_done += b.vectors.nrows() as u64;
+                        let unit = &units[u];
+                        let in_unit =
+                            rows_done - (plans[unit.file].first_row + unit.first_row_in_file);
+                        bytes_done = bytes_before_unit + unit.bytes * in_unit / unit.rows.max(1);
                         sink(b)?;
                         if let Some(p) = opts.progress {
-                            p(rows_done, bytes_done);
+                            p(super::Progress {
+                                rows: rows_done,
+                                bytes: bytes_done,
+                                total_rows: Some(total),
+                            });
                         }
                     }
                     Msg::Done(bytes) => {
-                        bytes_done += bytes;
+                        bytes_before_unit += bytes;
+                        bytes_done = bytes_before_unit;
                         break;
                     }
                 }

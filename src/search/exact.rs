@@ -104,7 +104,9 @@ impl ExactSearch {
         for (i, t) in self.topk.into_iter().enumerate() {
             for (j, n) in t.into_sorted().into_iter().take(k).enumerate() {
                 rows[[i, j]] = n.row;
-                distances[[i, j]] = self.metric.report(n.score + Queries::offset(self.metric, &self.q_norms, i));
+                distances[[i, j]] = self
+                    .metric
+                    .report(n.score + Queries::offset(self.metric, &self.q_norms, i));
             }
         }
         SearchResults { rows, distances }
