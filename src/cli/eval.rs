@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use vecbuild::eval::recall_at_k;
 use vecbuild::io::parquet::read_results;
 
-/// Recall@k of search results against exact results (both in the results schema written by
-/// `search` and `knn`): for each query, the share of its true k nearest ids found among the
-/// first k results, averaged over queries. Queries are matched by `query_id`.
+/// Recall@k of a results file against exact results.
+///
+/// Both files are in the results schema written by `search` and `knn`. For each query, recall
+/// is the share of its true k nearest ids found among its first k results; the table shows the
+/// mean, the worst query, and the share of queries with all k found. Queries are matched by
+/// `query_id`.
 ///
 /// Example: vecbuild eval --results results.parquet --truth truth.parquet --k 10
 #[derive(Debug, clap::Args)]

@@ -4,9 +4,11 @@ use super::Ui;
 use std::path::PathBuf;
 use vecbuild::{Error, Ids};
 
-/// Write a seeded synthetic dataset of clustered embeddings (Gaussian clusters around random
-/// centres; queries drawn around the same centres). Files are Parquet with columns `id` (Int64,
-/// row numbers) and `embedding` (FixedSizeList<Float32>), or .npy / .fvecs by extension.
+/// Write a seeded synthetic dataset of clustered embeddings.
+///
+/// Gaussian clusters around random centres; queries are drawn around the same centres. Files
+/// are Parquet with columns `id` (Int64, row numbers) and `embedding` (FixedSizeList<Float32>),
+/// or .npy / .fvecs by extension.
 ///
 /// Example: vecbuild generate --rows 100000 --dim 128 --out base.parquet --queries 1000 --queries-out q.parquet
 #[derive(Debug, clap::Args)]

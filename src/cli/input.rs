@@ -96,8 +96,10 @@ pub fn check_duplicate_ids(ids: &vecbuild::Ids, summary: &InputSummary) -> Resul
     Ok(())
 }
 
-/// Reads every row of the inputs and checks it as `build` would (types, dimensions, nulls,
-/// NaN/Inf, duplicate ids), then reports rows, dimension and read throughput. Nothing is written.
+/// Check input files as `build` would, without writing anything.
+///
+/// Reads every row and checks types, dimensions, nulls, NaN/Inf and duplicate ids, then reports
+/// rows, dimension and read throughput. Run it before a long build.
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
     /// Input files, directories or glob patterns (Parquet, .npy, .fvecs).

@@ -10,10 +10,9 @@ use vecbuild::io::Batch;
 use vecbuild::search::exact::ExactSearch;
 use vecbuild::{Error, Ids, Metric};
 
-/// Exact k nearest neighbours of every query in a base, without building an index (ground
-/// truth for `eval`, dedup, kNN graphs).
+/// Exact k nearest neighbours of every query in a base, without an index.
 ///
-/// The base is streamed in tiles, so it may be larger than memory; the queries and their
+/// For ground truth (`eval`), dedup and kNN graphs. The base is streamed in tiles, so it may be larger than memory; the queries and their
 /// running top-k are held in memory. Ties are broken by the smaller base row, so results are
 /// deterministic. Output has the schema of `vecbuild search`.
 ///
