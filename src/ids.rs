@@ -115,8 +115,8 @@ impl Ids {
         }
     }
 
-    /// Appends `other`; the kinds must match (the caller reports the mismatch with its location).
-    pub fn append(&mut self, other: &Ids) -> Result<(), (IdKind, IdKind)> {
+    /// Appends `other`; the kinds must match.
+    pub fn append(&mut self, other: &Ids) -> crate::Result<()> {
         match (self, other) {
             (Ids::Int64(a), Ids::Int64(b)) => a.extend_from_slice(b),
             (Ids::UInt64(a), Ids::UInt64(b)) => a.extend_from_slice(b),
@@ -131,9 +131,26 @@ impl Ids {
                 data.extend_from_slice(d2);
                 offsets.extend(o2.iter().skip(1).map(|o| o + base));
             }
-            (a, b) => return Err((a.kind(), b.kind())),
+            (a, b) => {
+                return Err(crate::Error::param(format!(
+                    "ids change type from {} to {}",
+                    a.kind(),
+                    b.kind()
+                )))
+            }
         }
         Ok(())
+    }
+
+    /// Appends `next` to `acc`, which the first batch of ids starts.
+    pub fn accumulate(acc: &mut Option<Ids>, next: Ids) -> crate::Result<()> {
+        match acc {
+            None => {
+                *acc = Some(next);
+                Ok(())
+            }
+            Some(all) => all.append(&next),
+        }
     }
 
     /// Ids at the given rows, in that order.

@@ -67,12 +67,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         &args.input,
         args.columns.options(args.metric.normalizes()),
         &mut |b: Batch| {
-            match &mut ids {
-                None => ids = Some(b.ids),
-                Some(all) => all
-                    .append(&b.ids)
-                    .map_err(|(a, b)| Error::param(format!("id kinds differ: {a} and {b}")))?,
-            }
+            Ids::accumulate(&mut ids, b.ids)?;
             data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
             Ok(())
         },

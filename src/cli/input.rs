@@ -132,12 +132,7 @@ pub fn validate(args: ValidateArgs, ui: &Ui) -> anyhow::Result<()> {
         args.columns.options(args.cosine),
         &mut |b: Batch| {
             if !args.allow_duplicate_ids {
-                match &mut ids {
-                    None => ids = Some(b.ids),
-                    Some(all) => {
-                        let _ = all.append(&b.ids);
-                    }
-                }
+                vecbuild::Ids::accumulate(&mut ids, b.ids)?;
             }
             Ok(())
         },

@@ -84,12 +84,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
         let t = Instant::now();
         search.add(&CpuBackend, b.vectors.view(), None)?;
         compute += t.elapsed();
-        match &mut base_ids {
-            None => base_ids = Some(b.ids),
-            Some(all) => all
-                .append(&b.ids)
-                .map_err(|(x, y)| Error::param(format!("id kinds differ: {x} and {y}")))?,
-        }
+        Ids::accumulate(&mut base_ids, b.ids)?;
         Ok(())
     })?;
     let base_ids = base_ids.unwrap_or_else(|| Ids::empty(summary.id_kind));

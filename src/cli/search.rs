@@ -71,7 +71,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
             let mut q_ids = Ids::empty(pending[0].ids.kind());
             let mut views = Vec::new();
             for b in pending.iter() {
-                let _ = q_ids.append(&b.ids);
+                q_ids.append(&b.ids)?;
                 views.push(b.vectors.view());
             }
             let queries = ndarray::concatenate(ndarray::Axis(0), &views)

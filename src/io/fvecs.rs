@@ -3,7 +3,7 @@
 
 use super::{check_rows, Batch, InputFile, InputSummary, ReadOptions};
 use crate::error::Location;
-use crate::ids::{IdKind, Ids};
+use crate::ids::Ids;
 use crate::{Error, Result};
 use ndarray::Array2;
 use std::io::{BufReader, Read};
@@ -14,14 +14,7 @@ pub(crate) fn read(
     opts: &ReadOptions<'_>,
     sink: &mut dyn FnMut(Batch) -> Result<()>,
 ) -> Result<InputSummary> {
-    let mut summary = InputSummary {
-        files: Vec::new(),
-        rows: 0,
-        dim: 0,
-        id_kind: IdKind::Int64,
-        vector_column: None,
-        id_column: None,
-    };
+    let mut summary = InputSummary::row_numbered();
     let mut bytes_done = 0u64;
     for path in files {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -33,37 +26,37 @@ pub(crate) fn read(
         let mut head = [0u8; 4];
         loop {
             let at = |row: u64| Location::file(path).with_row(summary.rows + row, row);
-            match r.read(&mut head[..1]).map_err(|e| Error::io(path, e))? {
-                0 => break,
-                _ => r
-                    .read_exact(&mut head[1..])
-                    .map_err(|_| Error::input(at(file_rows), "truncated dimension header"))?,
+            let more = r.read(&mut head[..1]).map_err(|e| Error::io(path, e))? > 0;
+            if more {
+                r.read_exact(&mut head[1..])
+                    .map_err(|_| Error::input(at(file_rows), "truncated dimension header"))?;
+                let d = i32::from_le_bytes(head);
+                if d <= 0 {
+                    return Err(Error::input(
+                        at(file_rows),
+                        format!("dimension header is {d}"),
+                    ));
+                }
+                if summary.dim == 0 {
+                    opts.check_dim(d as usize, at(file_rows))?;
+                    summary.dim = d as usize;
+                } else if d as usize != summary.dim {
+                    return Err(Error::input(
+                        at(file_rows),
+                        format!("has dimension {d}, expected {}", summary.dim),
+                    ));
+                }
+                let mut raw = vec![0u8; summary.dim * 4];
+                r.read_exact(&mut raw)
+                    .map_err(|_| Error::input(at(file_rows), "truncated vector"))?;
+                data.extend(
+                    raw.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                );
+                file_rows += 1;
             }
-            let d = i32::from_le_bytes(head);
-            if d <= 0 {
-                return Err(Error::input(
-                    at(file_rows),
-                    format!("dimension header is {d}"),
-                ));
-            }
-            if summary.dim == 0 {
-                opts.check_dim(d as usize, at(file_rows))?;
-                summary.dim = d as usize;
-            } else if d as usize != summary.dim {
-                return Err(Error::input(
-                    at(file_rows),
-                    format!("has dimension {d}, expected {}", summary.dim),
-                ));
-            }
-            let mut raw = vec![0u8; summary.dim * 4];
-            r.read_exact(&mut raw)
-                .map_err(|_| Error::input(at(file_rows), "truncated vector"))?;
-            data.extend(
-                raw.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-            file_rows += 1;
-            if (file_rows - batch_start) as usize >= opts.rows_per_batch(summary.dim) {
+            let full = (file_rows - batch_start) as usize >= opts.rows_per_batch(summary.dim);
+            if (full || !more) && file_rows > batch_start {
                 emit(
                     path,
                     opts,
@@ -76,18 +69,9 @@ pub(crate) fn read(
                 )?;
                 batch_start = file_rows;
             }
-        }
-        if file_rows > batch_start {
-            emit(
-                path,
-                opts,
-                &mut data,
-                summary.dim,
-                summary.rows,
-                batch_start,
-                file_rows,
-                sink,
-            )?;
+            if !more {
+                break;
+            }
         }
         bytes_done += size;
         summary.rows += file_rows;

@@ -58,6 +58,20 @@ pub struct Progress {
     pub total_rows: Option<u64>,
 }
 
+impl InputSummary {
+    /// The summary of inputs whose ids are row numbers (`.npy`, `.fvecs`), before reading.
+    pub(crate) fn row_numbered() -> Self {
+        InputSummary {
+            files: Vec::new(),
+            rows: 0,
+            dim: 0,
+            id_kind: IdKind::Int64,
+            vector_column: None,
+            id_column: None,
+        }
+    }
+}
+
 /// How to read inputs.
 #[derive(Clone, Default)]
 pub struct ReadOptions<'a> {
@@ -262,12 +276,7 @@ pub fn read_all(
     let mut ids: Option<Ids> = None;
     let mut data: Vec<f32> = Vec::new();
     let summary = read_inputs(files, opts, &mut |batch: Batch| {
-        match &mut ids {
-            None => ids = Some(batch.ids),
-            Some(all) => all
-                .append(&batch.ids)
-                .map_err(|(a, b)| Error::param(format!("id kinds differ: {a} and {b}")))?,
-        }
+        Ids::accumulate(&mut ids, batch.ids)?;
         data.extend_from_slice(batch.vectors.as_slice().unwrap_or(&[]));
         Ok(())
     })?;

@@ -7,7 +7,7 @@
 
 use super::{check_rows, Batch, InputFile, InputSummary, ReadOptions};
 use crate::error::Location;
-use crate::ids::{IdKind, Ids};
+use crate::ids::Ids;
 use crate::{Error, Result};
 use ndarray::Array2;
 use std::io::{BufReader, Read};
@@ -92,14 +92,7 @@ pub(crate) fn read(
     opts: &ReadOptions<'_>,
     sink: &mut dyn FnMut(Batch) -> Result<()>,
 ) -> Result<InputSummary> {
-    let mut summary = InputSummary {
-        files: Vec::new(),
-        rows: 0,
-        dim: 0,
-        id_kind: IdKind::Int64,
-        vector_column: None,
-        id_column: None,
-    };
+    let mut summary = InputSummary::row_numbered();
     let mut bytes_done = 0u64;
     for path in files {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

@@ -413,11 +413,7 @@ fn first_row_dim(plan: &FilePlan, row_group: usize) -> Result<usize> {
     let col = batch
         .column_by_name(&plan.vector)
         .ok_or_else(|| Error::input(Location::file(&plan.path), "vector column vanished"))?;
-    let len = match col.data_type() {
-        DataType::List(_) => col.as_list::<i32>().value_length(0) as usize,
-        DataType::LargeList(_) => col.as_list::<i64>().value_length(0) as usize,
-        _ => 0,
-    };
+    let len = list_parts(col).map_or(0, |(_, o)| o[1] - o[0]);
     if len == 0 {
         let at = Location::file(&plan.path)
             .with_row(plan.first_row, 0)
@@ -525,6 +521,37 @@ impl DecodeCtx<'_> {
     }
 }
 
+/// The child values of a `List` or `LargeList` column and its `n + 1` offsets into them.
+fn list_parts(col: &ArrayRef) -> Option<(&ArrayRef, Vec<usize>)> {
+    match col.data_type() {
+        DataType::List(_) => {
+            let a = col.as_list::<i32>();
+            Some((
+                a.values(),
+                a.value_offsets().iter().map(|&o| o as usize).collect(),
+            ))
+        }
+        DataType::LargeList(_) => {
+            let a = col.as_list::<i64>();
+            Some((
+                a.values(),
+                a.value_offsets().iter().map(|&o| o as usize).collect(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A list column's values as one array with offsets from 0 (its slice of the child values).
+fn list_rebased(col: &ArrayRef) -> Option<(ArrayRef, Vec<usize>)> {
+    let (values, offsets) = list_parts(col)?;
+    let (start, end) = (offsets[0], offsets[offsets.len() - 1]);
+    Some((
+        values.slice(start, end - start),
+        offsets.iter().map(|o| o - start).collect(),
+    ))
+}
+
 /// Copies a list-of-floats column into `[n × dim]` f32s, rejecting nulls and ragged rows.
 fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> Result<Vec<f32>> {
     let n = col.len();
@@ -546,20 +573,7 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
             let start = a.value_offset_at(0);
             (a.values(), (0..=n).map(|i| start + i * dim).collect())
         }
-        DataType::List(_) => {
-            let a = col.as_list::<i32>();
-            (
-                a.values(),
-                a.value_offsets().iter().map(|&o| o as usize).collect(),
-            )
-        }
-        DataType::LargeList(_) => {
-            let a = col.as_list::<i64>();
-            (
-                a.values(),
-                a.value_offsets().iter().map(|&o| o as usize).collect(),
-            )
-        }
+        DataType::List(_) | DataType::LargeList(_) => list_parts(col).expect("a list type"),
         other => {
             return Err(Error::input(
                 at(0),
@@ -814,59 +828,20 @@ pub fn read_results(path: &Path) -> Result<ResultsTable> {
             &at("query_id"),
         )?;
         let col = batch.column_by_name("neighbors").expect("checked above");
-        let (values, offs): (ArrayRef, Vec<usize>) = match col.data_type() {
-            DataType::List(_) => {
-                let l = col.as_list::<i32>();
-                let base = l.value_offsets()[0];
-                (
-                    l.values()
-                        .slice(base as usize, (l.value_offsets()[l.len()] - base) as usize),
-                    l.value_offsets()
-                        .iter()
-                        .map(|o| (o - base) as usize)
-                        .collect(),
-                )
-            }
-            DataType::LargeList(_) => {
-                let l = col.as_list::<i64>();
-                let base = l.value_offsets()[0];
-                (
-                    l.values()
-                        .slice(base as usize, (l.value_offsets()[l.len()] - base) as usize),
-                    l.value_offsets()
-                        .iter()
-                        .map(|o| (o - base) as usize)
-                        .collect(),
-                )
-            }
-            other => {
-                return Err(Error::input(
-                    at("neighbors")(0),
-                    format!("has type {other}; expected a list of ids"),
-                ))
-            }
-        };
+        let (values, offs) = list_rebased(col).ok_or_else(|| {
+            Error::input(
+                at("neighbors")(0),
+                format!("has type {}; expected a list of ids", col.data_type()),
+            )
+        })?;
         let n = ids_from_array(&values, &at("neighbors"))?;
-        let d: Vec<f32> = match batch
-            .column_by_name("distances")
-            .map(|c| c.data_type().clone())
-        {
-            Some(DataType::List(_)) => {
-                let l = batch
-                    .column_by_name("distances")
-                    .expect("present")
-                    .as_list::<i32>();
-                let base = l.value_offsets()[0] as usize;
-                let end = l.value_offsets()[l.len()] as usize;
-                match l.values().data_type() {
-                    DataType::Float32 => {
-                        l.values().as_primitive::<Float32Type>().values()[base..end].to_vec()
-                    }
-                    _ => Vec::new(),
-                }
+        let d: Vec<f32> = match batch.column_by_name("distances").and_then(list_rebased) {
+            Some((v, _)) if v.data_type() == &DataType::Float32 => {
+                v.as_primitive::<Float32Type>().values().to_vec()
             }
             _ => Vec::new(),
         };
+        let mismatch = |e: Error| Error::input(Location::file(path), e.to_string());
         match &mut table {
             None => {
                 table = Some(ResultsTable {
@@ -878,12 +853,6 @@ pub fn read_results(path: &Path) -> Result<ResultsTable> {
             }
             Some(t) => {
                 let shift = *t.offsets.last().unwrap_or(&0);
-                let mismatch = |(a, b): (IdKind, IdKind)| {
-                    Error::input(
-                        Location::file(path),
-                        format!("id types change from {a} to {b}"),
-                    )
-                };
                 t.query_ids.append(&q).map_err(mismatch)?;
                 t.neighbors.append(&n).map_err(mismatch)?;
                 t.offsets.extend(offs.iter().skip(1).map(|o| o + shift));
