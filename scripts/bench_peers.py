@@ -14,7 +14,7 @@ ap.add_argument("--queries", required=True)
 ap.add_argument("--k", type=int, default=10)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--work", default="bench-data")
-ap.add_argument("--repeats", type=int, default=3)
+ap.add_argument("--repeats", type=int, default=5)
 args = ap.parse_args()
 
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -29,8 +29,13 @@ vb = [args.vecbuild, "--threads", str(args.threads), "--quiet"]
 rows = []
 
 
-def median(f):
-    return statistics.median(f() for _ in range(args.repeats))
+def medians(ours, peer):
+    """Runs ours and the peer alternately, so drift in machine speed hits both alike."""
+    a, b = [], []
+    for _ in range(args.repeats):
+        a.append(ours())
+        b.append(peer())
+    return statistics.median(a), statistics.median(b)
 
 
 def vb_run(*a):
@@ -68,16 +73,15 @@ def pyarrow_table_only():
     return time.perf_counter() - t
 
 
-ours = median(ours_read)
-peer = median(pyarrow_read)
-table_only = median(pyarrow_table_only)
+ours, peer = medians(ours_read, pyarrow_read)
+ours2, table_only = medians(ours_read, pyarrow_table_only)
 ids, base = read_matrix(args.base)
 _, queries = read_matrix(args.queries)
 n, dim = base.shape
 rows.append((f"Parquet read {n}x{dim} ({size / 1e6:.0f} MB) to f32 rows", f"{size / 1e6 / ours:.0f} MB/s",
              f"{size / 1e6 / peer:.0f} MB/s", peer / ours, "pyarrow read_table+to_numpy"))
-rows.append(("  (pyarrow read_table alone, no conversion)", f"{size / 1e6 / ours:.0f} MB/s",
-             f"{size / 1e6 / table_only:.0f} MB/s", table_only / ours, "pyarrow read_table"))
+rows.append(("  (pyarrow read_table alone, no conversion)", f"{size / 1e6 / ours2:.0f} MB/s",
+             f"{size / 1e6 / table_only:.0f} MB/s", table_only / ours2, "pyarrow read_table"))
 
 # 2. Exact k-NN, L2: search time only on both sides.
 art = os.path.join(args.work, "bench-flat.vbx")
@@ -102,8 +106,7 @@ def faiss_knn():
     return time.perf_counter() - t
 
 
-ours = median(ours_knn)
-peer = median(faiss_knn)
+ours, peer = medians(ours_knn, faiss_knn)
 nq = len(queries)
 rows.append((f"exact k-NN L2 {nq} queries x {n} base, k={args.k}", f"{nq / ours:.0f} QPS",
              f"{nq / peer:.0f} QPS", peer / ours, "faiss IndexFlatL2"))
@@ -113,7 +116,7 @@ got = pq.read_table(res).column("neighbors").to_pylist()
 id_of_row = ids
 agree = np.mean([len(set(g) & set(id_of_row[f].tolist())) / args.k for g, f in zip(got, faiss_ids)])
 
-print(f"\nvecbuild vs peers: {args.threads} threads, median of {args.repeats}, faiss {faiss.__version__}, "
+print(f"\nvecbuild vs peers: {args.threads} threads, median of {args.repeats} interleaved runs, faiss {faiss.__version__}, "
       f"pyarrow {pa.__version__}, {time.strftime('%Y-%m-%d')}")
 print(f"{'benchmark':<58} {'vecbuild':>12} {'peer':>12} {'ratio':>7}  peer")
 for name, a, b, r, who in rows:
