@@ -50,4 +50,13 @@ pub trait Backend: Sync {
         first_row: u64,
         topk: &mut [TopK],
     ) -> Result<()>;
+
+    /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):
+    /// `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`, squared distances `[n]`).
+    /// Ties go to the smaller centroid index.
+    fn assign_nearest(
+        &self,
+        data: ArrayView2<'_, f32>,
+        centroids: ArrayView2<'_, f32>,
+    ) -> Result<(Vec<u32>, Vec<f32>)>;
 }

@@ -5,6 +5,8 @@ use super::{require_cpu, Ui};
 use std::path::PathBuf;
 use std::time::Instant;
 use vecbuild::artifact::{IndexKind, Manifest};
+use vecbuild::backend::CpuBackend;
+use vecbuild::index::ivf_pq::IvfPqParams;
 use vecbuild::io::Batch;
 use vecbuild::{Error, Ids, Metric};
 
@@ -21,8 +23,8 @@ pub struct BuildArgs {
     #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
     pub input: Vec<String>,
 
-    /// Index kind: `flat` (exact search over the stored vectors). `ivf-pq` and `cagra` are not
-    /// built yet and are refused.
+    /// Index kind: `flat` (exact search over the stored vectors) or `ivf-pq` (inverted lists
+    /// with product-quantized residuals). `cagra` is not built yet and is refused.
     #[arg(long, default_value = "flat", value_parser = ["flat", "ivf-pq", "cagra"])]
     pub index: String,
 
@@ -45,19 +47,126 @@ pub struct BuildArgs {
 
     #[command(flatten)]
     pub columns: ColumnArgs,
+
+    #[command(flatten)]
+    pub ivf_pq: IvfPqArgs,
+}
+
+/// IVF-PQ parameters; what is not given is chosen from the row count, the dimension and
+/// --max-index-memory, and recorded in the manifest with the reason.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "IVF-PQ (--index ivf-pq)")]
+pub struct IvfPqArgs {
+    /// Inverted lists (coarse k-means clusters). Default: 4·√N rounded to a power of two.
+    #[arg(long, value_name = "N")]
+    pub n_lists: Option<usize>,
+
+    /// Sub-quantizers, i.e. bytes per encoded row; need not divide the dimension. Default: dim/2,
+    /// or what --max-index-memory allows.
+    #[arg(long, value_name = "N")]
+    pub pq_dim: Option<usize>,
+
+    /// Bits per sub-quantizer code, 4 to 8.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub pq_bits: u32,
+
+    /// Keep the raw vectors so search can re-rank candidates by exact distance
+    /// (search --refine-ratio; the artifact grows by N × dim × 4 bytes).
+    #[arg(long)]
+    pub refine: bool,
+
+    /// Largest artifact wanted, e.g. 4G or 512M: caps pq_dim.
+    #[arg(long, value_name = "SIZE")]
+    pub max_index_memory: Option<String>,
+
+    /// k-means iterations for the coarse quantizer and each codebook.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub kmeans_n_iters: usize,
+
+    /// Rows sampled to train the coarse quantizer. Default: 256 per list.
+    #[arg(long, value_name = "N")]
+    pub max_train_rows: Option<usize>,
+
+    /// Seed for sampling and initialisation (same seed and input, same index).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl IvfPqArgs {
+    fn given(&self) -> bool {
+        self.n_lists.is_some()
+            || self.pq_dim.is_some()
+            || self.refine
+            || self.max_index_memory.is_some()
+            || self.max_train_rows.is_some()
+    }
+
+    /// Automatic parameters for `n × dim`, overridden by what the user gave.
+    fn resolve(&self, n: usize, dim: usize) -> vecbuild::Result<(IvfPqParams, String)> {
+        let budget = self
+            .max_index_memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()?;
+        let (mut p, mut reason) = IvfPqParams::auto(n, dim, self.refine, budget)?;
+        if let Some(v) = self.n_lists {
+            p.n_lists = v;
+            p.max_train_rows = (v * 256).min(n);
+            reason.push_str(&format!("; n_lists = {v} as given"));
+        }
+        if let Some(v) = self.pq_dim {
+            p.pq_dim = v;
+            reason.push_str(&format!("; pq_dim = {v} as given"));
+        }
+        if let Some(v) = self.max_train_rows {
+            p.max_train_rows = v.min(n);
+        }
+        p.pq_bits = self.pq_bits;
+        p.kmeans_n_iters = self.kmeans_n_iters;
+        p.seed = self.seed;
+        p.validate(n, dim)?;
+        Ok((p, reason))
+    }
+}
+
+/// Parses `4G`, `512M`, `1.5GiB`, `100000` (bytes; K, M, G, T are powers of 1024).
+pub fn parse_size(text: &str) -> vecbuild::Result<u64> {
+    let t = text.trim();
+    let upper = t.to_ascii_uppercase();
+    let digits = upper.trim_end_matches(['B', 'I']);
+    let (number, scale) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 1u64 << 10),
+        Some('M') => (&digits[..digits.len() - 1], 1 << 20),
+        Some('G') => (&digits[..digits.len() - 1], 1 << 30),
+        Some('T') => (&digits[..digits.len() - 1], 1 << 40),
+        _ => (digits, 1),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok((v * scale as f64) as u64),
+        _ => Err(Error::param(format!(
+            "--max-index-memory {text}: expected a size such as 4G, 512M or 1000000"
+        ))),
+    }
 }
 
 pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     require_cpu(args.gpu)?;
     let kind = match args.index.as_str() {
         "flat" => IndexKind::Flat,
+        "ivf-pq" => IndexKind::IvfPq,
         other => {
             return Err(Error::param(format!(
-                "--index {other}: this index kind is not built yet in this vecbuild; only `flat` is available"
+                "--index {other}: this index kind is not built yet in this vecbuild; `flat` and `ivf-pq` are available"
             ))
             .into())
         }
     };
+    if kind == IndexKind::Flat && args.ivf_pq.given() {
+        return Err(Error::param(
+            "IVF-PQ options (--n-lists, --pq-dim, --refine, …) need --index ivf-pq",
+        )
+        .into());
+    }
     let started = Instant::now();
     let mut ids: Option<Ids> = None;
     let mut data: Vec<f32> = Vec::new();
@@ -77,6 +186,37 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         check_duplicate_ids(&ids, &summary)?;
     }
     let vectors = ndarray::ArrayView2::from_shape((summary.rows as usize, summary.dim), &data)?;
+    let (n, dim) = vectors.dim();
+    let mut params = serde_json::json!({ "allow_duplicate_ids": args.allow_duplicate_ids });
+    let mut search_defaults = serde_json::json!({});
+    let ivf = match kind {
+        IndexKind::IvfPq => {
+            let (p, reason) = args.ivf_pq.resolve(n, dim)?;
+            ui.note(format!(
+                "IVF-PQ: n_lists {}, pq_dim {}, pq_bits {}{} ({reason})",
+                p.n_lists,
+                p.pq_dim,
+                p.pq_bits,
+                if p.refine { ", refine" } else { "" }
+            ));
+            let bar = ui.progress("building");
+            let say = |stage: &str| bar.set_message(stage.to_string());
+            let index =
+                vecbuild::index::ivf_pq::build(&CpuBackend, vectors, args.metric, &p, Some(&say))?;
+            bar.finish_and_clear();
+            let stats = index.list_stats();
+            params["ivf_pq"] = serde_json::to_value(&p)?;
+            params["auto_reason"] = reason.into();
+            params["list_sizes"] = serde_json::to_value(&stats)?;
+            params["coarse_objective"] = serde_json::to_value(&index.coarse_objective)?;
+            search_defaults = serde_json::json!({
+                "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(p.n_lists),
+                "refine_ratio": if p.refine { 2.0 } else { 1.0 },
+            });
+            Some((index, p.refine))
+        }
+        _ => None,
+    };
     let manifest = Manifest {
         format_version: vecbuild::artifact::FORMAT_VERSION,
         kind,
@@ -84,8 +224,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         dim: summary.dim,
         count: summary.rows,
         id_kind: summary.id_kind,
-        params: serde_json::json!({ "allow_duplicate_ids": args.allow_duplicate_ids }),
-        search_defaults: serde_json::json!({}),
+        params,
+        search_defaults,
         inputs: summary.files.clone(),
         vector_column: summary.vector_column.clone(),
         id_column: summary.id_column.clone(),
@@ -99,7 +239,16 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         vecbuild_version: env!("CARGO_PKG_VERSION").into(),
         checksums: Default::default(),
     };
-    vecbuild::index::flat::write(&args.out, vectors, &ids, manifest)?;
+    match &ivf {
+        Some((index, refine)) => vecbuild::index::ivf_pq::write(
+            &args.out,
+            index,
+            &ids,
+            refine.then_some(vectors),
+            manifest,
+        )?,
+        None => vecbuild::index::flat::write(&args.out, vectors, &ids, manifest)?,
+    }
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     ui.note(format!(
         "built {kind} index of {} rows × {} dims ({}) in {:.2} s → {} ({:.1} MB)",

@@ -53,11 +53,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
         "backends": { "cpu": "available", "cuda": gpu },
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("vecbuild {}", env!("CARGO_PKG_VERSION"));
-        println!("build features  {}", features.join(", "));
-        println!(
+        outln!("vecbuild {}", env!("CARGO_PKG_VERSION"));
+        outln!("build features  {}", features.join(", "));
+        outln!(
             "cpu             {} with {}",
             std::env::consts::ARCH,
             if cpu.is_empty() {
@@ -66,9 +66,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 cpu.join(", ")
             }
         );
-        println!("threads         {}", rayon::current_num_threads());
-        println!("backend cpu     available");
-        println!("backend cuda    {gpu}");
+        outln!("threads         {}", rayon::current_num_threads());
+        outln!("backend cpu     available");
+        outln!("backend cuda    {gpu}");
     }
     Ok(())
 }

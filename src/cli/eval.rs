@@ -36,15 +36,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let truth = read_results(&args.truth)?;
     let r = recall_at_k(&results, &truth, args.k)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
+        outln!(
             "{:>10}  {:>4}  {:>9}  {:>9}  {:>13}",
-            "queries", "k", "recall@k", "min", "perfect share"
+            "queries",
+            "k",
+            "recall@k",
+            "min",
+            "perfect share"
         );
-        println!(
+        outln!(
             "{:>10}  {:>4}  {:>9.4}  {:>9.4}  {:>13.4}",
-            r.queries, r.k, r.recall, r.min_recall, r.perfect_share
+            r.queries,
+            r.k,
+            r.recall,
+            r.min_recall,
+            r.perfect_share
         );
     }
     Ok(())

@@ -18,15 +18,15 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let a = Artifact::open(&args.artifact)?;
     let m = &a.manifest;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(m)?);
+        outln!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    println!("artifact        {}", args.artifact.display());
-    println!("format version  {}", m.format_version);
-    println!("index           {}", m.kind);
-    println!("metric          {}", m.metric);
-    println!("rows × dim      {} × {}", m.count, m.dim);
-    println!(
+    outln!("artifact        {}", args.artifact.display());
+    outln!("format version  {}", m.format_version);
+    outln!("index           {}", m.kind);
+    outln!("metric          {}", m.metric);
+    outln!("rows × dim      {} × {}", m.count, m.dim);
+    outln!(
         "ids             {}{}",
         m.id_kind,
         m.id_column
@@ -35,11 +35,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| " (row numbers)".into())
     );
     if let Some(c) = &m.vector_column {
-        println!("vector column   {c}");
+        outln!("vector column   {c}");
     }
-    println!("parameters      {}", m.params);
-    println!("search defaults {}", m.search_defaults);
-    println!(
+    outln!("parameters      {}", m.params);
+    outln!("search defaults {}", m.search_defaults);
+    outln!(
         "built by        vecbuild {} on {}{} in {:.2} s (unix time {})",
         m.vecbuild_version,
         m.backend,
@@ -50,24 +50,24 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         m.build_seconds,
         m.built_at_unix
     );
-    println!("inputs          {} file(s)", m.inputs.len());
+    outln!("inputs          {} file(s)", m.inputs.len());
     for f in &m.inputs {
-        println!(
+        outln!(
             "  {:>12} rows  {:>12} bytes  {}",
             f.rows,
             f.bytes,
             f.path.display()
         );
     }
-    println!("tensors (checksums verified)");
+    outln!("tensors (checksums verified)");
     for (name, t) in &a.container.tensors {
-        println!(
+        outln!(
             "  {name:<12} {:?} {:?}  {} bytes",
             t.dtype,
             t.shape,
             t.range.len()
         );
     }
-    println!("file size       {} bytes", a.container.file_len());
+    outln!("file size       {} bytes", a.container.file_len());
     Ok(())
 }

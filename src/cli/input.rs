@@ -150,16 +150,16 @@ pub fn validate(args: ValidateArgs, ui: &Ui) -> anyhow::Result<()> {
             "files": summary.files, "seconds": secs,
             "input_mb_per_s": bytes as f64 / 1e6 / secs, "vector_mb_per_s": vector_bytes / 1e6 / secs,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "ok: {} rows × {} dims in {} file(s), ids {}",
             summary.rows,
             summary.dim,
             summary.files.len(),
             summary.id_kind
         );
-        println!(
+        outln!(
             "read {:.1} MB of input in {secs:.3} s: {:.0} MB/s input, {:.0} MB/s of f32 vectors",
             bytes as f64 / 1e6,
             bytes as f64 / 1e6 / secs,

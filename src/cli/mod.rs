@@ -1,5 +1,19 @@
 //! Command-line definitions ("what the user typed") and dispatch to the commands.
 
+/// `println!` for command output: a closed stdout (piped into `head`) ends the process quietly
+/// with success instead of panicking; other write errors are returned.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 mod build;
 mod doctor;
 mod eval;

@@ -42,6 +42,16 @@ pub struct SearchArgs {
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
+    /// IVF-PQ: lists scanned per query (default: the artifact's stored value; more lists,
+    /// higher recall, lower speed).
+    #[arg(long, value_name = "N")]
+    pub n_probes: Option<usize>,
+
+    /// IVF-PQ built with --refine: re-rank k × R candidates by exact distance (default: the
+    /// artifact's stored value; 1 = no re-ranking).
+    #[arg(long, value_name = "R")]
+    pub refine_ratio: Option<f32>,
+
     #[command(flatten)]
     pub columns: ColumnArgs,
 }
@@ -77,7 +87,11 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
             let queries = ndarray::concatenate(ndarray::Axis(0), &views)
                 .map_err(|e| Error::param(e.to_string()))?;
             let t = Instant::now();
-            let results = searcher.search(queries.view(), args.k, &SearchParams::default())?;
+            let params = SearchParams {
+                n_probes: args.n_probes,
+                refine_ratio: args.refine_ratio,
+            };
+            let results = searcher.search(queries.view(), args.k, &params)?;
             search_time += t.elapsed();
             searched += queries.nrows() as u64;
             let ids = searcher.ids();

@@ -14,19 +14,33 @@
 //! ```
 
 pub mod exact;
+pub mod ivf_pq;
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind, Manifest};
 use crate::backend::CpuBackend;
 use crate::ids::IdsView;
+use crate::index::pq::ProductQuantizer;
+use crate::metric::squared_norms;
 use crate::{Error, Metric, Result};
 use exact::{prepare_queries, ExactSearch};
+use ivf_pq::IvfPqIndex;
 use ndarray::{Array2, ArrayView2};
 use std::path::Path;
 
-/// Per-search knobs. Flat indexes have none; fields for approximate indexes join as they land.
+/// Per-search knobs; `None` takes the artifact's stored default (`vecbuild info` shows them).
+/// Flat indexes ignore them.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SearchParams {}
+pub struct SearchParams {
+    /// IVF-PQ: lists scanned per query (more: higher recall, slower).
+    pub n_probes: Option<usize>,
+    /// IVF-PQ built with `refine`: re-rank `k · refine_ratio` candidates by exact distance
+    /// (1 = no re-ranking).
+    pub refine_ratio: Option<f32>,
+}
+
+/// Lists probed when neither the caller nor the artifact says (cuVS's default).
+pub const DEFAULT_N_PROBES: usize = 20;
 
 /// Results of a batch: `rows` and `distances` are `[nq, k]`, best first. `rows` are internal
 /// row numbers; [`Searcher::ids`] maps them to the user's ids.
@@ -39,6 +53,17 @@ pub struct SearchResults {
 /// An opened artifact, ready to answer queries.
 pub struct Searcher {
     artifact: Artifact,
+    engine: Engine,
+}
+
+/// What each index kind keeps in memory beside the map.
+enum Engine {
+    Flat,
+    IvfPq {
+        pq: ProductQuantizer,
+        pq_transposed: Vec<f32>,
+        centroid_sq_norms: Vec<f32>,
+    },
 }
 
 impl Searcher {
@@ -46,13 +71,15 @@ impl Searcher {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let artifact = Artifact::open(path.as_ref())?;
         let m = &artifact.manifest;
-        match m.kind {
+        let engine = match m.kind {
             IndexKind::Flat => {
                 artifact.tensor::<f32>("vectors", DType::F32, &[m.count as usize, m.dim])?;
                 if m.metric == Metric::L2 {
                     artifact.tensor::<f32>("sq_norms", DType::F32, &[m.count as usize])?;
                 }
+                Engine::Flat
             }
+            IndexKind::IvfPq => open_ivf_pq(&artifact)?,
             other => {
                 return Err(Error::artifact(
                     path.as_ref(),
@@ -60,8 +87,8 @@ impl Searcher {
                     format!("holds a {other} index, which this vecbuild cannot search yet"),
                 ))
             }
-        }
-        Ok(Searcher { artifact })
+        };
+        Ok(Searcher { artifact, engine })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -89,7 +116,7 @@ impl Searcher {
         &self,
         queries: ArrayView2<'_, f32>,
         k: usize,
-        _params: &SearchParams,
+        params: &SearchParams,
     ) -> Result<SearchResults> {
         let m = &self.artifact.manifest;
         if k == 0 {
@@ -102,6 +129,39 @@ impl Searcher {
             )));
         }
         let q = prepare_queries(queries, m.dim, m.metric)?;
+        if let Engine::IvfPq {
+            pq,
+            pq_transposed,
+            centroid_sq_norms,
+        } = &self.engine
+        {
+            let index = self.ivf_pq_index(pq, pq_transposed, centroid_sq_norms)?;
+            let defaults = &m.search_defaults;
+            let n_probes = params
+                .n_probes
+                .or_else(|| {
+                    defaults
+                        .get("n_probes")
+                        .and_then(|v| v.as_u64())
+                        .map(|v| v as usize)
+                })
+                .unwrap_or(DEFAULT_N_PROBES);
+            let refine_ratio = params
+                .refine_ratio
+                .or_else(|| {
+                    defaults
+                        .get("refine_ratio")
+                        .and_then(|v| v.as_f64())
+                        .map(|v| v as f32)
+                })
+                .unwrap_or(1.0);
+            if n_probes == 0 || refine_ratio.is_nan() || refine_ratio < 1.0 {
+                return Err(Error::param(format!(
+                    "n_probes = {n_probes} must be at least 1 and refine_ratio = {refine_ratio} at least 1"
+                )));
+            }
+            return index.search(&CpuBackend, q.view(), k, n_probes, refine_ratio);
+        }
         let norms = match m.metric {
             Metric::L2 => Some(self.artifact.tensor::<f32>(
                 "sq_norms",
@@ -114,4 +174,113 @@ impl Searcher {
         search.add(&CpuBackend, self.vectors()?, norms)?;
         Ok(search.finish())
     }
+}
+
+impl Searcher {
+    /// The IVF-PQ parts of the artifact, viewed in place.
+    fn ivf_pq_index<'a>(
+        &'a self,
+        pq: &'a ProductQuantizer,
+        pq_transposed: &'a [f32],
+        centroid_sq_norms: &'a [f32],
+    ) -> Result<IvfPqIndex<'a>> {
+        let a = &self.artifact;
+        let m = &a.manifest;
+        let (n, dim, n_lists) = (m.count as usize, m.dim, centroid_sq_norms.len());
+        let centroids = a.tensor::<f32>("ivf.centroids", DType::F32, &[n_lists, dim])?;
+        let vectors = match a.container.tensors.contains_key("vectors") {
+            true => Some(
+                ArrayView2::from_shape(
+                    (n, dim),
+                    a.tensor::<f32>("vectors", DType::F32, &[n, dim])?,
+                )
+                .map_err(|e| Error::param(e.to_string()))?,
+            ),
+            false => None,
+        };
+        Ok(IvfPqIndex {
+            metric: m.metric,
+            centroids: ArrayView2::from_shape((n_lists, dim), centroids)
+                .map_err(|e| Error::param(e.to_string()))?,
+            centroid_sq_norms,
+            pq,
+            pq_transposed,
+            list_offsets: a.tensor::<u64>("ivf.list_offsets", DType::U64, &[n_lists + 1])?,
+            list_rows: a.tensor::<u64>("ivf.rows", DType::U64, &[n])?,
+            codes: a.tensor::<u8>("ivf.codes", DType::U8, &[n, pq.pq_dim])?,
+            vectors,
+        })
+    }
+}
+
+/// Checks an IVF-PQ artifact's tensors against each other, so search never indexes out of
+/// bounds, and loads the small parts.
+fn open_ivf_pq(a: &Artifact) -> Result<Engine> {
+    let m = &a.manifest;
+    let path = a.container.path();
+    let bad = |section: &str, why: String| Error::artifact(path, section, why);
+    let info = |name: &str| {
+        a.container
+            .tensors
+            .get(name)
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| bad(name, "tensor is missing".into()))
+    };
+    let (n, dim) = (m.count as usize, m.dim);
+    let n_lists = *info("ivf.centroids")?
+        .first()
+        .ok_or_else(|| bad("ivf.centroids", "has no rows".into()))?;
+    let book_shape = info("pq.codebooks")?;
+    let [pq_dim, ksub, dsub] = book_shape[..] else {
+        return Err(bad(
+            "pq.codebooks",
+            format!("has shape {book_shape:?}, expected [pq_dim, ksub, dsub]"),
+        ));
+    };
+    if !ksub.is_power_of_two()
+        || !(16..=256).contains(&ksub)
+        || pq_dim == 0
+        || dsub != dim.div_ceil(pq_dim)
+    {
+        return Err(bad(
+            "pq.codebooks",
+            format!("shape {book_shape:?} does not fit dimension {dim}"),
+        ));
+    }
+    let books = a.tensor::<f32>("pq.codebooks", DType::F32, &[pq_dim, ksub, dsub])?;
+    let pq = ProductQuantizer {
+        dim,
+        pq_dim,
+        pq_bits: ksub.trailing_zeros(),
+        codebooks: Array2::from_shape_vec((pq_dim * ksub, dsub), books.to_vec())
+            .map_err(|e| Error::param(e.to_string()))?,
+    };
+    let centroids = a.tensor::<f32>("ivf.centroids", DType::F32, &[n_lists, dim])?;
+    let centroids = ArrayView2::from_shape((n_lists, dim), centroids)
+        .map_err(|e| Error::param(e.to_string()))?;
+    let offsets = a.tensor::<u64>("ivf.list_offsets", DType::U64, &[n_lists + 1])?;
+    if offsets.first() != Some(&0)
+        || offsets.last() != Some(&(n as u64))
+        || offsets.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(bad(
+            "ivf.list_offsets",
+            format!("offsets must rise from 0 to {n}"),
+        ));
+    }
+    if a.tensor::<u64>("ivf.rows", DType::U64, &[n])?
+        .iter()
+        .any(|&r| r >= n as u64)
+    {
+        return Err(bad("ivf.rows", format!("holds a row number ≥ {n}")));
+    }
+    let codes = a.tensor::<u8>("ivf.codes", DType::U8, &[n, pq_dim])?;
+    if ksub < 256 && codes.iter().any(|&c| c as usize >= ksub) {
+        return Err(bad("ivf.codes", format!("holds a code ≥ {ksub}")));
+    }
+    Ok(Engine::IvfPq {
+        pq_transposed: pq.transposed(),
+        pq,
+        centroid_sq_norms: squared_norms(centroids),
+    })
 }

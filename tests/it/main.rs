@@ -4,6 +4,7 @@ mod artifact;
 mod bad_input;
 mod cli;
 mod common;
+mod ivf_pq;
 mod knn;
 mod python;
 mod reader;

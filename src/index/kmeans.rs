@@ -1,0 +1,178 @@
+//! k-means (Lloyd's algorithm), shared by the IVF coarse quantizer and product quantization.
+//!
+//! 1. **Init:** `k` distinct training rows chosen uniformly at random (seeded), as faiss does.
+//!    k-means++ costs `k` passes over the sample; with the empty-cluster splitting below,
+//!    random init reaches the same objective within a few iterations on embedding data.
+//! 2. **Assign:** each row's nearest centroid through the backend's assignment stage
+//!    ([`Backend::assign_nearest`]: on CPU a GEMM of rows × centroidsᵀ plus selection, or
+//!    direct distances for the short subvectors of PQ).
+//! 3. **Update:** each centroid becomes the mean of its rows (accumulated in f64).
+//! 4. **Empty clusters** are re-seeded by splitting the largest cluster: the empty centroid
+//!    takes the large one's position nudged by `+ε`, the large one moves by `−ε`, and the two
+//!    share its rows on the next assignment (faiss's rule).
+//! 5. Repeat `n_iters` times; the objective (sum of squared distances) is recorded per
+//!    iteration and never increases except through a split.
+//!
+//! Known limits: Lloyd's algorithm finds a local optimum; training data is held in memory (the
+//! caller samples it).
+
+use crate::backend::Backend;
+use crate::synth::Rng;
+use crate::{Error, Result};
+use ndarray::{Array2, ArrayView2};
+/// Relative nudge when splitting a cluster.
+const SPLIT_EPS: f32 = 1.0 / 1024.0;
+
+/// A trained k-means.
+#[derive(Debug, Clone)]
+pub struct KMeans {
+    /// `[k, dim]`.
+    pub centroids: Array2<f32>,
+    /// Rows per centroid in the last assignment.
+    pub sizes: Vec<u64>,
+    /// Sum of squared distances after each iteration's assignment.
+    pub objective: Vec<f64>,
+    /// Clusters re-seeded by splitting, over all iterations.
+    pub splits: usize,
+}
+
+/// Nearest centroid of each row: `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`,
+/// squared distances `[n]`), by the backend's assignment stage.
+pub fn assign(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    centroids: ArrayView2<'_, f32>,
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    backend.assign_nearest(data, centroids)
+}
+
+/// Trains `k` centroids on `data: [n, dim]` (n ≥ k). `progress` is called with each finished
+/// iteration.
+pub fn train(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    k: usize,
+    n_iters: usize,
+    seed: u64,
+    progress: Option<&dyn Fn(usize)>,
+) -> Result<KMeans> {
+    let (n, dim) = data.dim();
+    if k == 0 || n < k {
+        return Err(Error::param(format!(
+            "k-means needs at least k = {k} training rows, got {n}"
+        )));
+    }
+    let mut rng = Rng::new(seed);
+    let mut centroids = Array2::<f32>::zeros((k, dim));
+    for (c, row) in sample_indices(n, k, &mut rng).into_iter().enumerate() {
+        centroids.row_mut(c).assign(&data.row(row));
+    }
+    let mut objective = Vec::with_capacity(n_iters);
+    let mut sizes = vec![0u64; k];
+    let mut splits = 0;
+    for iter in 0..n_iters.max(1) {
+        let (labels, dists) = assign(backend, data, centroids.view())?;
+        objective.push(dists.iter().map(|&d| d as f64).sum());
+        sizes = update(data, &labels, &mut centroids);
+        splits += split_empty(&mut centroids, &mut sizes, &mut rng);
+        if let Some(p) = progress {
+            p(iter + 1);
+        }
+    }
+    // Sizes of the final centroids.
+    let (labels, _) = assign(backend, data, centroids.view())?;
+    sizes = vec![0u64; k];
+    for &l in &labels {
+        sizes[l as usize] += 1;
+    }
+    Ok(KMeans {
+        centroids,
+        sizes,
+        objective,
+        splits,
+    })
+}
+
+/// `count` distinct indices below `n`, uniformly (partial Fisher–Yates over a sparse map).
+pub fn sample_indices(n: usize, count: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut swapped = std::collections::HashMap::new();
+    (0..count.min(n))
+        .map(|i| {
+            let j = i + rng.below((n - i) as u64) as usize;
+            let vj = *swapped.get(&j).unwrap_or(&j);
+            let vi = *swapped.get(&i).unwrap_or(&i);
+            swapped.insert(j, vi);
+            vj
+        })
+        .collect()
+}
+
+/// Moves each centroid to the mean of its rows; returns the cluster sizes. Centroids of empty
+/// clusters are left where they are.
+fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
+    let (k, dim) = centroids.dim();
+    let mut sums = vec![0f64; k * dim];
+    let mut sizes = vec![0u64; k];
+    for (row, &l) in data.rows().into_iter().zip(labels) {
+        let l = l as usize;
+        sizes[l] += 1;
+        for (s, v) in sums[l * dim..(l + 1) * dim].iter_mut().zip(row) {
+            *s += *v as f64;
+        }
+    }
+    for (c, mut centroid) in centroids.rows_mut().into_iter().enumerate() {
+        if sizes[c] > 0 {
+            let inv = 1.0 / sizes[c] as f64;
+            for (v, s) in centroid.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
+                *v = (s * inv) as f32;
+            }
+        }
+    }
+    sizes
+}
+
+/// Re-seeds every empty cluster by splitting a large one; returns how many were re-seeded.
+fn split_empty(centroids: &mut Array2<f32>, sizes: &mut [u64], rng: &mut Rng) -> usize {
+    let mut splits = 0;
+    for empty in 0..sizes.len() {
+        if sizes[empty] > 0 {
+            continue;
+        }
+        // Pick a cluster with probability proportional to its size beyond 1 (faiss's rule).
+        let total: u64 = sizes.iter().map(|&s| s.saturating_sub(1)).sum();
+        if total == 0 {
+            break;
+        }
+        let mut r = rng.below(total);
+        let big = sizes
+            .iter()
+            .position(|&s| {
+                let w = s.saturating_sub(1);
+                if r < w {
+                    true
+                } else {
+                    r -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        let source = centroids.row(big).to_owned();
+        for (d, (e, b)) in centroids
+            .row_mut(empty)
+            .iter_mut()
+            .zip(source.iter())
+            .enumerate()
+        {
+            let sign = if d % 2 == 0 { 1.0 } else { -1.0 };
+            *e = b * (1.0 + sign * SPLIT_EPS);
+        }
+        for (d, b) in centroids.row_mut(big).iter_mut().enumerate() {
+            let sign = if d % 2 == 0 { 1.0 } else { -1.0 };
+            *b *= 1.0 - sign * SPLIT_EPS;
+        }
+        sizes[empty] = sizes[big] / 2;
+        sizes[big] -= sizes[empty];
+        splits += 1;
+    }
+    splits
+}

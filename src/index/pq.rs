@@ -1,0 +1,233 @@
+//! Product quantization (Jégou et al., "Product quantization for nearest neighbor search",
+//! TPAMI 2011).
+//!
+//! 1. Vectors `[dim]` are zero-padded to `pq_dim × dsub` (`dsub = ⌈dim / pq_dim⌉`) and cut into
+//!    `pq_dim` subvectors of `dsub` floats. Zero padding changes no L2 distance or inner
+//!    product, so any `pq_dim` works, divisor of `dim` or not.
+//! 2. Each subspace gets its own codebook of `ksub = 2^pq_bits` codewords, trained by k-means
+//!    ([`super::kmeans`]) on that subspace of the training vectors.
+//! 3. A vector's code is the index of the nearest codeword in each subspace: `pq_dim` codes,
+//!    stored one byte each (for `pq_bits < 8` the upper bits stay zero; packing is left to
+//!    exports that need it).
+//! 4. Search builds a lookup table per query of `pq_dim × ksub` partial distances; the distance
+//!    to an encoded vector is then `pq_dim` table lookups summed (asymmetric distance, ADC).
+//!
+//! Layout: `codebooks: [pq_dim × ksub, dsub]`, codeword `j` of subspace `m` at row
+//! `m · ksub + j`.
+
+use super::kmeans;
+use crate::backend::Backend;
+use crate::{Error, Result};
+use ndarray::{Array2, ArrayView2};
+
+/// Entries per subspace in a lookup table: 256 whatever `pq_bits`, so a one-byte code indexes
+/// a `[f32; 256]` without a bounds check.
+pub const TABLE_STRIDE: usize = 256;
+
+/// A trained product quantizer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductQuantizer {
+    pub dim: usize,
+    pub pq_dim: usize,
+    pub pq_bits: u32,
+    /// `[pq_dim × ksub, dsub]`.
+    pub codebooks: Array2<f32>,
+}
+
+impl ProductQuantizer {
+    pub fn ksub(&self) -> usize {
+        1 << self.pq_bits
+    }
+
+    pub fn dsub(&self) -> usize {
+        self.dim.div_ceil(self.pq_dim)
+    }
+
+    /// Trains on `data: [n, dim]` (n ≥ 2^pq_bits).
+    pub fn train(
+        backend: &dyn Backend,
+        data: ArrayView2<'_, f32>,
+        pq_dim: usize,
+        pq_bits: u32,
+        n_iters: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let dim = data.ncols();
+        if pq_dim == 0 || pq_dim > dim {
+            return Err(Error::param(format!(
+                "pq_dim = {pq_dim} must be between 1 and the dimension {dim}"
+            )));
+        }
+        if !(4..=8).contains(&pq_bits) {
+            return Err(Error::param(format!(
+                "pq_bits = {pq_bits} must be between 4 and 8"
+            )));
+        }
+        let ksub = 1usize << pq_bits;
+        let dsub = dim.div_ceil(pq_dim);
+        let mut codebooks = Array2::<f32>::zeros((pq_dim * ksub, dsub));
+        for m in 0..pq_dim {
+            let sub = subspace(data, m, dsub);
+            let km = kmeans::train(
+                backend,
+                sub.view(),
+                ksub,
+                n_iters,
+                seed.wrapping_add(m as u64),
+                None,
+            )?;
+            codebooks
+                .slice_mut(ndarray::s![m * ksub..(m + 1) * ksub, ..])
+                .assign(&km.centroids);
+        }
+        Ok(ProductQuantizer {
+            dim,
+            pq_dim,
+            pq_bits,
+            codebooks,
+        })
+    }
+
+    /// Codebook of subspace `m`: `[ksub, dsub]`.
+    pub fn codebook(&self, m: usize) -> ArrayView2<'_, f32> {
+        let ksub = self.ksub();
+        self.codebooks
+            .slice(ndarray::s![m * ksub..(m + 1) * ksub, ..])
+    }
+
+    /// data: [n, dim] → codes: [n, pq_dim].
+    pub fn encode(&self, backend: &dyn Backend, data: ArrayView2<'_, f32>) -> Result<Array2<u8>> {
+        let mut codes = Array2::<u8>::zeros((data.nrows(), self.pq_dim));
+        for m in 0..self.pq_dim {
+            let sub = subspace(data, m, self.dsub());
+            let (labels, _) = kmeans::assign(backend, sub.view(), self.codebook(m))?;
+            for (c, l) in codes.column_mut(m).iter_mut().zip(labels) {
+                *c = l as u8;
+            }
+        }
+        Ok(codes)
+    }
+
+    /// codes: [n, pq_dim] → reconstructed vectors: [n, dim].
+    pub fn decode(&self, codes: ArrayView2<'_, u8>) -> Array2<f32> {
+        let (dsub, ksub) = (self.dsub(), self.ksub());
+        let mut out = Array2::<f32>::zeros((codes.nrows(), self.dim));
+        for (mut row, code) in out.rows_mut().into_iter().zip(codes.rows()) {
+            for (m, &c) in code.iter().enumerate() {
+                let word = self.codebooks.row(m * ksub + c as usize);
+                for (d, w) in (m * dsub..(m * dsub + dsub).min(self.dim)).zip(word.iter()) {
+                    row[d] = *w;
+                }
+            }
+        }
+        out
+    }
+
+    /// The codebooks transposed to `[pq_dim][dsub][ksub]`, the layout the table builders scan.
+    pub fn transposed(&self) -> Vec<f32> {
+        let (dsub, ksub) = (self.dsub(), self.ksub());
+        let mut t = vec![0f32; self.pq_dim * dsub * ksub];
+        for m in 0..self.pq_dim {
+            for j in 0..ksub {
+                for (d, &v) in self.codebooks.row(m * ksub + j).iter().enumerate() {
+                    t[(m * dsub + d) * ksub + j] = v;
+                }
+            }
+        }
+        t
+    }
+
+    /// Lookup table for `x: [dim]` with `transposed` from [`Self::transposed`]:
+    /// `table[m · TABLE_STRIDE + j]` = ‖x_m − c_mj‖² for L2, or −x_m · c_mj for inner product;
+    /// entries past `ksub` are +∞. `table` holds `pq_dim · TABLE_STRIDE` floats.
+    pub fn table(&self, transposed: &[f32], x: &[f32], inner_product: bool, table: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe {
+                table_avx2(
+                    self.dim,
+                    self.dsub(),
+                    self.ksub(),
+                    transposed,
+                    x,
+                    inner_product,
+                    table,
+                )
+            };
+        }
+        table_generic(
+            self.dim,
+            self.dsub(),
+            self.ksub(),
+            transposed,
+            x,
+            inner_product,
+            table,
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn table_avx2(
+    dim: usize,
+    dsub: usize,
+    ksub: usize,
+    ct: &[f32],
+    x: &[f32],
+    ip: bool,
+    table: &mut [f32],
+) {
+    table_generic(dim, dsub, ksub, ct, x, ip, table)
+}
+
+/// Vectorised over the `ksub` codewords: for each subspace and each of its dimensions, one
+/// pass over a contiguous row of the transposed codebook.
+#[inline(always)]
+fn table_generic(
+    dim: usize,
+    dsub: usize,
+    ksub: usize,
+    ct: &[f32],
+    x: &[f32],
+    ip: bool,
+    table: &mut [f32],
+) {
+    for (m, row) in table.chunks_exact_mut(TABLE_STRIDE).enumerate() {
+        let (out, unused) = row.split_at_mut(ksub);
+        unused.fill(f32::INFINITY);
+        out.fill(0.0);
+        for d in 0..dsub {
+            // Past the real dimension the vector is zero-padded.
+            let xd = x
+                .get(m * dsub + d)
+                .copied()
+                .filter(|_| m * dsub + d < dim)
+                .unwrap_or(0.0);
+            let words = &ct[(m * dsub + d) * ksub..(m * dsub + d + 1) * ksub];
+            if ip {
+                for (o, c) in out.iter_mut().zip(words) {
+                    *o -= xd * c;
+                }
+            } else {
+                for (o, c) in out.iter_mut().zip(words) {
+                    let t = xd - c;
+                    *o += t * t;
+                }
+            }
+        }
+    }
+}
+
+/// Columns `m·dsub .. (m+1)·dsub` of `data`, zero-padded past its last column: `[n, dsub]`.
+fn subspace(data: ArrayView2<'_, f32>, m: usize, dsub: usize) -> Array2<f32> {
+    let dim = data.ncols();
+    let lo = (m * dsub).min(dim);
+    let hi = (m * dsub + dsub).min(dim);
+    let mut out = Array2::<f32>::zeros((data.nrows(), dsub));
+    out.slice_mut(ndarray::s![.., ..hi - lo])
+        .assign(&data.slice(ndarray::s![.., lo..hi]));
+    out
+}

@@ -1,0 +1,214 @@
+//! IVF-PQ search: coarse probe selection, asymmetric-distance scan of the probed lists, and
+//! optional exact re-ranking.
+//!
+//! 1. The `n_probes` lists whose centroids are nearest each query are found by exact k-NN over
+//!    the centroids (the backend's GEMM stage).
+//! 2. For each probed list a lookup table of `pq_dim × ksub` partial distances is built: for L2
+//!    between the query's residual `q − c` and every codeword; for inner product between `q`
+//!    and every codeword, plus `q·c` once per list.
+//! 3. Every code in the list is scored by `pq_dim` table lookups and offered to the query's
+//!    top-k (`k · refine_ratio` candidates when re-ranking).
+//! 4. With `refine_ratio > 1` and raw vectors in the artifact, candidates are re-scored with
+//!    exact distances and the best `k` kept.
+//!
+//! Queries are processed in parallel (rayon), each with its own table buffer.
+
+use super::SearchResults;
+use crate::backend::{Backend, Queries};
+use crate::index::ivf_pq::coarse_metric;
+use crate::index::pq::{ProductQuantizer, TABLE_STRIDE};
+use crate::metric::squared_norms;
+use crate::{Error, Metric, Result, TopK};
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+/// An IVF-PQ index as search sees it: small parts owned, large parts borrowed (memory map).
+pub struct IvfPqIndex<'a> {
+    pub metric: Metric,
+    /// `[n_lists, dim]`.
+    pub centroids: ArrayView2<'a, f32>,
+    pub centroid_sq_norms: &'a [f32],
+    pub pq: &'a ProductQuantizer,
+    /// The codebooks as [`ProductQuantizer::transposed`] lays them out.
+    pub pq_transposed: &'a [f32],
+    /// `[n_lists + 1]`.
+    pub list_offsets: &'a [u64],
+    /// `[n]`.
+    pub list_rows: &'a [u64],
+    /// `[n · pq_dim]`, list order.
+    pub codes: &'a [u8],
+    /// `[n, dim]`, row order: present when built with refine.
+    pub vectors: Option<ArrayView2<'a, f32>>,
+}
+
+impl IvfPqIndex<'_> {
+    /// `queries: [nq, dim]` prepared (unit rows for cosine) → the `k` best per query.
+    pub fn search(
+        &self,
+        backend: &dyn Backend,
+        queries: ArrayView2<'_, f32>,
+        k: usize,
+        n_probes: usize,
+        refine_ratio: f32,
+    ) -> Result<SearchResults> {
+        let n_lists = self.centroids.nrows();
+        let n_probes = n_probes.clamp(1, n_lists);
+        if refine_ratio > 1.0 && self.vectors.is_none() {
+            return Err(Error::param(
+                "refine_ratio > 1 needs an index built with --refine (it keeps the raw vectors)",
+            ));
+        }
+        let refine = refine_ratio > 1.0;
+        let candidates = if refine {
+            ((k as f32) * refine_ratio).ceil() as usize
+        } else {
+            k
+        };
+        let nq = queries.nrows();
+
+        // 1. Probe selection.
+        let cm = coarse_metric(self.metric);
+        let q_norms = if cm == Metric::L2 {
+            squared_norms(queries)
+        } else {
+            Vec::new()
+        };
+        let mut probes: Vec<TopK> = (0..nq).map(|_| TopK::new(n_probes)).collect();
+        let qv = Queries {
+            vectors: queries,
+            sq_norms: &q_norms,
+            metric: cm,
+        };
+        let c_norms: &[f32] = if cm == Metric::L2 {
+            self.centroid_sq_norms
+        } else {
+            &[]
+        };
+        backend.knn_block(qv, self.centroids, c_norms, 0, &mut probes)?;
+
+        // 2–4. Scan, then re-rank.
+        let pq_dim = self.pq.pq_dim;
+        let per_query: Vec<Vec<(f32, u64)>> = probes
+            .into_par_iter()
+            .enumerate()
+            .map_init(
+                || {
+                    (
+                        vec![0f32; pq_dim * TABLE_STRIDE],
+                        vec![0f32; self.centroids.ncols()],
+                    )
+                },
+                |(table, residual), (qi, probe)| {
+                    let q = queries.row(qi);
+                    let q = q.as_slice().unwrap_or(&[]);
+                    let mut top = TopK::new(candidates);
+                    for p in probe.into_sorted() {
+                        let list = p.row as usize;
+                        // The per-list constant: nothing for L2, −q·c for inner product.
+                        let base = match cm {
+                            Metric::L2 => {
+                                for ((r, a), c) in
+                                    residual.iter_mut().zip(q).zip(self.centroids.row(list))
+                                {
+                                    *r = a - c;
+                                }
+                                self.pq.table(self.pq_transposed, residual, false, table);
+                                0.0
+                            }
+                            _ => {
+                                self.pq.table(self.pq_transposed, q, true, table);
+                                p.score
+                            }
+                        };
+                        let (start, end) = (
+                            self.list_offsets[list] as usize,
+                            self.list_offsets[list + 1] as usize,
+                        );
+                        scan_list(
+                            &self.codes[start * pq_dim..end * pq_dim],
+                            pq_dim,
+                            table,
+                            base,
+                            &self.list_rows[start..end],
+                            &mut top,
+                        );
+                    }
+                    let found = top.into_sorted();
+                    match (refine, self.vectors) {
+                        (true, Some(vectors)) => {
+                            let mut exact = TopK::new(k);
+                            for n in found {
+                                let x = vectors.row(n.row as usize);
+                                let x = x.as_slice().unwrap_or(&[]);
+                                let s = match cm {
+                                    Metric::L2 => {
+                                        q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                                    }
+                                    _ => -q.iter().zip(x).map(|(a, b)| a * b).sum::<f32>(),
+                                };
+                                exact.push(s, n.row);
+                            }
+                            exact
+                                .into_sorted()
+                                .into_iter()
+                                .map(|n| (n.score, n.row))
+                                .collect()
+                        }
+                        _ => found
+                            .into_iter()
+                            .take(k)
+                            .map(|n| (n.score, n.row))
+                            .collect(),
+                    }
+                },
+            )
+            .collect();
+
+        let k_out = per_query.iter().map(Vec::len).min().unwrap_or(0);
+        let mut rows = Array2::<u64>::zeros((nq, k_out));
+        let mut distances = Array2::<f32>::zeros((nq, k_out));
+        for (i, found) in per_query.iter().enumerate() {
+            for (j, &(score, row)) in found.iter().take(k_out).enumerate() {
+                rows[[i, j]] = row;
+                distances[[i, j]] = match self.metric {
+                    Metric::L2 => score.max(0.0),
+                    // L2 on unit vectors is 2 − 2 cos.
+                    Metric::Cosine => (score / 2.0).clamp(0.0, 2.0),
+                    Metric::InnerProduct => -score,
+                };
+            }
+        }
+        Ok(SearchResults { rows, distances })
+    }
+}
+
+/// Scores every code of one list: `codes: [len · pq_dim]`, `table: [pq_dim · 256]`.
+#[inline]
+fn scan_list(codes: &[u8], pq_dim: usize, table: &[f32], base: f32, rows: &[u64], top: &mut TopK) {
+    // One [f32; 256] per subspace: a u8 code indexes it with no bounds check.
+    let tables: Vec<&[f32; TABLE_STRIDE]> = table
+        .chunks_exact(TABLE_STRIDE)
+        .filter_map(|t| t.try_into().ok())
+        .collect();
+    let mut threshold = top.threshold();
+    for (code, &row) in codes.chunks_exact(pq_dim).zip(rows) {
+        // Four independent sums keep four lookups in flight.
+        let mut acc = [0f32; 4];
+        let mut quads = code.chunks_exact(4).zip(tables.chunks_exact(4));
+        for (c, t) in &mut quads {
+            acc[0] += t[0][c[0] as usize];
+            acc[1] += t[1][c[1] as usize];
+            acc[2] += t[2][c[2] as usize];
+            acc[3] += t[3][c[3] as usize];
+        }
+        let done = pq_dim - pq_dim % 4;
+        for (c, t) in code[done..].iter().zip(&tables[done..]) {
+            acc[0] += t[*c as usize];
+        }
+        let s = base + (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        if s <= threshold {
+            top.push(s, row);
+            threshold = top.threshold();
+        }
+    }
+}

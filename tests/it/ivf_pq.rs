@@ -1,0 +1,427 @@
+//! IVF-PQ: recall against exact search, k-means and PQ invariants, parameters.
+
+use crate::common::*;
+use ndarray::{Array2, ArrayView2};
+use std::path::Path;
+use vecbuild::artifact::{IndexKind, Manifest};
+use vecbuild::backend::CpuBackend;
+use vecbuild::index::ivf_pq::{self, IvfPqParams};
+use vecbuild::index::kmeans;
+use vecbuild::index::pq::ProductQuantizer;
+use vecbuild::search::exact::{prepare_queries, ExactSearch};
+use vecbuild::{Ids, Metric, SearchParams, Searcher};
+
+fn manifest(kind: IndexKind, metric: Metric, n: usize, dim: usize) -> Manifest {
+    Manifest {
+        format_version: 1,
+        kind,
+        metric,
+        dim,
+        count: n as u64,
+        id_kind: vecbuild::IdKind::Int64,
+        params: serde_json::json!({}),
+        search_defaults: serde_json::json!({"n_probes": 8, "refine_ratio": 1.0}),
+        inputs: vec![],
+        vector_column: None,
+        id_column: None,
+        backend: "cpu".into(),
+        device: None,
+        build_seconds: 0.0,
+        built_at_unix: 0,
+        vecbuild_version: "test".into(),
+        checksums: Default::default(),
+    }
+}
+
+/// Builds an IVF-PQ artifact in `dir` over `base` (normalised first for cosine).
+fn build(dir: &Path, base: &Array2<f32>, metric: Metric, params: &IvfPqParams) -> Searcher {
+    let mut data = base.clone();
+    if metric.normalizes() {
+        vecbuild::metric::normalize_rows(data.view_mut());
+    }
+    let index = ivf_pq::build(&CpuBackend, data.view(), metric, params, None).expect("build");
+    let ids = Ids::row_numbers(0, base.nrows());
+    let path = dir.join("ivf.vbx");
+    let m = manifest(IndexKind::IvfPq, metric, base.nrows(), base.ncols());
+    ivf_pq::write(&path, &index, &ids, params.refine.then_some(data.view()), m).expect("write");
+    Searcher::open(&path).expect("open")
+}
+
+fn truth(base: &Array2<f32>, queries: &Array2<f32>, metric: Metric, k: usize) -> Array2<u64> {
+    let mut b = base.clone();
+    if metric.normalizes() {
+        vecbuild::metric::normalize_rows(b.view_mut());
+    }
+    let mut s = ExactSearch::new(
+        prepare_queries(queries.view(), base.ncols(), metric).unwrap(),
+        metric,
+        k,
+    );
+    s.add(&CpuBackend, b.view(), None).unwrap();
+    s.finish().rows
+}
+
+fn recall(got: ArrayView2<'_, u64>, want: ArrayView2<'_, u64>) -> f64 {
+    let k = want.ncols();
+    let hits: usize = got
+        .rows()
+        .into_iter()
+        .zip(want.rows())
+        .map(|(g, w)| g.iter().filter(|x| w.iter().any(|y| y == *x)).count())
+        .sum();
+    hits as f64 / (k * want.nrows()) as f64
+}
+
+fn params(n_lists: usize, pq_dim: usize, refine: bool) -> IvfPqParams {
+    IvfPqParams {
+        n_lists,
+        pq_dim,
+        pq_bits: 8,
+        kmeans_n_iters: 15,
+        max_train_rows: 20_000,
+        refine,
+        seed: 7,
+    }
+}
+
+#[test]
+fn recall_against_exact_search_without_and_with_refine() {
+    let data = vecbuild::synth::clustered(20_000, 200, 32, 100, 3);
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+        let dir = tmp();
+        let want = truth(&data.base, &data.queries, metric, 10);
+        let s = build(dir.path(), &data.base, metric, &params(64, 16, true));
+        let search = |n_probes, refine_ratio| {
+            let p = SearchParams {
+                n_probes: Some(n_probes),
+                refine_ratio: Some(refine_ratio),
+            };
+            s.search(data.queries.view(), 10, &p).unwrap()
+        };
+        // Documented floor without re-ranking: PQ with 16 bytes per 32-d row.
+        let plain = recall(search(16, 1.0).rows.view(), want.view());
+        assert!(
+            plain >= 0.60,
+            "{metric}: recall@10 {plain:.3} < 0.60 at n_probes=16 without refine"
+        );
+        let refined = recall(search(16, 4.0).rows.view(), want.view());
+        assert!(
+            refined >= 0.95,
+            "{metric}: recall@10 {refined:.3} < 0.95 at n_probes=16, refine_ratio=4"
+        );
+        let few = recall(search(1, 4.0).rows.view(), want.view());
+        assert!(
+            few < refined,
+            "{metric}: more probes must help ({few:.3} at 1 vs {refined:.3} at 16)"
+        );
+    }
+}
+
+#[test]
+fn refined_distances_are_exact() {
+    let data = vecbuild::synth::clustered(5_000, 20, 16, 30, 4);
+    let dir = tmp();
+    let s = build(dir.path(), &data.base, Metric::L2, &params(32, 8, true));
+    let r = s
+        .search(
+            data.queries.view(),
+            5,
+            &SearchParams {
+                n_probes: Some(32),
+                refine_ratio: Some(8.0),
+            },
+        )
+        .unwrap();
+    for (qi, (rows, dists)) in r
+        .rows
+        .rows()
+        .into_iter()
+        .zip(r.distances.rows())
+        .enumerate()
+    {
+        for (&row, &d) in rows.iter().zip(dists) {
+            let exact = Metric::L2.score_reference(
+                data.queries.row(qi).as_slice().unwrap(),
+                data.base.row(row as usize).as_slice().unwrap(),
+            );
+            assert!(
+                (d as f64 - exact).abs() < 1e-3 * (1.0 + exact),
+                "q{qi}: {d} vs {exact}"
+            );
+        }
+    }
+}
+
+#[test]
+fn stored_search_defaults_are_used() {
+    let data = vecbuild::synth::clustered(3_000, 50, 16, 20, 5);
+    let dir = tmp();
+    let s = build(dir.path(), &data.base, Metric::L2, &params(16, 8, false));
+    let default = s
+        .search(data.queries.view(), 10, &SearchParams::default())
+        .unwrap();
+    let explicit = s
+        .search(
+            data.queries.view(),
+            10,
+            &SearchParams {
+                n_probes: Some(8),
+                refine_ratio: Some(1.0),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        default, explicit,
+        "the manifest's n_probes = 8 applies when none is given"
+    );
+    let err = s
+        .search(
+            data.queries.view(),
+            10,
+            &SearchParams {
+                n_probes: None,
+                refine_ratio: Some(2.0),
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("--refine"), "{err}");
+}
+
+#[test]
+fn kmeans_leaves_no_empty_cluster_and_lowers_the_objective() {
+    let data = vecbuild::synth::clustered(8_000, 0, 16, 40, 6).base;
+    let km = kmeans::train(&CpuBackend, data.view(), 100, 15, 1, None).unwrap();
+    assert!(
+        km.sizes.iter().all(|&s| s > 0),
+        "empty cluster: {:?}",
+        km.sizes
+    );
+    assert_eq!(km.sizes.iter().sum::<u64>(), 8_000);
+    let (first, last) = (km.objective[0], *km.objective.last().unwrap());
+    assert!(last < 0.8 * first, "objective {first} → {last}");
+    for w in km.objective.windows(2) {
+        assert!(
+            w[1] <= w[0] * (1.0 + 1e-6) || km.splits > 0,
+            "objective rose: {:?}",
+            km.objective
+        );
+    }
+    // Duplicate-heavy data forces splits of large clusters into empty ones.
+    let dup = Array2::from_shape_fn((2_000, 4), |(i, j)| ((i % 5) * 10 + j) as f32);
+    let km = kmeans::train(&CpuBackend, dup.view(), 5, 10, 3, None).unwrap();
+    assert!(
+        km.sizes.iter().all(|&s| s == 400),
+        "five distinct points, five clusters: {:?}",
+        km.sizes
+    );
+}
+
+#[test]
+fn pq_reconstruction_error_is_bounded_and_falls_with_more_codes() {
+    let data = vecbuild::synth::clustered(10_000, 0, 30, 50, 8).base;
+    let variance: f64 = {
+        let mean = data.mean_axis(ndarray::Axis(0)).unwrap();
+        data.rows()
+            .into_iter()
+            .map(|r| {
+                (&r - &mean)
+                    .iter()
+                    .map(|v| (*v as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 10_000.0
+    };
+    let mut errors = Vec::new();
+    // 7 and 15 do not divide 30: the last subspace is zero-padded.
+    for pq_dim in [3, 7, 15, 30] {
+        let pq = ProductQuantizer::train(&CpuBackend, data.view(), pq_dim, 8, 10, 1).unwrap();
+        let codes = pq.encode(&CpuBackend, data.view()).unwrap();
+        let rec = pq.decode(codes.view());
+        let err: f64 = (&data - &rec)
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            / 10_000.0;
+        errors.push(err);
+        assert!(
+            err < 0.25 * variance,
+            "pq_dim {pq_dim}: error {err:.3} vs variance {variance:.3}"
+        );
+    }
+    assert!(
+        errors.windows(2).all(|w| w[1] < w[0]),
+        "more sub-quantizers, less error: {errors:?}"
+    );
+}
+
+#[test]
+fn same_seed_same_index() {
+    let data = vecbuild::synth::clustered(4_000, 0, 16, 20, 9).base;
+    let a = ivf_pq::build(
+        &CpuBackend,
+        data.view(),
+        Metric::L2,
+        &params(16, 8, false),
+        None,
+    )
+    .unwrap();
+    let b = ivf_pq::build(
+        &CpuBackend,
+        data.view(),
+        Metric::L2,
+        &params(16, 8, false),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (a.centroids, a.codes, a.list_offsets, a.list_rows),
+        (b.centroids, b.codes, b.list_offsets, b.list_rows)
+    );
+}
+
+#[test]
+fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
+    let dir = tmp();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "6000",
+            "--dim",
+            "24",
+            "--clusters",
+            "40",
+            "--out",
+            "b.parquet",
+            "--queries",
+            "100",
+            "--queries-out",
+            "q.parquet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--refine",
+            "--out",
+            "i.vbx",
+        ],
+    );
+    let info = ok(d, &["info", "i.vbx", "--json"]);
+    let m: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(m["kind"], "ivf-pq");
+    assert_eq!(
+        m["params"]["ivf_pq"]["n_lists"], 153,
+        "auto n_lists = 4·√6000 → 256, capped at 6000/39: {}",
+        m["params"]
+    );
+    assert!(m["params"]["auto_reason"]
+        .as_str()
+        .unwrap()
+        .contains("capped at N/39 = 153"));
+    assert_eq!(m["params"]["ivf_pq"]["pq_dim"], 12);
+    assert!(m["params"]["list_sizes"]["imbalance"].as_f64().unwrap() >= 1.0);
+    ok(
+        d,
+        &[
+            "knn",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "10",
+            "--out",
+            "t.parquet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "i.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "10",
+            "--n-probes",
+            "32",
+            "--refine-ratio",
+            "4",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        d,
+        &[
+            "eval",
+            "--results",
+            "r.parquet",
+            "--truth",
+            "t.parquet",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert!(
+        v["recall"].as_f64().unwrap() >= 0.95,
+        "recall@10 {} at n_probes=32, refine 4",
+        v["recall"]
+    );
+
+    let bad = |extra: &[&str], expect: &str| {
+        let mut args = vec!["build", "--input", "b.parquet", "--out", "x.vbx"];
+        args.extend_from_slice(extra);
+        let out = run(d, &args);
+        assert_eq!(out.code, 2, "{extra:?}: {}", out.stderr);
+        assert!(out.stderr.contains(expect), "{extra:?}: {}", out.stderr);
+        assert!(!d.join("x.vbx").exists());
+    };
+    bad(
+        &["--index", "ivf-pq", "--n-lists", "7000"],
+        "n_lists = 7000 must be between 1 and the number of rows (6000)",
+    );
+    bad(
+        &["--index", "ivf-pq", "--pq-bits", "3"],
+        "pq_bits = 3 must be between 4 and 8",
+    );
+    bad(&["--index", "ivf-pq", "--pq-bits", "9"], "pq_bits = 9");
+    bad(
+        &["--index", "ivf-pq", "--pq-dim", "25"],
+        "pq_dim = 25 must be between 1 and the dimension (24)",
+    );
+    bad(
+        &["--index", "ivf-pq", "--max-index-memory", "10K"],
+        "too small",
+    );
+    bad(
+        &["--index", "ivf-pq", "--max-index-memory", "lots"],
+        "expected a size",
+    );
+    bad(&["--n-lists", "8"], "need --index ivf-pq");
+    let out = run(
+        d,
+        &[
+            "search",
+            "--index",
+            "i.vbx",
+            "--queries",
+            "q.parquet",
+            "--n-probes",
+            "0",
+            "--out",
+            "r2.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
