@@ -200,10 +200,27 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
                 if p.refine { ", refine" } else { "" }
             ));
             let bar = ui.progress("building");
-            let say = |stage: &str| bar.set_message(stage.to_string());
+            // Each stage name arrives as the previous stage ends: time them for the summary.
+            let stages =
+                std::sync::Mutex::new((Instant::now(), String::new(), Vec::<String>::new()));
+            let say = |stage: &str| {
+                bar.set_message(stage.to_string());
+                if let Ok(mut s) = stages.lock() {
+                    let (t, name, done) = &mut *s;
+                    if !name.is_empty() {
+                        done.push(format!("{name} {:.2} s", t.elapsed().as_secs_f64()));
+                    }
+                    *t = Instant::now();
+                    *name = stage.to_string();
+                }
+            };
             let index =
                 vecbuild::index::ivf_pq::build(&CpuBackend, vectors, args.metric, &p, Some(&say))?;
+            say("");
             bar.finish_and_clear();
+            if let Ok(s) = stages.lock() {
+                ui.note(format!("IVF-PQ stages: {}", s.2.join(", ")));
+            }
             let stats = index.list_stats();
             params["ivf_pq"] = serde_json::to_value(&p)?;
             params["auto_reason"] = reason.into();
