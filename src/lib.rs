@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod ids;
 pub mod io;

@@ -17,6 +17,7 @@ macro_rules! outln {
 mod build;
 mod doctor;
 mod eval;
+mod export;
 mod generate;
 mod info;
 mod input;
@@ -52,6 +53,7 @@ pub enum Command {
     Validate(input::ValidateArgs),
     Doctor(doctor::DoctorArgs),
     Generate(generate::GenerateArgs),
+    Export(export::ExportArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -73,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Validate(a) => input::validate(a, &ui),
         Command::Doctor(a) => doctor::run(a),
         Command::Generate(a) => generate::run(a, &ui),
+        Command::Export(a) => export::run(a, &ui),
     }
 }
 

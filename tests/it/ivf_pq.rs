@@ -424,4 +424,47 @@ fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
         ],
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // faiss's PQ needs pq_dim to divide the dimension: 24 / 7 does not.
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--pq-dim",
+            "7",
+            "--out",
+            "odd.vbx",
+        ],
+    );
+    let out = run(
+        d,
+        &[
+            "export",
+            "--index",
+            "odd.vbx",
+            "--format",
+            "faiss",
+            "--out",
+            "odd.faiss",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("pq_dim to divide the dimension"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("odd.faiss").exists());
+    let out = run(
+        d,
+        &[
+            "export", "--index", "i.vbx", "--format", "hnswlib", "--out", "i.hnsw",
+        ],
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not built yet"), "{}", out.stderr);
 }

@@ -1,26 +1,45 @@
-//! Interop with the Python ecosystem: `safetensors` opens an artifact, `pyarrow` reads results.
-//! Runs `scripts/python_checks.py` with the interpreter in `VECBUILD_PYTHON` (CI sets it to a
-//! venv with numpy, pyarrow and safetensors). Without it the test says so and passes, except
-//! under CI, where a missing interpreter is a failure.
+//! Interop with the Python ecosystem: `safetensors` opens an artifact, `pyarrow` reads results,
+//! `faiss` loads exports. Runs `scripts/*_checks.py` with the interpreter in `VECBUILD_PYTHON`
+//! (CI sets it to a venv with numpy, pyarrow, safetensors and faiss-cpu). Without it the tests
+//! say so and pass, except under CI, where a missing interpreter is a failure.
 
 use crate::common::*;
 use vecbuild::Ids;
 
-#[test]
-fn python_reads_artifacts_and_results() {
-    let python = match std::env::var("VECBUILD_PYTHON") {
-        Ok(p) => p,
+/// The interpreter for the interop checks, or `None` (outside CI) to skip.
+fn python() -> Option<String> {
+    match std::env::var("VECBUILD_PYTHON") {
+        Ok(p) => Some(p),
         Err(_) => {
             assert!(
                 std::env::var("CI").is_err(),
                 "CI must set VECBUILD_PYTHON for the interop checks"
             );
-            eprintln!(
-                "skipped: VECBUILD_PYTHON is not set (a Python with numpy, pyarrow, safetensors)"
-            );
-            return;
+            eprintln!("skipped: VECBUILD_PYTHON is not set (a Python with numpy, pyarrow, safetensors, faiss-cpu)");
+            None
         }
-    };
+    }
+}
+
+/// Runs `scripts/NAME DIR` and asserts it passed.
+fn check(python: &str, name: &str, dir: &std::path::Path) {
+    let script = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_reads_artifacts_and_results() {
+    let Some(python) = python() else { return };
     let dir = tmp();
     let d = dir.path();
     let n = 400;
@@ -54,16 +73,82 @@ fn python_reads_artifacts_and_results() {
             "results.parquet",
         ],
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/python_checks.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .arg(d)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "python checks failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check(&python, "python_checks.py", d);
+}
+
+#[test]
+fn faiss_loads_exports_and_finds_the_same_neighbours() {
+    let Some(python) = python() else { return };
+    let dir = tmp();
+    let d = dir.path();
+    let data = vecbuild::synth::clustered(8_000, 100, 32, 60, 31);
+    // Ids 1000, 1001, … so the flat export needs faiss's id map.
+    let ids = Ids::Int64((1000..9000).collect());
+    vecbuild::io::parquet::write_vectors(&d.join("b.parquet"), &ids, data.base.view(), 1000)
+        .unwrap();
+    vecbuild::io::npy::write(&d.join("q.npy"), data.queries.view()).unwrap();
+    let mut cases = Vec::new();
+    let builds: [(&str, &[&str], &str); 3] = [
+        (
+            "ivf8",
+            &["--index", "ivf-pq", "--n-lists", "64", "--pq-dim", "16"],
+            "IndexIVFPQ",
+        ),
+        (
+            "ivf4ip",
+            &[
+                "--index",
+                "ivf-pq",
+                "--n-lists",
+                "64",
+                "--pq-dim",
+                "8",
+                "--pq-bits",
+                "4",
+                "--metric",
+                "ip",
+            ],
+            "IndexIVFPQ",
+        ),
+        ("flat", &["--index", "flat"], "IndexIDMap"),
+    ];
+    for (name, opts, class) in builds {
+        let (vbx, faiss, res) = (
+            format!("{name}.vbx"),
+            format!("{name}.faiss"),
+            format!("{name}.parquet"),
+        );
+        let mut args = vec!["build", "--input", "b.parquet", "--out", vbx.as_str()];
+        args.extend_from_slice(opts);
+        ok(d, &args);
+        ok(
+            d,
+            &[
+                "search",
+                "--index",
+                &vbx,
+                "--queries",
+                "q.npy",
+                "--k",
+                "10",
+                "--n-probes",
+                "8",
+                "--out",
+                &res,
+            ],
+        );
+        ok(
+            d,
+            &[
+                "export", "--index", &vbx, "--format", "faiss", "--out", &faiss,
+            ],
+        );
+        let mut case = serde_json::json!({"index": faiss, "results": res, "class": class, "same_distances": true});
+        if name != "flat" {
+            case["n_probes"] = 8.into();
+        }
+        cases.push(case);
+    }
+    std::fs::write(d.join("cases.json"), serde_json::to_string(&cases).unwrap()).unwrap();
+    check(&python, "faiss_checks.py", d);
 }

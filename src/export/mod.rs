@@ -1,0 +1,3 @@
+//! Exports to the formats other loaders read.
+
+pub mod faiss;
