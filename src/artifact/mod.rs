@@ -260,3 +260,26 @@ fn verify_checksums(path: &Path, container: &Container, manifest: &Manifest) -> 
         Ok(())
     })
 }
+
+impl Artifact {
+    /// Rewrites the artifact at `path` with `manifest` (e.g. new search defaults) and the same
+    /// tensors, atomically; the open map stays valid until dropped.
+    pub fn rewrite(&self, path: &Path, manifest: Manifest) -> Result<()> {
+        let tensors: Vec<TensorOut<'_>> = self
+            .container
+            .tensors
+            .iter()
+            .map(|(name, t)| TensorOut {
+                name,
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: self
+                    .container
+                    .bytes(name, t.dtype)
+                    .map(|b| b.0)
+                    .unwrap_or(&[]),
+            })
+            .collect();
+        write(path, manifest, &tensors)
+    }
+}

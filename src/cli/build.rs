@@ -243,7 +243,15 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         id_kind: summary.id_kind,
         params,
         search_defaults,
-        inputs: summary.files.clone(),
+        // Absolute paths, so `tune` can read the inputs again from anywhere.
+        inputs: summary
+            .files
+            .iter()
+            .map(|f| vecbuild::io::InputFile {
+                path: std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone()),
+                ..f.clone()
+            })
+            .collect(),
         vector_column: summary.vector_column.clone(),
         id_column: summary.id_column.clone(),
         backend: "cpu".into(),

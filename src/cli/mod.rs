@@ -23,6 +23,7 @@ mod info;
 mod input;
 mod knn;
 mod search;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +55,7 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     Generate(generate::GenerateArgs),
     Export(export::ExportArgs),
+    Tune(tune::TuneArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Doctor(a) => doctor::run(a),
         Command::Generate(a) => generate::run(a, &ui),
         Command::Export(a) => export::run(a, &ui),
+        Command::Tune(a) => tune::run(a, &ui),
     }
 }
 

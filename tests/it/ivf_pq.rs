@@ -468,3 +468,144 @@ fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not built yet"), "{}", out.stderr);
 }
+
+#[test]
+fn tune_reaches_its_target_on_held_out_queries_and_stores_it() {
+    let dir = tmp();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "generate",
+            "--rows",
+            "8000",
+            "--dim",
+            "24",
+            "--clusters",
+            "40",
+            "--out",
+            "b.parquet",
+            "--queries",
+            "200",
+            "--queries-out",
+            "q.parquet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--refine",
+            "--pq-dim",
+            "6",
+            "--out",
+            "i.vbx",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "knn",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "10",
+            "--out",
+            "t.parquet",
+        ],
+    );
+    // Tuned on rows sampled from the base; judged on the separate query file.
+    let table = ok(d, &["tune", "--index", "i.vbx", "--target-recall", "0.95"]);
+    assert!(table.contains("← chosen"), "{table}");
+    let m: serde_json::Value = serde_json::from_str(&ok(d, &["info", "i.vbx", "--json"])).unwrap();
+    let defaults = &m["search_defaults"];
+    assert!(
+        defaults["tuned"]["recall"].as_f64().unwrap() >= 0.95,
+        "{defaults}"
+    );
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "i.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "10",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        d,
+        &[
+            "eval",
+            "--results",
+            "r.parquet",
+            "--truth",
+            "t.parquet",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let recall = v["recall"].as_f64().unwrap();
+    assert!(
+        recall >= 0.93,
+        "held-out recall@10 {recall:.4} at the tuned {defaults} (target 0.95, margin 0.02)"
+    );
+
+    // Without raw vectors tune re-reads the recorded inputs; a target PQ alone cannot reach fails
+    // with exit 2 and leaves the artifact as it was.
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--pq-dim",
+            "2",
+            "--out",
+            "small.vbx",
+        ],
+    );
+    let before = std::fs::read(d.join("small.vbx")).unwrap();
+    let out = run(
+        d,
+        &[
+            "tune",
+            "--index",
+            "small.vbx",
+            "--target-recall",
+            "0.999",
+            "--queries",
+            "q.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no setting reached"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(d.join("small.vbx")).unwrap(),
+        before,
+        "artifact untouched"
+    );
+    ok(d, &["build", "--input", "b.parquet", "--out", "flat.vbx"]);
+    let out = run(
+        d,
+        &["tune", "--index", "flat.vbx", "--target-recall", "0.9"],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no search parameters to tune"),
+        "{}",
+        out.stderr
+    );
+}
