@@ -15,6 +15,7 @@ ap.add_argument("--k", type=int, default=10)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--work", default="bench-data")
 ap.add_argument("--repeats", type=int, default=5)
+ap.add_argument("--skip-ivf-pq", action="store_true")
 args = ap.parse_args()
 
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -116,9 +117,94 @@ got = pq.read_table(res).column("neighbors").to_pylist()
 id_of_row = ids
 agree = np.mean([len(set(g) & set(id_of_row[f].tolist())) / args.k for g, f in zip(got, faiss_ids)])
 
+# 3. IVF-PQ: build time and the recall@10 / QPS curve, same n_lists / pq_dim / pq_bits.
+curves = []
+if not args.skip_ivf_pq:
+    n_lists = 1 << round(np.log2(4 * np.sqrt(n)))
+    n_lists = min(n_lists, n // 39)
+    pq_dim = dim // 2
+    _, truth = index.search(queries, args.k)
+    truth_ids = id_of_row[truth]
+
+    def recall_of(found):
+        return float(np.mean([len(set(f) & set(t)) / args.k for f, t in zip(found, truth_ids.tolist())]))
+
+    def ours_build(extra):
+        out = os.path.join(args.work, "bench-ivf.vbx")
+        r = vb_run("build", "--input", args.base, "--index", "ivf-pq", "--n-lists", str(n_lists), "--pq-dim",
+                   str(pq_dim), "--pq-bits", "8", "--out", out, *extra)
+        stages = re.search(r"IVF-PQ stages: (.*)", r.stderr).group(1)
+        return out, sum(float(x) for x in re.findall(r"([0-9.]+) s", stages))
+
+    def ours_curve(art, ratios):
+        points = []
+        for ratio in ratios:
+            for p in [1, 2, 4, 8, 16, 32, 64]:
+                r = vb_run("search", "--index", art, "--queries", args.queries, "--k", str(args.k), "--n-probes", str(p),
+                           "--refine-ratio", str(ratio), "--out", res)
+                secs = float(re.search(r"in ([0-9.]+) s \(", r.stderr).group(1))
+                found = pq.read_table(res).column("neighbors").to_pylist()
+                points.append((p, ratio, recall_of(found), nq / secs))
+        return points
+
+    def faiss_curve(idx, ratios):
+        points = []
+        ivf = faiss.extract_index_ivf(idx)
+        for ratio in ratios:
+            if ratio > 1:
+                idx.k_factor = ratio
+            for p in [1, 2, 4, 8, 16, 32, 64]:
+                ivf.nprobe = p
+                t = time.perf_counter()
+                _, found = idx.search(queries, args.k)
+                secs = time.perf_counter() - t
+                points.append((p, ratio, recall_of(id_of_row[found].tolist()), nq / secs))
+        return points
+
+    # Builds, interleaved: ours, faiss, ours, faiss (median of 2 each; builds are long).
+    ours_t, faiss_t = [], []
+    for _ in range(2):
+        art, t_ours = ours_build([])
+        ours_t.append(t_ours)
+        fidx = faiss.index_factory(dim, f"IVF{n_lists},PQ{pq_dim}x8")
+        fidx.do_polysemous_training = False
+        faiss.extract_index_ivf(fidx).cp.niter = 20
+        fidx.pq.cp.niter = 20
+        t = time.perf_counter()
+        fidx.train(base)
+        fidx.add(base)
+        faiss_t.append(time.perf_counter() - t)
+    ours_b, faiss_b = statistics.median(ours_t), statistics.median(faiss_t)
+    rows.append((f"IVF-PQ build IVF{n_lists},PQ{pq_dim}x8 (train+add)", f"{ours_b:.2f} s", f"{faiss_b:.2f} s",
+                 faiss_b / ours_b, "faiss IndexIVFPQ"))
+    curves.append(("vecbuild IVF-PQ", ours_curve(art, [1])))
+    curves.append(("faiss IVF-PQ", faiss_curve(fidx, [1])))
+    art_r, _ = ours_build(["--refine"])
+    curves.append(("vecbuild IVF-PQ + refine", ours_curve(art_r, [2, 4])))
+    flat_refine = faiss.IndexFlatL2(dim)
+    flat_refine.add(base)
+    refined = faiss.IndexRefine(fidx, flat_refine)  # what IndexRefineFlat is, over a filled index
+    curves.append(("faiss IVF-PQ + RFlat", faiss_curve(refined, [2, 4])))
+
+    def best_at(points, target):
+        ok = [q for (_, _, r, q) in points if r >= target]
+        return max(ok) if ok else None
+
+    for target, (a, b) in [(0.85, (0, 1)), (0.95, (2, 3))]:
+        qa, qb = best_at(curves[a][1], target), best_at(curves[b][1], target)
+        if qa and qb:
+            rows.append((f"IVF-PQ QPS at recall@10 >= {target} ({curves[a][0]})", f"{qa:.0f} QPS", f"{qb:.0f} QPS",
+                         qa / qb, curves[b][0]))
+        else:
+            rows.append((f"IVF-PQ QPS at recall@10 >= {target}", str(qa), str(qb), float("nan"), curves[b][0]))
+
 print(f"\nvecbuild vs peers: {args.threads} threads, median of {args.repeats} interleaved runs, faiss {faiss.__version__}, "
       f"pyarrow {pa.__version__}, {time.strftime('%Y-%m-%d')}")
 print(f"{'benchmark':<58} {'vecbuild':>12} {'peer':>12} {'ratio':>7}  peer")
 for name, a, b, r, who in rows:
     print(f"{name:<58} {a:>12} {b:>12} {r:>6.2f}x  {who}")
 print(f"exact k-NN agreement with faiss: {agree:.4f}")
+for name, points in curves:
+    print(f"\n{name}: n_probes refine_ratio recall@10 QPS")
+    for p, ratio, r, q in points:
+        print(f"  {p:>4} {ratio:>3} {r:.4f} {q:>9.0f}")
