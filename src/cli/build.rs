@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 use vecbuild::artifact::{IndexKind, Manifest};
 use vecbuild::backend::CpuBackend;
-use vecbuild::index::ivf_pq::IvfPqParams;
+use vecbuild::index::ivf_pq::{self, IvfPq, IvfPqParams};
 use vecbuild::io::Batch;
+use vecbuild::io::InputSummary;
 use vecbuild::{Error, Ids, Metric};
 
 /// Build an index from embeddings and write it as one artifact.
@@ -168,72 +169,40 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let started = Instant::now();
+    let opts = args.columns.options(args.metric.normalizes());
     let mut ids: Option<Ids> = None;
-    let mut data: Vec<f32> = Vec::new();
-    let summary = read_with_progress(
-        ui,
-        "reading",
-        &args.input,
-        args.columns.options(args.metric.normalizes()),
-        &mut |b: Batch| {
-            Ids::accumulate(&mut ids, b.ids)?;
-            data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
-            Ok(())
-        },
-    )?;
+    let mut params = serde_json::json!({ "allow_duplicate_ids": args.allow_duplicate_ids });
+    let mut search_defaults = serde_json::json!({});
+    let built = match kind {
+        IndexKind::IvfPq => {
+            let (index, raw, summary) = build_ivf_pq(&args, ui, &mut ids, &mut params)?;
+            search_defaults = serde_json::json!({
+                "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(index.centroids.nrows()),
+                "refine_ratio": if args.ivf_pq.refine { 2.0 } else { 1.0 },
+            });
+            Built::IvfPq {
+                index: Box::new(index),
+                raw,
+                summary,
+            }
+        }
+        _ => {
+            let mut data: Vec<f32> = Vec::new();
+            let summary = read_with_progress(ui, "reading", &args.input, opts, &mut |b: Batch| {
+                Ids::accumulate(&mut ids, b.ids)?;
+                data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+                Ok(())
+            })?;
+            Built::Flat { data, summary }
+        }
+    };
+    let summary = match &built {
+        Built::Flat { summary, .. } | Built::IvfPq { summary, .. } => summary.clone(),
+    };
     let ids = ids.unwrap_or_else(|| Ids::empty(summary.id_kind));
     if !args.allow_duplicate_ids {
         check_duplicate_ids(&ids, &summary)?;
     }
-    let vectors = ndarray::ArrayView2::from_shape((summary.rows as usize, summary.dim), &data)?;
-    let (n, dim) = vectors.dim();
-    let mut params = serde_json::json!({ "allow_duplicate_ids": args.allow_duplicate_ids });
-    let mut search_defaults = serde_json::json!({});
-    let ivf = match kind {
-        IndexKind::IvfPq => {
-            let (p, reason) = args.ivf_pq.resolve(n, dim)?;
-            ui.note(format!(
-                "IVF-PQ: n_lists {}, pq_dim {}, pq_bits {}{} ({reason})",
-                p.n_lists,
-                p.pq_dim,
-                p.pq_bits,
-                if p.refine { ", refine" } else { "" }
-            ));
-            let bar = ui.progress("building");
-            // Each stage name arrives as the previous stage ends: time them for the summary.
-            let stages =
-                std::sync::Mutex::new((Instant::now(), String::new(), Vec::<String>::new()));
-            let say = |stage: &str| {
-                bar.set_message(stage.to_string());
-                if let Ok(mut s) = stages.lock() {
-                    let (t, name, done) = &mut *s;
-                    if !name.is_empty() {
-                        done.push(format!("{name} {:.2} s", t.elapsed().as_secs_f64()));
-                    }
-                    *t = Instant::now();
-                    *name = stage.to_string();
-                }
-            };
-            let index =
-                vecbuild::index::ivf_pq::build(&CpuBackend, vectors, args.metric, &p, Some(&say))?;
-            say("");
-            bar.finish_and_clear();
-            if let Ok(s) = stages.lock() {
-                ui.note(format!("IVF-PQ stages: {}", s.2.join(", ")));
-            }
-            let stats = index.list_stats();
-            params["ivf_pq"] = serde_json::to_value(&p)?;
-            params["auto_reason"] = reason.into();
-            params["list_sizes"] = serde_json::to_value(&stats)?;
-            params["coarse_objective"] = serde_json::to_value(&index.coarse_objective)?;
-            search_defaults = serde_json::json!({
-                "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(p.n_lists),
-                "refine_ratio": if p.refine { 2.0 } else { 1.0 },
-            });
-            Some((index, p.refine))
-        }
-        _ => None,
-    };
     let manifest = Manifest {
         format_version: vecbuild::artifact::FORMAT_VERSION,
         kind,
@@ -264,15 +233,26 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         vecbuild_version: env!("CARGO_PKG_VERSION").into(),
         checksums: Default::default(),
     };
-    match &ivf {
-        Some((index, refine)) => vecbuild::index::ivf_pq::write(
-            &args.out,
-            index,
-            &ids,
-            refine.then_some(vectors),
-            manifest,
-        )?,
-        None => vecbuild::index::flat::write(&args.out, vectors, &ids, manifest)?,
+    match &built {
+        Built::IvfPq { index, raw, .. } => {
+            let raw = raw
+                .as_ref()
+                .map(|r| {
+                    ndarray::ArrayView2::from_shape(
+                        (summary.rows as usize, summary.dim),
+                        r.as_slice(),
+                    )
+                })
+                .transpose()?;
+            vecbuild::index::ivf_pq::write(&args.out, index, &ids, raw, manifest)?
+        }
+        Built::Flat { data, .. } => {
+            let vectors = ndarray::ArrayView2::from_shape(
+                (summary.rows as usize, summary.dim),
+                data.as_slice(),
+            )?;
+            vecbuild::index::flat::write(&args.out, vectors, &ids, manifest)?
+        }
     }
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     ui.note(format!(
@@ -285,4 +265,103 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         size as f64 / 1e6
     ));
     Ok(())
+}
+
+/// What a build produced, before it is written.
+enum Built {
+    Flat {
+        data: Vec<f32>,
+        summary: InputSummary,
+    },
+    IvfPq {
+        index: Box<IvfPq>,
+        raw: Option<Vec<f32>>,
+        summary: InputSummary,
+    },
+}
+
+/// Streams the inputs twice: pass 1 collects the training sample (and the ids), pass 2 encodes
+/// batch by batch, so memory holds the codes, the sample and one batch (plus the raw vectors
+/// when --refine keeps them for the artifact).
+fn build_ivf_pq(
+    args: &BuildArgs,
+    ui: &Ui,
+    ids: &mut Option<Ids>,
+    params: &mut serde_json::Value,
+) -> anyhow::Result<(IvfPq, Option<Vec<f32>>, InputSummary)> {
+    let files = vecbuild::io::resolve_inputs(&args.input)?;
+    let n = vecbuild::io::count_rows(&files)? as usize;
+    let opts = || args.columns.options(args.metric.normalizes());
+    // Pass 1: parameters once the dimension is known, then the sampled rows.
+    let mut plan: Option<(IvfPqParams, String, Vec<usize>)> = None;
+    let mut sample: Vec<f32> = Vec::new();
+    let mut next = 0usize;
+    let summary = read_with_progress(ui, "sampling", &args.input, opts(), &mut |b: Batch| {
+        Ids::accumulate(ids, b.ids)?;
+        if plan.is_none() {
+            let (p, reason) = args.ivf_pq.resolve(n, b.vectors.ncols())?;
+            let rows = ivf_pq::training_rows(n, &p);
+            plan = Some((p, reason, rows));
+        }
+        let rows = plan.as_ref().map(|p| &p.2[..]).unwrap_or(&[]);
+        let end = b.first_row as usize + b.vectors.nrows();
+        while next < rows.len() && rows[next] < end {
+            sample.extend(b.vectors.row(rows[next] - b.first_row as usize).iter());
+            next += 1;
+        }
+        Ok(())
+    })?;
+    let (p, reason, rows) = plan.ok_or_else(|| Error::param("input has no rows"))?;
+    if summary.rows as usize != n {
+        return Err(Error::param(format!(
+            "the inputs hold {} rows but their metadata said {n}",
+            summary.rows
+        ))
+        .into());
+    }
+    ui.note(format!(
+        "IVF-PQ: n_lists {}, pq_dim {}, pq_bits {}{} ({reason})",
+        p.n_lists,
+        p.pq_dim,
+        p.pq_bits,
+        if p.refine { ", refine" } else { "" }
+    ));
+    let sample = ndarray::Array2::from_shape_vec((rows.len(), summary.dim), sample)?;
+    let bar = ui.progress("building");
+    // Each stage name arrives as the previous stage ends: time them for the summary.
+    let stages = std::sync::Mutex::new((Instant::now(), String::new(), Vec::<String>::new()));
+    let say = |stage: &str| {
+        bar.set_message(stage.to_string());
+        if let Ok(mut s) = stages.lock() {
+            let (t, name, done) = &mut *s;
+            if !name.is_empty() {
+                done.push(format!("{name} {:.2} s", t.elapsed().as_secs_f64()));
+            }
+            *t = Instant::now();
+            *name = stage.to_string();
+        }
+    };
+    let trained = ivf_pq::train(&CpuBackend, sample.view(), n, args.metric, &p, Some(&say))?;
+    say("encoding");
+    bar.finish_and_clear();
+    // Pass 2: encode batch by batch.
+    let mut encoded = ivf_pq::Encoded::default();
+    let mut raw: Option<Vec<f32>> = p.refine.then(Vec::new);
+    read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
+        trained.encode(&CpuBackend, b.vectors.view(), &mut encoded)?;
+        if let Some(r) = raw.as_mut() {
+            r.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+        }
+        Ok(())
+    })?;
+    let index = trained.finish(encoded);
+    say("");
+    if let Ok(s) = stages.lock() {
+        ui.note(format!("IVF-PQ stages: {}", s.2.join(", ")));
+    }
+    params["ivf_pq"] = serde_json::to_value(&p)?;
+    params["auto_reason"] = reason.into();
+    params["list_sizes"] = serde_json::to_value(index.list_stats())?;
+    params["coarse_objective"] = serde_json::to_value(&index.coarse_objective)?;
+    Ok((index, raw, summary))
 }

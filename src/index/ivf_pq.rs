@@ -1,21 +1,21 @@
 //! IVF-PQ: an inverted file over a coarse k-means, with residuals product-quantized.
 //!
 //! Build:
-//! 1. Sample at most `max_train_rows` rows (seeded) and train `n_lists` coarse centroids by
-//!    k-means ([`super::kmeans`]).
-//! 2. Assign every row to its nearest centroid (its list). The residual `x − c(list)` is what PQ
-//!    encodes, so codes spend their bits on where a row sits within its cell.
-//! 3. Train the product quantizer ([`super::pq`]) on the residuals of (at most
-//!    [`PQ_TRAIN_ROWS`]) sampled rows, then encode every row's residual in chunks.
-//! 4. Sort rows by list (counting sort): codes are stored contiguously per list, with
+//! 1. A seeded sample of rows ([`training_rows`]) is collected; `n_lists` coarse centroids are
+//!    trained by k-means ([`super::kmeans`]) on at most `max_train_rows` of it.
+//! 2. The product quantizer ([`super::pq`]) is trained on the residuals `x − c(list)` of at most
+//!    [`PQ_TRAIN_ROWS`] sampled rows: codes spend their bits on where a row sits in its cell.
+//! 3. Every row is assigned to its list and its residual encoded, batch by batch
+//!    ([`Trained::encode`]), so a streaming build holds only the codes and one batch.
+//! 4. Rows are sorted by list (counting sort): codes are stored contiguously per list, with
 //!    `list_offsets [n_lists + 1]` and `list_rows [n]` mapping positions back to rows.
 //!
 //! Metrics: `l2` as is; `cosine` runs as L2 on unit vectors (‖q − x‖² = 2 − 2 cos, so the
 //! ranking is the same and the distance is halved at report time); `ip` uses inner-product
 //! coarse search and inner-product lookup tables over the same residual codes.
 //!
-//! Known limits: the input is held in memory during the build (streaming the encode pass is
-//! future work); codes are one byte per sub-quantizer even for `pq_bits < 8`.
+//! Known limits: codes are one byte per sub-quantizer even for `pq_bits < 8` (the faiss export
+//! packs them).
 
 use super::kmeans::{self, sample_indices};
 use super::pq::ProductQuantizer;
@@ -200,45 +200,64 @@ pub fn coarse_metric(metric: Metric) -> Metric {
     }
 }
 
-/// Builds over `data: [n, dim]` (unit rows for cosine). `progress` receives short stage names.
-pub fn build(
+/// The rows (sorted) a build trains on: a seeded sample of `max(max_train_rows, PQ_TRAIN_ROWS)`
+/// of `n`, so a streaming build can collect them in one pass over its input.
+pub fn training_rows(n: usize, params: &IvfPqParams) -> Vec<usize> {
+    let mut rng = Rng::new(params.seed);
+    let mut rows = sample_indices(n, params.max_train_rows.max(PQ_TRAIN_ROWS).min(n), &mut rng);
+    rows.sort_unstable();
+    rows
+}
+
+/// The trained quantizers, ready to encode rows batch by batch.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub metric: Metric,
+    /// `[n_lists, dim]`.
+    pub centroids: Array2<f32>,
+    pub pq: ProductQuantizer,
+    pub coarse_objective: Vec<f64>,
+}
+
+/// Trains the coarse quantizer and the product quantizer on `sample` (the rows of
+/// [`training_rows`] for `n` total rows; unit rows for cosine).
+pub fn train(
     backend: &dyn Backend,
-    data: ArrayView2<'_, f32>,
+    sample: ArrayView2<'_, f32>,
+    n: usize,
     metric: Metric,
     params: &IvfPqParams,
     progress: Option<&dyn Fn(&str)>,
-) -> Result<IvfPq> {
-    let (n, dim) = data.dim();
-    params.validate(n, dim)?;
+) -> Result<Trained> {
+    params.validate(n, sample.ncols())?;
     let say = |s: &str| {
         if let Some(p) = progress {
             p(s)
         }
     };
-    let mut rng = Rng::new(params.seed);
-
-    // 1. Coarse quantizer on a sample.
+    let mut rng = Rng::new(params.seed ^ 0x7261_696e);
+    // 1. Coarse quantizer on a random subset of the sample.
     say("training coarse quantizer");
-    let train_rows = sample_indices(n, params.max_train_rows.min(n), &mut rng);
-    let train = data.select(Axis(0), &train_rows);
+    let coarse_rows = sample_indices(
+        sample.nrows(),
+        params.max_train_rows.min(sample.nrows()),
+        &mut rng,
+    );
     let coarse = kmeans::train(
         backend,
-        train.view(),
+        sample.select(Axis(0), &coarse_rows).view(),
         params.n_lists,
         params.kmeans_n_iters,
         params.seed,
         None,
     )?;
-    let centroids = coarse.centroids;
-
-    // 2. Lists of every row (inner-product search picks lists by inner product).
-    say("assigning rows to lists");
-    let labels = assign_lists(backend, data, centroids.view(), metric)?;
-
-    // 3. Product quantizer on sampled residuals, then every row's code.
+    // 2. Product quantizer on the residuals of another random subset.
     say("training product quantizer");
-    let pq_rows = sample_indices(n, PQ_TRAIN_ROWS.min(n), &mut rng);
-    let pq_train = residuals(data, &pq_rows, &labels, centroids.view());
+    let pq_rows = sample_indices(sample.nrows(), PQ_TRAIN_ROWS.min(sample.nrows()), &mut rng);
+    let pq_sample = sample.select(Axis(0), &pq_rows);
+    let labels = assign_lists(backend, pq_sample.view(), coarse.centroids.view(), metric)?;
+    let all: Vec<usize> = (0..pq_sample.nrows()).collect();
+    let pq_train = residuals(pq_sample.view(), &all, &labels, coarse.centroids.view());
     let pq = ProductQuantizer::train(
         backend,
         pq_train.view(),
@@ -247,44 +266,98 @@ pub fn build(
         params.kmeans_n_iters,
         params.seed ^ 0x5051,
     )?;
-    say("encoding");
-    let mut codes_by_row = Array2::<u8>::zeros((n, params.pq_dim));
-    for start in (0..n).step_by(ENCODE_CHUNK) {
-        let rows: Vec<usize> = (start..(start + ENCODE_CHUNK).min(n)).collect();
-        let r = residuals(data, &rows, &labels, centroids.view());
-        let c = pq.encode(backend, r.view())?;
-        codes_by_row
-            .slice_mut(ndarray::s![start..start + rows.len(), ..])
-            .assign(&c);
-    }
-
-    // 4. Counting sort by list.
-    let mut list_offsets = vec![0u64; params.n_lists + 1];
-    for &l in &labels {
-        list_offsets[l as usize + 1] += 1;
-    }
-    for l in 0..params.n_lists {
-        list_offsets[l + 1] += list_offsets[l];
-    }
-    let mut next = list_offsets.clone();
-    let mut list_rows = vec![0u64; n];
-    for (row, &l) in labels.iter().enumerate() {
-        list_rows[next[l as usize] as usize] = row as u64;
-        next[l as usize] += 1;
-    }
-    let codes = codes_by_row.select(
-        Axis(0),
-        &list_rows.iter().map(|&r| r as usize).collect::<Vec<_>>(),
-    );
-    Ok(IvfPq {
+    Ok(Trained {
         metric,
-        centroids,
+        centroids: coarse.centroids,
         pq,
-        list_offsets,
-        list_rows,
-        codes,
         coarse_objective: coarse.objective,
     })
+}
+
+/// Rows encoded so far, in row order.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    labels: Vec<u32>,
+    codes: Vec<u8>,
+}
+
+impl Trained {
+    /// Assigns a batch of rows `[b, dim]` to lists and encodes their residuals, appending to
+    /// `out` (memory: the codes so far plus this batch).
+    pub fn encode(
+        &self,
+        backend: &dyn Backend,
+        batch: ArrayView2<'_, f32>,
+        out: &mut Encoded,
+    ) -> Result<()> {
+        for chunk in batch.axis_chunks_iter(Axis(0), ENCODE_CHUNK) {
+            let labels = assign_lists(backend, chunk, self.centroids.view(), self.metric)?;
+            let all: Vec<usize> = (0..chunk.nrows()).collect();
+            let r = residuals(chunk, &all, &labels, self.centroids.view());
+            let codes = self.pq.encode(backend, r.view())?;
+            out.codes.extend(codes.iter());
+            out.labels.extend(labels);
+        }
+        Ok(())
+    }
+
+    /// Sorts the encoded rows into lists (counting sort).
+    pub fn finish(self, encoded: Encoded) -> IvfPq {
+        let n_lists = self.centroids.nrows();
+        let pq_dim = self.pq.pq_dim;
+        let n = encoded.labels.len();
+        let mut list_offsets = vec![0u64; n_lists + 1];
+        for &l in &encoded.labels {
+            list_offsets[l as usize + 1] += 1;
+        }
+        for l in 0..n_lists {
+            list_offsets[l + 1] += list_offsets[l];
+        }
+        let mut next = list_offsets.clone();
+        let mut list_rows = vec![0u64; n];
+        let mut codes = Array2::<u8>::zeros((n, pq_dim));
+        for (row, &l) in encoded.labels.iter().enumerate() {
+            let pos = next[l as usize] as usize;
+            list_rows[pos] = row as u64;
+            codes
+                .row_mut(pos)
+                .as_slice_mut()
+                .unwrap_or(&mut [])
+                .copy_from_slice(&encoded.codes[row * pq_dim..(row + 1) * pq_dim]);
+            next[l as usize] += 1;
+        }
+        IvfPq {
+            metric: self.metric,
+            centroids: self.centroids,
+            pq: self.pq,
+            list_offsets,
+            list_rows,
+            codes,
+            coarse_objective: self.coarse_objective,
+        }
+    }
+}
+
+/// Builds over `data: [n, dim]` held in memory (unit rows for cosine): [`train`] on the rows of
+/// [`training_rows`], [`Trained::encode`] in chunks, [`Trained::finish`]. `progress` receives
+/// short stage names.
+pub fn build(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    metric: Metric,
+    params: &IvfPqParams,
+    progress: Option<&dyn Fn(&str)>,
+) -> Result<IvfPq> {
+    let n = data.nrows();
+    params.validate(n, data.ncols())?;
+    let sample = data.select(Axis(0), &training_rows(n, params));
+    let trained = train(backend, sample.view(), n, metric, params, progress)?;
+    if let Some(p) = progress {
+        p("encoding");
+    }
+    let mut encoded = Encoded::default();
+    trained.encode(backend, data, &mut encoded)?;
+    Ok(trained.finish(encoded))
 }
 
 /// The list of every row: nearest centroid by L2, or largest inner product for `ip`.

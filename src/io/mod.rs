@@ -328,3 +328,40 @@ pub fn check_rows(
     }
     Ok(())
 }
+
+/// Rows in the inputs, from metadata alone (Parquet footers, `.npy` headers, `.fvecs` sizes),
+/// so a streaming build can plan before reading any vector.
+pub fn count_rows(files: &[PathBuf]) -> Result<u64> {
+    use std::io::Read;
+    let mut total = 0u64;
+    for path in files {
+        total += match Format::detect(path)? {
+            #[cfg(feature = "parquet")]
+            Format::Parquet => parquet::count_rows(path)?,
+            #[cfg(not(feature = "parquet"))]
+            Format::Parquet => {
+                return Err(Error::input(
+                    Location::file(path),
+                    "this vecbuild was built without the `parquet` feature",
+                ))
+            }
+            Format::Npy => {
+                let mut f = std::io::BufReader::new(
+                    std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+                );
+                npy::read_header(path, &mut f)?.rows
+            }
+            Format::Fvecs => {
+                let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+                let mut head = [0u8; 4];
+                f.read_exact(&mut head).map_err(|_| {
+                    Error::input(Location::file(path), "truncated dimension header")
+                })?;
+                let record = 4 + 4 * i32::from_le_bytes(head).max(1) as u64;
+                size / record
+            }
+        };
+    }
+    Ok(total)
+}

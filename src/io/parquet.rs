@@ -909,3 +909,12 @@ pub fn write_vectors(
     }
     writer.into_inner().map_err(io)?.commit()
 }
+
+/// Rows in a Parquet file, from its footer.
+pub fn count_rows(path: &Path) -> Result<u64> {
+    Ok(open_meta(path)?
+        .metadata()
+        .file_metadata()
+        .num_rows()
+        .max(0) as u64)
+}

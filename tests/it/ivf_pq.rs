@@ -609,3 +609,68 @@ fn tune_reaches_its_target_on_held_out_queries_and_stores_it() {
         out.stderr
     );
 }
+
+#[test]
+fn streamed_cli_build_equals_the_in_memory_build() {
+    let dir = tmp();
+    let d = dir.path();
+    // Several files and small batches: the sample and the codes are gathered across batches.
+    let data = vecbuild::synth::clustered(5_000, 0, 16, 30, 12).base;
+    for (i, part) in data.axis_chunks_iter(ndarray::Axis(0), 2_000).enumerate() {
+        let ids = Ids::Int64((i as i64 * 2_000..i as i64 * 2_000 + part.nrows() as i64).collect());
+        vecbuild::io::parquet::write_vectors(&d.join(format!("p{i}.parquet")), &ids, part, 700)
+            .unwrap();
+    }
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "p*.parquet",
+            "--batch-rows",
+            "300",
+            "--index",
+            "ivf-pq",
+            "--n-lists",
+            "32",
+            "--pq-dim",
+            "8",
+            "--kmeans-n-iters",
+            "15",
+            "--seed",
+            "5",
+            "--out",
+            "s.vbx",
+        ],
+    );
+    let p = IvfPqParams {
+        n_lists: 32,
+        pq_dim: 8,
+        pq_bits: 8,
+        kmeans_n_iters: 15,
+        max_train_rows: 32 * 256,
+        refine: false,
+        seed: 5,
+    };
+    let mem = ivf_pq::build(&CpuBackend, data.view(), Metric::L2, &p, None).unwrap();
+    let a = vecbuild::artifact::Artifact::open(d.join("s.vbx")).unwrap();
+    use vecbuild::artifact::container::DType;
+    assert_eq!(
+        a.tensor::<u64>("ivf.list_offsets", DType::U64, &[33])
+            .unwrap(),
+        &mem.list_offsets[..]
+    );
+    assert_eq!(
+        a.tensor::<u64>("ivf.rows", DType::U64, &[5_000]).unwrap(),
+        &mem.list_rows[..]
+    );
+    assert_eq!(
+        a.tensor::<u8>("ivf.codes", DType::U8, &[5_000, 8]).unwrap(),
+        mem.codes.as_slice().unwrap()
+    );
+    assert_eq!(
+        a.tensor::<f32>("ivf.centroids", DType::F32, &[32, 16])
+            .unwrap(),
+        mem.centroids.as_slice().unwrap()
+    );
+}
