@@ -23,6 +23,19 @@ use crate::{Metric, Result, TopK};
 use ndarray::ArrayView2;
 use rayon::prelude::*;
 
+/// Whether this CPU runs the AVX2+FMA kernels (std caches the detection).
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Queries per GEMM tile.
 pub const QUERY_TILE: usize = 256;
 /// Base rows per GEMM tile.
@@ -102,7 +115,7 @@ fn assign_small_dim(
 /// AVX2+FMA when the CPU has them (checked at run time), else for the baseline target.
 fn nearest_rows(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { nearest_rows_avx2(chunk, ct, k, dim) };
     }
@@ -387,7 +400,7 @@ fn select_rows(
     states: &mut [TopK],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { select_rows_avx2(scores, n, x_norms, base_row, states) };
     }
@@ -492,8 +505,7 @@ mod tests {
     #[test]
     fn nearest_rows_avx2_matches_the_portable_kernel() {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has_avx2_fma() {
             let mut rng = crate::synth::Rng::new(3);
             for (k, dim) in [(256, 2), (16, 4), (37, 3), (5, 16)] {
                 let ct: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();

@@ -142,8 +142,7 @@ impl ProductQuantizer {
     /// entries past `ksub` are +∞. `table` holds `pq_dim · TABLE_STRIDE` floats.
     pub fn table(&self, transposed: &[f32], x: &[f32], inner_product: bool, table: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::backend::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
             return unsafe {
                 table_avx2(
