@@ -12,7 +12,7 @@
 //! aligned to its element size and can be viewed in place from the memory map.
 //!
 //! Opening checks every length and offset with checked arithmetic and names the tensor that is
-//! wrong; checksums are verified by the caller ([`super::open`]), which knows them from the
+//! wrong; checksums are verified by the caller ([`super::Artifact::open`]), which knows them from the
 //! manifest.
 
 use crate::fsutil::AtomicFile;

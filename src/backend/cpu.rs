@@ -278,7 +278,7 @@ fn assign_gemm(data: ArrayView2<'_, f32>, centroids: ArrayView2<'_, f32>) -> (Ve
     (labels, dists)
 }
 
-/// queries: [nq, dim], base: [nb, dim], base_sq_norms: [nb] (L2) → folds scores into topk: [nq].
+/// `queries: [nq, dim]`, `base: [nb, dim]`, `base_sq_norms: [nb]` (L2) → folds scores into `topk: [nq]`.
 pub fn knn_block(
     queries: Queries<'_>,
     base: ArrayView2<'_, f32>,

@@ -193,6 +193,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
                 data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
                 Ok(())
             })?;
+            check_ids(&args, &ids, &summary)?;
             Built::Flat { data, summary }
         }
     };
@@ -200,9 +201,6 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         Built::Flat { summary, .. } | Built::IvfPq { summary, .. } => summary.clone(),
     };
     let ids = ids.unwrap_or_else(|| Ids::empty(summary.id_kind));
-    if !args.allow_duplicate_ids {
-        check_duplicate_ids(&ids, &summary)?;
-    }
     let manifest = Manifest {
         format_version: vecbuild::artifact::FORMAT_VERSION,
         kind,
@@ -267,6 +265,14 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rejects duplicate ids unless --allow-duplicate-ids.
+fn check_ids(args: &BuildArgs, ids: &Option<Ids>, summary: &InputSummary) -> vecbuild::Result<()> {
+    match ids {
+        Some(ids) if !args.allow_duplicate_ids => check_duplicate_ids(ids, summary),
+        _ => Ok(()),
+    }
+}
+
 /// What a build produced, before it is written.
 enum Built {
     Flat {
@@ -311,6 +317,8 @@ fn build_ivf_pq(
         }
         Ok(())
     })?;
+    // Reject duplicate ids before the expensive part.
+    check_ids(args, ids, &summary)?;
     let (p, reason, rows) = plan.ok_or_else(|| Error::param("input has no rows"))?;
     if summary.rows as usize != n {
         return Err(Error::param(format!(

@@ -416,3 +416,42 @@ fn not_a_parquet_file() {
         &["a.parquet", "not a Parquet file"],
     );
 }
+
+#[test]
+fn duplicate_ids_stop_an_ivf_pq_build_before_training() {
+    let dir = tmp();
+    let mut ids: Vec<i64> = (0..400).collect();
+    ids[399] = 3;
+    write_parquet(
+        &dir.path().join("a.parquet"),
+        vec![
+            ("id", int64(ids)),
+            ("emb", fsl_f32(&data(400, 4, 1), 4, "item", &[])),
+        ],
+        100,
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "build",
+            "--input",
+            "a.parquet",
+            "--index",
+            "ivf-pq",
+            "--out",
+            "out.vbx",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("row 399") && out.stderr.contains("duplicate id 3"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("IVF-PQ stages"),
+        "rejected before training: {}",
+        out.stderr
+    );
+    assert!(!dir.path().join("out.vbx").exists());
+}

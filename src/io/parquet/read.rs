@@ -1,6 +1,5 @@
-//! Parquet input and result files.
+//! Reading vectors from Parquet.
 //!
-//! Reading:
 //! 1. Every file's footer is read first: the vector and id columns are resolved (see
 //!    [`ReadOptions`]), types checked, and the row groups listed with their global first rows.
 //! 2. Row groups are dealt round-robin to `threads` workers. Each decodes its row groups in
@@ -8,42 +7,22 @@
 //!    vectors into contiguous f32 rows, checks them, and sends them down a channel of depth 2.
 //! 3. The caller's thread takes batches from the workers in row-group order, so batches arrive
 //!    in input order and memory stays bounded by `threads × 3` batches, whatever the file size.
-//!
-//! Vector columns: `FixedSizeList`, `List` or `LargeList` of `Float32`, `Float64` or `Float16`,
-//! whatever the child field is named. Id columns: `Int64`, `Int32`, `UInt64`, `UInt32`, `Utf8`,
-//! `LargeUtf8` or `Utf8View`.
-//!
-//! Results files have one row per query, in query order:
-//!
-//! | column      | type                      | holds |
-//! |-------------|---------------------------|-------|
-//! | `query_id`  | the query file's id type  | the query's id |
-//! | `neighbors` | `List<id type of the index>` | ids of the k nearest rows, best first |
-//! | `distances` | `List<Float32>`           | their distances (see [`crate::Metric`]) |
 
-use super::{check_rows, Batch, InputFile, InputSummary, ReadOptions};
+use super::{column_list, id_kind_of, ids_from_array, is_vector_type, list_parts, open_meta};
 use crate::error::Location;
-use crate::fsutil::AtomicFile;
 use crate::ids::{IdKind, Ids};
+use crate::io::{check_rows, Batch, InputFile, InputSummary, ReadOptions};
 use crate::{Error, Result};
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Float16Type, Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
-};
-use arrow_array::{
-    Array, ArrayRef, Float32Array, Int64Array, ListArray, RecordBatch, StringArray, UInt64Array,
-};
-use arrow_buffer::{OffsetBuffer, ScalarBuffer};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::types::{Float16Type, Float32Type, Float64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Schema};
 use ndarray::Array2;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
 
 /// One file's plan: where its columns are and where its row groups start.
 struct FilePlan {
@@ -68,40 +47,6 @@ struct Unit {
 enum Msg {
     Batch(Batch),
     Done(u64),
-}
-
-fn is_float(dt: &DataType) -> bool {
-    matches!(
-        dt,
-        DataType::Float32 | DataType::Float64 | DataType::Float16
-    )
-}
-
-fn is_vector_type(dt: &DataType) -> bool {
-    match dt {
-        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
-            is_float(f.data_type())
-        }
-        _ => false,
-    }
-}
-
-fn id_kind_of(dt: &DataType) -> Option<IdKind> {
-    match dt {
-        DataType::Int64 | DataType::Int32 => Some(IdKind::Int64),
-        DataType::UInt64 | DataType::UInt32 => Some(IdKind::UInt64),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(IdKind::Utf8),
-        _ => None,
-    }
-}
-
-fn column_list(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} ({})", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Picks the vector column of a file's schema.
@@ -187,16 +132,6 @@ fn fixed_dim(schema: &Schema, column: &str) -> Option<usize> {
         DataType::FixedSizeList(_, n) => Some(*n as usize),
         _ => None,
     }
-}
-
-fn open_meta(path: &Path) -> Result<ArrowReaderMetadata> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| {
-        Error::input(
-            Location::file(path),
-            format!("not a readable Parquet file: {e}"),
-        )
-    })
 }
 
 /// Reads Parquet files in order; see the module docs.
@@ -358,7 +293,7 @@ pub(crate) fn read(
                         bytes_done = bytes_before_unit + unit.bytes * in_unit / unit.rows.max(1);
                         sink(b)?;
                         if let Some(p) = opts.progress {
-                            p(super::Progress {
+                            p(crate::io::Progress {
                                 rows: rows_done,
                                 bytes: bytes_done,
                                 total_rows: Some(total),
@@ -521,37 +456,6 @@ impl DecodeCtx<'_> {
     }
 }
 
-/// The child values of a `List` or `LargeList` column and its `n + 1` offsets into them.
-fn list_parts(col: &ArrayRef) -> Option<(&ArrayRef, Vec<usize>)> {
-    match col.data_type() {
-        DataType::List(_) => {
-            let a = col.as_list::<i32>();
-            Some((
-                a.values(),
-                a.value_offsets().iter().map(|&o| o as usize).collect(),
-            ))
-        }
-        DataType::LargeList(_) => {
-            let a = col.as_list::<i64>();
-            Some((
-                a.values(),
-                a.value_offsets().iter().map(|&o| o as usize).collect(),
-            ))
-        }
-        _ => None,
-    }
-}
-
-/// A list column's values as one array with offsets from 0 (its slice of the child values).
-fn list_rebased(col: &ArrayRef) -> Option<(ArrayRef, Vec<usize>)> {
-    let (values, offsets) = list_parts(col)?;
-    let (start, end) = (offsets[0], offsets[offsets.len() - 1]);
-    Some((
-        values.slice(start, end - start),
-        offsets.iter().map(|o| o - start).collect(),
-    ))
-}
-
 /// Copies a list-of-floats column into `[n × dim]` f32s, rejecting nulls and ragged rows.
 fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> Result<Vec<f32>> {
     let n = col.len();
@@ -620,301 +524,4 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
         }
     };
     Ok(out)
-}
-
-/// Converts an id column into [`Ids`], rejecting nulls.
-pub fn ids_from_array(col: &ArrayRef, at: &dyn Fn(usize) -> Location) -> Result<Ids> {
-    if let Some(nulls) = col.nulls() {
-        if let Some(i) = (0..col.len()).find(|&i| nulls.is_null(i)) {
-            return Err(Error::input(at(i), "id is null"));
-        }
-    }
-    Ok(match col.data_type() {
-        DataType::Int64 => Ids::Int64(col.as_primitive::<Int64Type>().values().to_vec()),
-        DataType::Int32 => Ids::Int64(
-            col.as_primitive::<Int32Type>()
-                .values()
-                .iter()
-                .map(|v| *v as i64)
-                .collect(),
-        ),
-        DataType::UInt64 => Ids::UInt64(col.as_primitive::<UInt64Type>().values().to_vec()),
-        DataType::UInt32 => Ids::UInt64(
-            col.as_primitive::<UInt32Type>()
-                .values()
-                .iter()
-                .map(|v| *v as u64)
-                .collect(),
-        ),
-        DataType::Utf8 => strings(col.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => strings(col.as_string::<i64>().iter()),
-        DataType::Utf8View => strings(col.as_string_view().iter()),
-        other => {
-            return Err(Error::input(
-                at(0),
-                format!("ids have type {other}; expected integers or strings"),
-            ))
-        }
-    })
-}
-
-fn strings<'a>(items: impl Iterator<Item = Option<&'a str>>) -> Ids {
-    let mut ids = Ids::empty(IdKind::Utf8);
-    for s in items {
-        ids.push_str(s.unwrap_or(""));
-    }
-    ids
-}
-
-fn id_type(kind: IdKind) -> DataType {
-    match kind {
-        IdKind::Int64 => DataType::Int64,
-        IdKind::UInt64 => DataType::UInt64,
-        IdKind::Utf8 => DataType::Utf8,
-    }
-}
-
-/// An Arrow array holding `ids`.
-pub fn ids_to_array(ids: &Ids) -> Result<ArrayRef> {
-    Ok(match ids {
-        Ids::Int64(v) => Arc::new(Int64Array::from(v.clone())),
-        Ids::UInt64(v) => Arc::new(UInt64Array::from(v.clone())),
-        Ids::Utf8 { offsets, data } => {
-            let offs: Vec<i32> = offsets
-                .iter()
-                .map(|o| {
-                    i32::try_from(*o)
-                        .map_err(|_| Error::param("string ids of one batch exceed 2 GiB"))
-                })
-                .collect::<Result<_>>()?;
-            let array = StringArray::try_new(
-                OffsetBuffer::new(ScalarBuffer::from(offs)),
-                data.clone().into(),
-                None,
-            )
-            .map_err(|e| Error::param(format!("string ids: {e}")))?;
-            Arc::new(array)
-        }
-    })
-}
-
-/// Streams search results into a Parquet file (see the module docs for the schema). The file
-/// appears under its name only after [`ResultsWriter::finish`].
-pub struct ResultsWriter {
-    writer: ArrowWriter<AtomicFile>,
-    schema: Arc<Schema>,
-    path: PathBuf,
-}
-
-impl ResultsWriter {
-    pub fn create(path: &Path, query_ids: IdKind, neighbor_ids: IdKind) -> Result<Self> {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("query_id", id_type(query_ids), false),
-            Field::new(
-                "neighbors",
-                DataType::List(Arc::new(Field::new_list_field(id_type(neighbor_ids), true))),
-                false,
-            ),
-            Field::new(
-                "distances",
-                DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
-                false,
-            ),
-        ]));
-        let file = AtomicFile::create(path)?;
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-        Ok(ResultsWriter {
-            writer,
-            schema,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Appends one row per query. `neighbors` holds each query's ids back to back, query `i`'s
-    /// from `offsets[i]` to `offsets[i + 1]`; `distances` lines up with `neighbors`.
-    pub fn write(
-        &mut self,
-        query_ids: &Ids,
-        neighbors: &Ids,
-        offsets: &[usize],
-        distances: &[f32],
-    ) -> Result<()> {
-        let offs: Vec<i32> = offsets
-            .iter()
-            .map(|o| i32::try_from(*o).map_err(|_| Error::param("results batch too large")))
-            .collect::<Result<_>>()?;
-        let list = |values: ArrayRef| -> Result<ArrayRef> {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
-            let arr = ListArray::try_new(
-                field,
-                OffsetBuffer::new(ScalarBuffer::from(offs.clone())),
-                values,
-                None,
-            )
-            .map_err(|e| Error::param(format!("results: {e}")))?;
-            Ok(Arc::new(arr))
-        };
-        let columns = vec![
-            ids_to_array(query_ids)?,
-            list(ids_to_array(neighbors)?)?,
-            list(Arc::new(Float32Array::from(distances.to_vec())))?,
-        ];
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| Error::param(format!("results: {e}")))?;
-        self.writer
-            .write(&batch)
-            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))
-    }
-
-    pub fn finish(self) -> Result<()> {
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
-        file.commit()
-    }
-}
-
-/// A results file read back: `neighbors` back to back, query `i`'s at `offsets[i]..offsets[i+1]`.
-#[derive(Debug, Clone)]
-pub struct ResultsTable {
-    pub query_ids: Ids,
-    pub neighbors: Ids,
-    pub offsets: Vec<usize>,
-    pub distances: Vec<f32>,
-}
-
-/// Reads a results file (the schema [`ResultsWriter`] writes).
-pub fn read_results(path: &Path) -> Result<ResultsTable> {
-    let meta = open_meta(path)?;
-    let schema = meta.schema().clone();
-    for name in ["query_id", "neighbors"] {
-        if schema.field_with_name(name).is_err() {
-            return Err(Error::input(
-                Location::file(path),
-                format!(
-                    "not a results file: no column `{name}`; columns are: {}",
-                    column_list(&schema)
-                ),
-            ));
-        }
-    }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
-        .build()
-        .map_err(|e| Error::input(Location::file(path), format!("cannot read: {e}")))?;
-    let mut table: Option<ResultsTable> = None;
-    let mut row = 0u64;
-    for batch in reader {
-        let batch = batch.map_err(|e| {
-            Error::input(
-                Location::file(path),
-                format!("corrupt data near row {row}: {e}"),
-            )
-        })?;
-        let at = |c: &'static str| {
-            move |i: usize| {
-                Location::file(path)
-                    .with_row(row + i as u64, row + i as u64)
-                    .with_column(c)
-            }
-        };
-        let q = ids_from_array(
-            batch.column_by_name("query_id").expect("checked above"),
-            &at("query_id"),
-        )?;
-        let col = batch.column_by_name("neighbors").expect("checked above");
-        let (values, offs) = list_rebased(col).ok_or_else(|| {
-            Error::input(
-                at("neighbors")(0),
-                format!("has type {}; expected a list of ids", col.data_type()),
-            )
-        })?;
-        let n = ids_from_array(&values, &at("neighbors"))?;
-        let d: Vec<f32> = match batch.column_by_name("distances").and_then(list_rebased) {
-            Some((v, _)) if v.data_type() == &DataType::Float32 => {
-                v.as_primitive::<Float32Type>().values().to_vec()
-            }
-            _ => Vec::new(),
-        };
-        let mismatch = |e: Error| Error::input(Location::file(path), e.to_string());
-        match &mut table {
-            None => {
-                table = Some(ResultsTable {
-                    query_ids: q,
-                    neighbors: n,
-                    offsets: offs,
-                    distances: d,
-                })
-            }
-            Some(t) => {
-                let shift = *t.offsets.last().unwrap_or(&0);
-                t.query_ids.append(&q).map_err(mismatch)?;
-                t.neighbors.append(&n).map_err(mismatch)?;
-                t.offsets.extend(offs.iter().skip(1).map(|o| o + shift));
-                t.distances.extend(d);
-            }
-        }
-        row += batch.num_rows() as u64;
-    }
-    table.ok_or_else(|| Error::input(Location::file(path), "results file has no rows"))
-}
-
-/// Writes `vectors: [n, dim]` with their `ids` as Parquet: columns `id` and `embedding`
-/// (`FixedSizeList<Float32>` with child `item`), dictionary encoding off for the floats,
-/// row groups of `row_group_rows` rows. Written atomically.
-pub fn write_vectors(
-    path: &Path,
-    ids: &Ids,
-    vectors: ndarray::ArrayView2<'_, f32>,
-    row_group_rows: usize,
-) -> Result<()> {
-    let (n, dim) = vectors.dim();
-    let item = Arc::new(Field::new_list_field(DataType::Float32, true));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", id_type(ids.kind()), false),
-        Field::new(
-            "embedding",
-            DataType::FixedSizeList(item.clone(), dim as i32),
-            false,
-        ),
-    ]));
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_dictionary_enabled(false)
-        .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-        .build();
-    let file = AtomicFile::create(path)?;
-    let io = |e: parquet::errors::ParquetError| Error::io(path, std::io::Error::other(e));
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(io)?;
-    let rows = vectors.as_standard_layout();
-    let data = rows.as_slice().unwrap_or(&[]);
-    let step = row_group_rows.clamp(1, 65536);
-    for start in (0..n).step_by(step) {
-        let end = (start + step).min(n);
-        let values = Arc::new(Float32Array::from(data[start * dim..end * dim].to_vec()));
-        let list = arrow_array::FixedSizeListArray::try_new(item.clone(), dim as i32, values, None)
-            .map_err(|e| Error::param(e.to_string()))?;
-        let ids_part = ids.view().take(start..end);
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![ids_to_array(&ids_part)?, Arc::new(list)],
-        )
-        .map_err(|e| Error::param(e.to_string()))?;
-        writer.write(&batch).map_err(io)?;
-    }
-    writer.into_inner().map_err(io)?.commit()
-}
-
-/// Rows in a Parquet file, from its footer.
-pub fn count_rows(path: &Path) -> Result<u64> {
-    Ok(open_meta(path)?
-        .metadata()
-        .file_metadata()
-        .num_rows()
-        .max(0) as u64)
 }
