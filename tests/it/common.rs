@@ -117,3 +117,32 @@ pub fn listing(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// `vecbuild generate` into `dir`: `b.parquet` (rows × dim around `clusters` centres) and
+/// `q.parquet` (`queries` rows around the same centres).
+pub fn generate_dataset(dir: &Path, rows: usize, dim: usize, clusters: usize, queries: usize) {
+    let (rows, dim, clusters, queries) = (
+        rows.to_string(),
+        dim.to_string(),
+        clusters.to_string(),
+        queries.to_string(),
+    );
+    ok(
+        dir,
+        &[
+            "generate",
+            "--rows",
+            &rows,
+            "--dim",
+            &dim,
+            "--clusters",
+            &clusters,
+            "--out",
+            "b.parquet",
+            "--queries",
+            &queries,
+            "--queries-out",
+            "q.parquet",
+        ],
+    );
+}

@@ -284,24 +284,7 @@ fn same_seed_same_index() {
 fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
     let dir = tmp();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "generate",
-            "--rows",
-            "6000",
-            "--dim",
-            "24",
-            "--clusters",
-            "40",
-            "--out",
-            "b.parquet",
-            "--queries",
-            "100",
-            "--queries-out",
-            "q.parquet",
-        ],
-    );
+    generate_dataset(d, 6000, 24, 40, 100);
     ok(
         d,
         &[
@@ -473,24 +456,7 @@ fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
 fn tune_reaches_its_target_on_held_out_queries_and_stores_it() {
     let dir = tmp();
     let d = dir.path();
-    ok(
-        d,
-        &[
-            "generate",
-            "--rows",
-            "8000",
-            "--dim",
-            "24",
-            "--clusters",
-            "40",
-            "--out",
-            "b.parquet",
-            "--queries",
-            "200",
-            "--queries-out",
-            "q.parquet",
-        ],
-    );
+    generate_dataset(d, 8000, 24, 40, 200);
     ok(
         d,
         &[
