@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vecbuild::io::parquet::ResultsWriter;
 use vecbuild::io::Batch;
+use vecbuild::search::NO_NEIGHBOR;
 use vecbuild::{Error, Ids, SearchParams, Searcher};
 
 /// Search an artifact with a file of queries and write the results as Parquet.
@@ -94,20 +95,30 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
             let results = searcher.search(queries.view(), args.k, &params)?;
             search_time += t.elapsed();
             searched += queries.nrows() as u64;
+            // Lists hold what each query found: empty slots are left out.
             let ids = searcher.ids();
-            let neighbors = ids.take(results.rows.iter().map(|&r| r as usize));
-            let k = results.rows.ncols();
-            let offsets: Vec<usize> = (0..=queries.nrows()).map(|i| i * k).collect();
+            let found: Vec<(u64, f32)> = results
+                .rows
+                .iter()
+                .zip(results.distances.iter())
+                .map(|(&r, &d)| (r, d))
+                .collect();
+            let mut offsets = vec![0usize];
+            let mut kept: Vec<usize> = Vec::with_capacity(found.len());
+            let mut dists: Vec<f32> = Vec::with_capacity(found.len());
+            for row in found.chunks(results.rows.ncols().max(1)) {
+                for &(r, d) in row.iter().filter(|(r, _)| *r != NO_NEIGHBOR) {
+                    kept.push(r as usize);
+                    dists.push(d);
+                }
+                offsets.push(kept.len());
+            }
+            let neighbors = ids.take(kept);
             if writer.is_none() {
                 *writer = Some(ResultsWriter::create(&args.out, q_ids.kind(), ids.kind())?);
             }
             if let Some(w) = writer.as_mut() {
-                w.write(
-                    &q_ids,
-                    &neighbors,
-                    &offsets,
-                    results.distances.as_slice().unwrap_or(&[]),
-                )?;
+                w.write(&q_ids, &neighbors, &offsets, &dists)?;
             }
             pending.clear();
             Ok(())

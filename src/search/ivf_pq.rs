@@ -13,7 +13,7 @@
 //!
 //! Queries are processed in parallel (rayon), each with its own table buffer.
 
-use super::SearchResults;
+use super::{SearchResults, NO_NEIGHBOR};
 use crate::backend::{Backend, Queries};
 use crate::index::ivf_pq::coarse_metric;
 use crate::index::pq::{ProductQuantizer, TABLE_STRIDE};
@@ -164,11 +164,11 @@ impl IvfPqIndex<'_> {
             )
             .collect();
 
-        let k_out = per_query.iter().map(Vec::len).min().unwrap_or(0);
-        let mut rows = Array2::<u64>::zeros((nq, k_out));
-        let mut distances = Array2::<f32>::zeros((nq, k_out));
+        // Every query keeps k columns; one whose probed lists hold fewer than k rows is padded.
+        let mut rows = Array2::<u64>::from_elem((nq, k), NO_NEIGHBOR);
+        let mut distances = Array2::<f32>::from_elem((nq, k), f32::NAN);
         for (i, found) in per_query.iter().enumerate() {
-            for (j, &(score, row)) in found.iter().take(k_out).enumerate() {
+            for (j, &(score, row)) in found.iter().take(k).enumerate() {
                 rows[[i, j]] = row;
                 distances[[i, j]] = match self.metric {
                     Metric::L2 => score.max(0.0),

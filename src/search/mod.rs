@@ -42,8 +42,13 @@ pub struct SearchParams {
 /// Lists probed when neither the caller nor the artifact says (cuVS's default).
 pub const DEFAULT_N_PROBES: usize = 20;
 
+/// Marks an empty slot in [`SearchResults::rows`] (its distance is NaN): an approximate index
+/// can find fewer than `k` candidates for a query (IVF-PQ whose probed lists hold fewer rows).
+pub const NO_NEIGHBOR: u64 = u64::MAX;
+
 /// Results of a batch: `rows` and `distances` are `[nq, k]`, best first. `rows` are internal
-/// row numbers; [`Searcher::ids`] maps them to the user's ids.
+/// row numbers; [`Searcher::ids`] maps them to the user's ids. Slots past what a query found
+/// hold [`NO_NEIGHBOR`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchResults {
     pub rows: Array2<u64>,

@@ -640,3 +640,71 @@ fn streamed_cli_build_equals_the_in_memory_build() {
         mem.centroids.as_slice().unwrap()
     );
 }
+
+#[test]
+fn a_query_with_short_probed_lists_does_not_shorten_the_others() {
+    // Regression: results were once cut to the shortest candidate list in the batch.
+    let data = vecbuild::synth::clustered(3_000, 0, 8, 40, 14).base;
+    let dir = tmp();
+    let s = build(dir.path(), &data, Metric::L2, &params(128, 4, false));
+    // 128 lists of ~23 rows and one probe: every query finds fewer than k = 60.
+    let queries = data.slice(ndarray::s![..20, ..]).to_owned();
+    let k = 60;
+    let r = s
+        .search(
+            queries.view(),
+            k,
+            &SearchParams {
+                n_probes: Some(1),
+                refine_ratio: Some(1.0),
+            },
+        )
+        .unwrap();
+    assert_eq!(r.rows.ncols(), k, "k columns whatever one query found");
+    let found: Vec<usize> = r
+        .rows
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .filter(|&&x| x != vecbuild::search::NO_NEIGHBOR)
+                .count()
+        })
+        .collect();
+    assert!(
+        found.iter().any(|&f| f < k),
+        "with 1 probe of ~23-row lists some query finds < {k}: {found:?}"
+    );
+    for (i, row) in r.rows.rows().into_iter().enumerate() {
+        // Found rows come first, padding after, and padded distances are NaN.
+        let n = found[i];
+        assert!(row
+            .iter()
+            .take(n)
+            .all(|&x| x != vecbuild::search::NO_NEIGHBOR));
+        assert!(r.distances.row(i).iter().skip(n).all(|d| d.is_nan()));
+    }
+    // And the CLI writes only what was found.
+    let d = dir.path();
+    vecbuild::io::npy::write(&d.join("q.npy"), queries.view()).unwrap();
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "ivf.vbx",
+            "--queries",
+            "q.npy",
+            "--k",
+            "60",
+            "--n-probes",
+            "1",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let t = vecbuild::io::parquet::read_results(&d.join("r.parquet")).unwrap();
+    let lens: Vec<usize> = t.offsets.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(lens, found);
+    assert!(t.distances.iter().all(|d| d.is_finite()));
+}
