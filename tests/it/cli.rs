@@ -69,20 +69,7 @@ fn build_search_knn_eval_end_to_end() {
                 "t.parquet",
             ],
         );
-        let json = ok(
-            d,
-            &[
-                "eval",
-                "--results",
-                "r.parquet",
-                "--truth",
-                "t.parquet",
-                "--k",
-                "10",
-                "--json",
-            ],
-        );
-        let v: serde_json::Value = serde_json::from_str(&json).expect("eval JSON");
+        let v = eval_json(d);
         assert_eq!(v["queries"], 200);
         // The flat index is exact: it must agree with knn up to exact ties.
         assert!(

@@ -146,3 +146,21 @@ pub fn generate_dataset(dir: &Path, rows: usize, dim: usize, clusters: usize, qu
         ],
     );
 }
+
+/// `vecbuild eval --json` of `r.parquet` against `t.parquet` in `dir`, at k = 10.
+pub fn eval_json(dir: &Path) -> serde_json::Value {
+    let out = ok(
+        dir,
+        &[
+            "eval",
+            "--results",
+            "r.parquet",
+            "--truth",
+            "t.parquet",
+            "--k",
+            "10",
+            "--json",
+        ],
+    );
+    serde_json::from_str(&out).expect("eval JSON")
+}

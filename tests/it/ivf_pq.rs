@@ -344,18 +344,7 @@ fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
             "r.parquet",
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(&ok(
-        d,
-        &[
-            "eval",
-            "--results",
-            "r.parquet",
-            "--truth",
-            "t.parquet",
-            "--json",
-        ],
-    ))
-    .unwrap();
+    let v: serde_json::Value = eval_json(d);
     assert!(
         v["recall"].as_f64().unwrap() >= 0.95,
         "recall@10 {} at n_probes=32, refine 4",
@@ -509,18 +498,7 @@ fn tune_reaches_its_target_on_held_out_queries_and_stores_it() {
             "r.parquet",
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(&ok(
-        d,
-        &[
-            "eval",
-            "--results",
-            "r.parquet",
-            "--truth",
-            "t.parquet",
-            "--json",
-        ],
-    ))
-    .unwrap();
+    let v: serde_json::Value = eval_json(d);
     let recall = v["recall"].as_f64().unwrap();
     assert!(
         recall >= 0.93,
