@@ -5,6 +5,7 @@
 //! `default-features = false` to get [`Searcher`], [`artifact`] and the CPU kernels only.
 
 pub mod backend;
+pub mod distance;
 pub mod error;
 pub mod export;
 pub mod fsutil;

@@ -3,15 +3,19 @@
 use super::Ui;
 use std::path::PathBuf;
 use vecbuild::artifact::Artifact;
-use vecbuild::Error;
 
 /// Export an artifact for another library's loader.
 ///
 /// `--format faiss` writes a file `faiss.read_index` loads: flat indexes as IndexFlat (in an
 /// IndexIDMap when ids are not row numbers), IVF-PQ as IndexIVFPQ (the PQ part; raw vectors
-/// kept by --refine are not exported). Cosine indexes need normalised queries: flat ones export
-/// as inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String
-/// ids become row numbers.
+/// kept by --refine are not exported), CAGRA as IndexHNSWFlat (level 0 the CAGRA graph, upper
+/// levels the artifact's). Cosine indexes need normalised queries: flat and CAGRA ones export as
+/// inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String ids
+/// become row numbers.
+///
+/// `--format hnswlib` (CAGRA only) writes a file stock hnswlib loads with
+/// `hnswlib.Index(space, dim).load_index(path)`, the space printed on export (`l2`, `ip` or
+/// `cosine`); call `set_ef` after loading (hnswlib resets it to 10).
 ///
 /// Example: vecbuild export --index emb.vbx --format faiss --out emb.faiss
 #[derive(Debug, clap::Args)]
@@ -20,7 +24,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub index: PathBuf,
 
-    /// Target format: `faiss` (`hnswlib` is not built yet).
+    /// Target format: `faiss` or `hnswlib`.
     #[arg(long, value_parser = ["faiss", "hnswlib"])]
     pub format: String,
 
@@ -30,14 +34,21 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs, ui: &Ui) -> anyhow::Result<()> {
-    if args.format != "faiss" {
-        return Err(Error::param(format!(
-            "--format {}: this export is not built yet; `faiss` is available",
-            args.format
-        ))
-        .into());
-    }
     let artifact = Artifact::open(&args.index)?;
+    if args.format == "hnswlib" {
+        let e = vecbuild::export::hnswlib::export(&artifact, &args.out)?;
+        if e.row_number_labels {
+            ui.note("note: hnswlib labels are integers, so the string ids were replaced by row numbers (input order, from 0)");
+        }
+        ui.note(format!(
+            "wrote hnswlib index ({} levels above 0) → {}; load with hnswlib.Index(space='{}', dim={})",
+            e.max_level,
+            args.out.display(),
+            e.space,
+            artifact.manifest.dim
+        ));
+        return Ok(());
+    }
     let e = vecbuild::export::faiss::export(&artifact, &args.out)?;
     if e.row_number_ids {
         ui.note("note: faiss ids are integers, so the string ids were replaced by row numbers (input order, from 0)");

@@ -53,6 +53,20 @@ pub struct SearchArgs {
     #[arg(long, value_name = "R")]
     pub refine_ratio: Option<f32>,
 
+    /// CAGRA: length of the internal top-k list, at least k (default: the artifact's stored
+    /// value, else 64; larger: higher recall, slower).
+    #[arg(long, value_name = "N")]
+    pub itopk_size: Option<usize>,
+
+    /// CAGRA: parents expanded per iteration (default: stored value, else 1).
+    #[arg(long, value_name = "N")]
+    pub search_width: Option<usize>,
+
+    /// CAGRA: most expansions per query (default 0: itopk_size / search_width plus the hops
+    /// needed to span the graph).
+    #[arg(long, value_name = "N")]
+    pub max_iterations: Option<usize>,
+
     #[command(flatten)]
     pub columns: ColumnArgs,
 }
@@ -91,6 +105,9 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
             let params = SearchParams {
                 n_probes: args.n_probes,
                 refine_ratio: args.refine_ratio,
+                itopk_size: args.itopk_size,
+                search_width: args.search_width,
+                max_iterations: args.max_iterations,
             };
             let results = searcher.search(queries.view(), args.k, &params)?;
             search_time += t.elapsed();

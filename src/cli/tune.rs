@@ -17,9 +17,10 @@ use vecbuild::{Error, SearchParams, Searcher};
 /// Recall@k is measured on held-out queries against exact k-NN computed here: the given
 /// --queries, or rows sampled from the base (each excluded from its own answers). Exact
 /// distances need the base vectors: taken from the artifact when it keeps them (flat, or IVF-PQ
-/// built with --refine), else read again from the inputs recorded in the manifest (or --base).
-/// n_probes (and the refine ratio, when raw vectors are kept) are swept; the fastest setting
-/// reaching the target becomes the artifact's default for `search`.
+/// built with --refine, CAGRA), else read again from the inputs recorded in the manifest (or
+/// --base). IVF-PQ: n_probes (and the refine ratio, when raw vectors are kept) are swept. CAGRA:
+/// itopk_size for search_width 1, 2 and 4. The fastest setting reaching the target becomes the
+/// artifact's default for `search`.
 ///
 /// Example: vecbuild tune --index emb.vbx --target-recall 0.95
 #[derive(Debug, clap::Args)]
@@ -55,10 +56,84 @@ pub struct TuneArgs {
 
 /// One measured setting.
 struct Point {
-    n_probes: usize,
-    refine_ratio: f32,
+    params: SearchParams,
+    /// Which sweep it belongs to (one per refine ratio or search width).
+    sweep: usize,
     recall: f64,
     qps: f64,
+}
+
+/// The settings to try: sweeps of increasing cost, each stopped once it reaches the target.
+fn sweeps(
+    kind: IndexKind,
+    m: &vecbuild::artifact::Manifest,
+    k: usize,
+    stored: bool,
+) -> Vec<Vec<SearchParams>> {
+    match kind {
+        IndexKind::IvfPq => {
+            let n_lists = m
+                .params
+                .get("ivf_pq")
+                .and_then(|p| p.get("n_lists"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(1) as usize;
+            let mut probes: Vec<usize> = std::iter::successors(Some(1usize), |p| Some(p * 2))
+                .take_while(|&p| p < n_lists)
+                .collect();
+            probes.push(n_lists);
+            let ratios: &[f32] = if stored { &[1.0, 2.0, 4.0] } else { &[1.0] };
+            ratios
+                .iter()
+                .map(|&r| {
+                    probes
+                        .iter()
+                        .map(|&p| SearchParams {
+                            n_probes: Some(p),
+                            refine_ratio: Some(r),
+                            ..Default::default()
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        _ => {
+            // itopk_size from k (at least 16) doubling to 1024, at search widths 1, 2, 4.
+            let start = k.max(16);
+            let sizes: Vec<usize> = std::iter::successors(Some(start), |s| Some(s * 2))
+                .take_while(|&s| s <= 1024.max(start))
+                .collect();
+            [1usize, 2, 4]
+                .iter()
+                .map(|&w| {
+                    sizes
+                        .iter()
+                        .map(|&s| SearchParams {
+                            itopk_size: Some(s),
+                            search_width: Some(w),
+                            ..Default::default()
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+}
+
+/// A setting as the table shows it.
+fn describe(kind: IndexKind, p: &SearchParams) -> String {
+    match kind {
+        IndexKind::IvfPq => format!(
+            "n_probes {} refine_ratio {}",
+            p.n_probes.unwrap_or(0),
+            p.refine_ratio.unwrap_or(1.0)
+        ),
+        _ => format!(
+            "itopk_size {} search_width {}",
+            p.itopk_size.unwrap_or(0),
+            p.search_width.unwrap_or(1)
+        ),
+    }
 }
 
 pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
@@ -71,7 +146,7 @@ pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
     }
     let artifact = Artifact::open(&args.index)?;
     let m = artifact.manifest.clone();
-    if m.kind != IndexKind::IvfPq {
+    if m.kind == IndexKind::Flat {
         return Err(Error::param(format!(
             "{} indexes have no search parameters to tune",
             m.kind
@@ -143,24 +218,12 @@ pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
     let truth = drop_own(exact.finish().rows.view());
 
     let searcher = Searcher::open(&args.index)?;
-    let n_lists = m
-        .params
-        .get("ivf_pq")
-        .and_then(|p| p.get("n_lists"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(1) as usize;
-    let mut probes: Vec<usize> = std::iter::successors(Some(1usize), |p| Some(p * 2))
-        .take_while(|&p| p < n_lists)
-        .collect();
-    probes.push(n_lists);
-    let ratios: &[f32] = if stored { &[1.0, 2.0, 4.0] } else { &[1.0] };
     let mut points: Vec<Point> = Vec::new();
-    for &refine_ratio in ratios {
-        for &n_probes in &probes {
-            let params = SearchParams {
-                n_probes: Some(n_probes),
-                refine_ratio: Some(refine_ratio),
-            };
+    for (sweep, settings) in sweeps(m.kind, &m, args.k + extra, stored)
+        .into_iter()
+        .enumerate()
+    {
+        for params in settings {
             let t = Instant::now();
             let got = searcher.search(queries.view(), args.k + extra, &params)?;
             let qps = queries.nrows() as f64 / t.elapsed().as_secs_f64().max(1e-9);
@@ -171,17 +234,17 @@ pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
                 .map(|(g, t)| g.iter().filter(|x| t.contains(x)).count())
                 .sum();
             let recall = hits as f64 / (args.k * truth.len()) as f64;
-            // Stop at this ratio once the target is met (more probes only cost more) or recall
-            // has stopped rising over the last three doublings.
+            // Stop this sweep once the target is met (more only costs more) or recall has
+            // stopped rising over the last three doublings.
             let plateau = points.len() >= 3 && {
                 let recent = &points[points.len() - 3..];
                 recent
                     .iter()
-                    .all(|p| p.refine_ratio == refine_ratio && recall <= p.recall + 1e-4)
+                    .all(|p| p.sweep == sweep && recall <= p.recall + 1e-4)
             };
             points.push(Point {
-                n_probes,
-                refine_ratio,
+                params,
+                sweep,
                 recall,
                 qps,
             });
@@ -194,13 +257,7 @@ pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
         .iter()
         .filter(|p| p.recall >= args.target_recall)
         .max_by(|a, b| a.qps.total_cmp(&b.qps));
-    outln!(
-        "{:>9} {:>12} {:>10} {:>10}",
-        "n_probes",
-        "refine_ratio",
-        "recall@k",
-        "QPS"
-    );
+    outln!("{:<34} {:>10} {:>10}", "setting", "recall@k", "QPS");
     for p in &points {
         let mark = if best.is_some_and(|b| std::ptr::eq(b, p)) {
             "  ← chosen"
@@ -208,33 +265,44 @@ pub fn run(args: TuneArgs, ui: &Ui) -> anyhow::Result<()> {
             ""
         };
         outln!(
-            "{:>9} {:>12} {:>10.4} {:>10.0}{mark}",
-            p.n_probes,
-            p.refine_ratio,
+            "{:<34} {:>10.4} {:>10.0}{mark}",
+            describe(m.kind, &p.params),
             p.recall,
             p.qps
         );
     }
     let Some(best) = best else {
         let top = points.iter().map(|p| p.recall).fold(0.0, f64::max);
+        let advice = match m.kind {
+            IndexKind::IvfPq => "rebuild with more sub-quantizers (--pq-dim) or --refine",
+            _ => "rebuild with a larger --graph-degree and --intermediate-graph-degree",
+        };
         return Err(Error::param(format!(
-            "no setting reached recall@{} {}: the best was {top:.4}; rebuild with more sub-quantizers (--pq-dim) or --refine",
+            "no setting reached recall@{} {}: the best was {top:.4}; {advice}",
             args.k, args.target_recall
         ))
         .into());
     };
-    let mut manifest = m;
-    manifest.search_defaults = serde_json::json!({
-        "n_probes": best.n_probes,
-        "refine_ratio": best.refine_ratio,
-        "tuned": { "target_recall": args.target_recall, "k": args.k, "recall": best.recall, "queries": queries.nrows() },
-    });
+    let tuned = serde_json::json!({ "target_recall": args.target_recall, "k": args.k, "recall": best.recall, "queries": queries.nrows() });
+    let p = &best.params;
+    let mut manifest = m.clone();
+    manifest.search_defaults = match m.kind {
+        IndexKind::IvfPq => serde_json::json!({
+            "n_probes": p.n_probes,
+            "refine_ratio": p.refine_ratio,
+            "tuned": tuned,
+        }),
+        _ => serde_json::json!({
+            "itopk_size": p.itopk_size,
+            "search_width": p.search_width,
+            "tuned": tuned,
+        }),
+    };
     drop(searcher);
     artifact.rewrite(&args.index, manifest)?;
     ui.note(format!(
-        "stored n_probes = {}, refine_ratio = {} (recall@{} {:.4}) as the defaults of {}",
-        best.n_probes,
-        best.refine_ratio,
+        "stored {} (recall@{} {:.4}) as the defaults of {}",
+        describe(m.kind, p),
         args.k,
         best.recall,
         args.index.display()

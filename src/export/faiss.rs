@@ -9,15 +9,20 @@
 //! | `IxMp` (id map) | fourcc, header, inner index, `vec<i64>` ids |
 //! | `IwPQ` (IVF-PQ) | fourcc, header, u64 `nlist`, u64 `nprobe`, coarse quantizer (`IxF2`/`IxFI`), u8 direct-map type 0, `vec<i64>` empty, u8 `by_residual` = 1, u64 `code_size`, PQ, inverted lists |
 //! | PQ | u64 `d`, u64 `M`, u64 `nbits`, `vec<f32>` centroids `[M × 2^nbits × d/M]` |
+//! | `IHNf` (HNSW flat) | fourcc, header, `vec<f64>` assign_probas, `vec<i32>` cum_nneighbor_per_level, `vec<i32>` levels (level + 1 per row), `vec<u64>` offsets `[n + 1]`, `vec<i32>` neighbours (−1 pads), i32 entry point, i32 max level, i32 efConstruction, i32 efSearch, i32 upper_beam, then the storage (`IxF2`/`IxFI`) |
 //! | `ilar` inverted lists | fourcc, u64 `nlist`, u64 `code_size`, fourcc `full`, `vec<u64>` list sizes, then per non-empty list its codes `[size × code_size]` and ids `[size]` as i64 |
 //!
 //! PQ codes of `nbits < 8` are packed least-significant bit first, sub-quantizer 0 first.
+//!
+//! CAGRA artifacts export as `IHNf`: level 0 is the CAGRA graph, levels ≥ 1 its upper levels
+//! (see [`super::hnsw`]); cosine ones as inner product over the unit vectors.
 //!
 //! Conventions: `cosine` flat indexes export as inner product over the unit vectors (faiss
 //! reports cos, not 1 − cos); `cosine` IVF-PQ indexes were built as L2 over unit vectors and
 //! export as L2 (faiss reports 2 − 2 cos). Queries must be normalised by the caller. String ids
 //! cannot live in a faiss index: such artifacts export row numbers (the caller is told).
 
+use super::hnsw::Layers;
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind};
 use crate::fsutil::AtomicFile;
@@ -86,6 +91,100 @@ impl Out<'_> {
     }
 }
 
+impl Out<'_> {
+    /// Writes the index `inner` writes, inside an `IxMp` id map unless the ids are the row
+    /// numbers. Returns whether it wrapped.
+    fn with_ids(
+        &mut self,
+        ids: &[i64],
+        dim: usize,
+        metric: i32,
+        inner: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<bool> {
+        let identity = ids.iter().enumerate().all(|(i, &id)| id == i as i64);
+        if identity {
+            inner(self)?;
+            return Ok(false);
+        }
+        self.bytes(b"IxMp")?;
+        self.header(dim, ids.len() as u64, metric)?;
+        inner(self)?;
+        self.u64(ids.len() as u64)?;
+        for id in ids {
+            self.i64(*id)?;
+        }
+        Ok(true)
+    }
+}
+
+/// faiss's `HNSW::set_default_probas(M, 1 / ln M)`, in its float/double mix: level
+/// probabilities and the cumulative neighbour slots per level (`2M` on level 0, `M` above),
+/// extended (with vanishing probabilities) to cover `levels` levels.
+fn hnsw_probas(m: usize, levels: usize) -> (Vec<f64>, Vec<i32>) {
+    let level_mult = (1.0 / (m as f64).ln()) as f32;
+    let mut probas = Vec::new();
+    let mut cum = vec![0i32];
+    let mut nn = 0i32;
+    for level in 0.. {
+        let a = ((-(level as f32)) / level_mult) as f64;
+        let b = ((-1.0f32) / level_mult) as f64;
+        let p = (a.exp() * (1.0 - b.exp())) as f32;
+        if p < 1e-9 && level >= levels {
+            break;
+        }
+        probas.push(p as f64);
+        nn += if level == 0 { 2 * m as i32 } else { m as i32 };
+        cum.push(nn);
+    }
+    (probas, cum)
+}
+
+/// `IHNf`: IndexHNSWFlat over the CAGRA graph (level 0) and its upper levels.
+fn hnsw_flat(o: &mut Out<'_>, layers: &Layers<'_>, metric: i32) -> Result<()> {
+    let (n, dim, m) = (layers.n, layers.dim, layers.m);
+    let max_level = layers.max_level();
+    let (probas, cum) = hnsw_probas(m, max_level + 1);
+    let levels: Vec<usize> = (0..n).map(|r| layers.level(r)).collect();
+    o.bytes(b"IHNf")?;
+    o.header(dim, n as u64, metric)?;
+    o.u64(probas.len() as u64)?;
+    for p in &probas {
+        o.bytes(&p.to_le_bytes())?;
+    }
+    o.u64(cum.len() as u64)?;
+    for c in &cum {
+        o.i32(*c)?;
+    }
+    o.u64(n as u64)?;
+    for &l in &levels {
+        o.i32(l as i32 + 1)?;
+    }
+    o.u64(n as u64 + 1)?;
+    let mut offset = 0u64;
+    o.u64(0)?;
+    for &l in &levels {
+        offset += cum[l + 1] as u64;
+        o.u64(offset)?;
+    }
+    o.u64(offset)?;
+    for (r, &level) in levels.iter().enumerate() {
+        for l in 0..=level {
+            let slots = (cum[l + 1] - cum[l]) as usize;
+            let links = layers.links(r, l);
+            for s in 0..slots {
+                o.i32(links.get(s).map_or(-1, |&v| v as i32))?;
+            }
+        }
+    }
+    o.i32(layers.entry as i32)?;
+    o.i32(max_level as i32)?;
+    // efConstruction (unused by search), efSearch (faiss's default 16), upper_beam.
+    o.i32(40)?;
+    o.i32(16)?;
+    o.i32(1)?;
+    o.flat(dim, layers.vectors, metric)
+}
+
 const METRIC_IP: i32 = 0;
 const METRIC_L2: i32 = 1;
 
@@ -129,23 +228,12 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
                 METRIC_IP
             };
             let data = artifact.tensor::<f32>("vectors", DType::F32, &[n, dim])?;
-            let identity = ids.iter().enumerate().all(|(i, &id)| id == i as i64);
-            if identity {
-                o.flat(dim, data, metric)?;
-            } else {
-                o.bytes(b"IxMp")?;
-                o.header(dim, n as u64, metric)?;
-                o.flat(dim, data, metric)?;
-                o.u64(n as u64)?;
-                for id in &ids {
-                    o.i64(*id)?;
-                }
-            }
+            let mapped = o.with_ids(&ids, dim, metric, |o| o.flat(dim, data, metric))?;
             Exported {
-                class: if identity {
-                    "IndexFlat"
-                } else {
+                class: if mapped {
                     "IndexIDMap(IndexFlat)"
+                } else {
+                    "IndexFlat"
                 },
                 metric: faiss_metric(metric),
                 row_number_ids,
@@ -164,10 +252,23 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
                 row_number_ids,
             }
         }
-        other => {
-            return Err(Error::param(format!(
-                "{other} indexes cannot be exported to faiss yet"
-            )))
+        IndexKind::Cagra => {
+            let metric = if m.metric == Metric::L2 {
+                METRIC_L2
+            } else {
+                METRIC_IP
+            };
+            let layers = Layers::of(artifact)?;
+            let mapped = o.with_ids(&ids, dim, metric, |o| hnsw_flat(o, &layers, metric))?;
+            Exported {
+                class: if mapped {
+                    "IndexIDMap(IndexHNSWFlat)"
+                } else {
+                    "IndexHNSWFlat"
+                },
+                metric: faiss_metric(metric),
+                row_number_ids,
+            }
         }
     };
     file.commit()?;

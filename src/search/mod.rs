@@ -13,6 +13,7 @@
 //! # Ok::<(), vecbuild::Error>(())
 //! ```
 
+pub mod cagra;
 pub mod exact;
 pub mod ivf_pq;
 
@@ -20,9 +21,11 @@ use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind, Manifest};
 use crate::backend::CpuBackend;
 use crate::ids::IdsView;
+use crate::index::cagra::hierarchy::HierarchyView;
 use crate::index::pq::ProductQuantizer;
 use crate::metric::squared_norms;
 use crate::{Error, Metric, Result};
+use cagra::{CagraIndex, CagraSearchParams};
 use exact::{prepare_queries, ExactSearch};
 use ivf_pq::IvfPqIndex;
 use ndarray::{Array2, ArrayView2};
@@ -37,6 +40,12 @@ pub struct SearchParams {
     /// IVF-PQ built with `refine`: re-rank `k · refine_ratio` candidates by exact distance
     /// (1 = no re-ranking).
     pub refine_ratio: Option<f32>,
+    /// CAGRA: length of the internal top-k list (at least k).
+    pub itopk_size: Option<usize>,
+    /// CAGRA: parents expanded per iteration.
+    pub search_width: Option<usize>,
+    /// CAGRA: most expansions per query (0 = automatic).
+    pub max_iterations: Option<usize>,
 }
 
 /// Lists probed when neither the caller nor the artifact says (cuVS's default).
@@ -69,6 +78,10 @@ enum Engine {
         pq_transposed: Vec<f32>,
         centroid_sq_norms: Vec<f32>,
     },
+    Cagra {
+        degree: usize,
+        entries: usize,
+    },
 }
 
 impl Searcher {
@@ -85,13 +98,7 @@ impl Searcher {
                 Engine::Flat
             }
             IndexKind::IvfPq => open_ivf_pq(&artifact)?,
-            other => {
-                return Err(Error::artifact(
-                    path.as_ref(),
-                    "manifest",
-                    format!("holds a {other} index, which this vecbuild cannot search yet"),
-                ))
-            }
+            IndexKind::Cagra => open_cagra(&artifact)?,
         };
         Ok(Searcher { artifact, engine })
     }
@@ -134,6 +141,10 @@ impl Searcher {
             )));
         }
         let q = prepare_queries(queries, m.dim, m.metric)?;
+        if let Engine::Cagra { .. } = &self.engine {
+            let p = self.cagra_params(params);
+            return Ok(self.cagra_index()?.search(q.view(), k, &p)?.0);
+        }
         if let Engine::IvfPq {
             pq,
             pq_transposed,
@@ -182,6 +193,58 @@ impl Searcher {
 }
 
 impl Searcher {
+    /// CAGRA beam-search settings: the caller's, else the artifact's stored defaults, else
+    /// cuVS's (itopk_size 64, search_width 1, automatic iterations).
+    pub fn cagra_params(&self, params: &SearchParams) -> CagraSearchParams {
+        let defaults = &self.artifact.manifest.search_defaults;
+        let stored = |name: &str| {
+            defaults
+                .get(name)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+        };
+        let base = CagraSearchParams::default();
+        CagraSearchParams {
+            itopk_size: params
+                .itopk_size
+                .or_else(|| stored("itopk_size"))
+                .unwrap_or(base.itopk_size),
+            search_width: params
+                .search_width
+                .or_else(|| stored("search_width"))
+                .unwrap_or(base.search_width),
+            max_iterations: params
+                .max_iterations
+                .or_else(|| stored("max_iterations"))
+                .unwrap_or(base.max_iterations),
+        }
+    }
+
+    /// The CAGRA parts of the artifact, viewed in place (checked on open).
+    pub fn cagra_index(&self) -> Result<CagraIndex<'_>> {
+        let Engine::Cagra { degree, entries } = self.engine else {
+            return Err(Error::param(format!(
+                "the index is {}, not cagra",
+                self.artifact.manifest.kind
+            )));
+        };
+        let a = &self.artifact;
+        let n = a.manifest.count as usize;
+        Ok(CagraIndex {
+            metric: a.manifest.metric,
+            vectors: self.vectors()?,
+            sq_norms: match a.manifest.metric {
+                Metric::L2 => a.tensor::<f32>("sq_norms", DType::F32, &[n])?,
+                _ => &[],
+            },
+            graph: a.tensor::<u32>("graph", DType::U32, &[n, degree])?,
+            degree,
+            entry_points: a.tensor::<u32>("graph.entry_points", DType::U32, &[entries])?,
+            random_seeds: true,
+            hierarchy: hierarchy_view(a)?,
+        })
+    }
+
     /// The IVF-PQ parts of the artifact, viewed in place.
     fn ivf_pq_index<'a>(
         &'a self,
@@ -216,6 +279,81 @@ impl Searcher {
             vectors,
         })
     }
+}
+
+/// Checks a CAGRA artifact's graph: every edge and entry point names a row, so search never
+/// indexes out of bounds.
+fn open_cagra(a: &Artifact) -> Result<Engine> {
+    let m = &a.manifest;
+    let path = a.container.path();
+    let n = m.count as usize;
+    let bad = |section: &str, why: String| Error::artifact(path, section, why);
+    let shape = |name: &str| {
+        a.container
+            .tensors
+            .get(name)
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| bad(name, "tensor is missing".into()))
+    };
+    a.tensor::<f32>("vectors", DType::F32, &[n, m.dim])?;
+    if m.metric == Metric::L2 {
+        a.tensor::<f32>("sq_norms", DType::F32, &[n])?;
+    }
+    let degree = match shape("graph")?[..] {
+        [rows, d] if rows == n && d > 0 => d,
+        ref other => {
+            return Err(bad(
+                "graph",
+                format!("has shape {other:?}, expected [{n}, degree]"),
+            ))
+        }
+    };
+    if a.tensor::<u32>("graph", DType::U32, &[n, degree])?
+        .iter()
+        .any(|&v| v as usize >= n)
+    {
+        return Err(bad("graph", format!("holds a row number ≥ {n}")));
+    }
+    let entries = match shape("graph.entry_points")?[..] {
+        [m] if m > 0 => m,
+        ref other => {
+            return Err(bad(
+                "graph.entry_points",
+                format!("has shape {other:?}, expected [m ≥ 1]"),
+            ))
+        }
+    };
+    if a.tensor::<u32>("graph.entry_points", DType::U32, &[entries])?
+        .iter()
+        .any(|&v| v as usize >= n)
+    {
+        return Err(bad(
+            "graph.entry_points",
+            format!("holds a row number ≥ {n}"),
+        ));
+    }
+    if let Some(h) = hierarchy_view(a)? {
+        h.check(n).map_err(|why| bad("upper.graph", why))?;
+    }
+    Ok(Engine::Cagra { degree, entries })
+}
+
+/// A CAGRA artifact's upper levels, when it has them; `M` is half the recorded graph degree.
+pub fn hierarchy_view(a: &Artifact) -> Result<Option<HierarchyView<'_>>> {
+    if !a.container.tensors.contains_key("upper.rows") {
+        return Ok(None);
+    }
+    let slice = |name: &str| a.container.slice::<u32>(name, DType::U32).map(|s| s.0);
+    let m = a.manifest.params["cagra"]["graph_degree"]
+        .as_u64()
+        .unwrap_or(0) as usize
+        / 2;
+    Ok(Some(HierarchyView {
+        m,
+        rows: slice("upper.rows")?,
+        counts: slice("upper.counts")?,
+        graph: slice("upper.graph")?,
+    }))
 }
 
 /// Checks an IVF-PQ artifact's tensors against each other, so search never indexes out of

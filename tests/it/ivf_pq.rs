@@ -95,6 +95,7 @@ fn recall_against_exact_search_without_and_with_refine() {
             let p = SearchParams {
                 n_probes: Some(n_probes),
                 refine_ratio: Some(refine_ratio),
+                ..Default::default()
             };
             s.search(data.queries.view(), 10, &p).unwrap()
         };
@@ -129,6 +130,7 @@ fn refined_distances_are_exact() {
             &SearchParams {
                 n_probes: Some(32),
                 refine_ratio: Some(8.0),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -167,6 +169,7 @@ fn stored_search_defaults_are_used() {
             &SearchParams {
                 n_probes: Some(8),
                 refine_ratio: Some(1.0),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -181,6 +184,7 @@ fn stored_search_defaults_are_used() {
             &SearchParams {
                 n_probes: None,
                 refine_ratio: Some(2.0),
+                ..Default::default()
             },
         )
         .unwrap_err();
@@ -635,6 +639,7 @@ fn a_query_with_short_probed_lists_does_not_shorten_the_others() {
             &SearchParams {
                 n_probes: Some(1),
                 refine_ratio: Some(1.0),
+                ..Default::default()
             },
         )
         .unwrap();

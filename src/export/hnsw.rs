@@ -1,0 +1,112 @@
+//! What the hnswlib and faiss HNSW exports share: a CAGRA artifact seen as HNSW layers. Level 0
+//! is the CAGRA graph; levels ≥ 1 are the artifact's upper levels
+//! ([`crate::index::cagra::hierarchy`]), with `M = graph_degree / 2` so level 0 holds `2M`
+//! links as HNSW expects.
+
+use crate::artifact::container::DType;
+use crate::artifact::{Artifact, IndexKind};
+use crate::index::cagra::hierarchy::HierarchyView;
+use crate::{Error, Result};
+
+const NONE: u32 = u32::MAX;
+
+/// A CAGRA artifact's layers, viewed in place.
+pub struct Layers<'a> {
+    pub n: usize,
+    pub dim: usize,
+    /// HNSW's `M`: links per row on levels ≥ 1 (level 0 holds `2M`).
+    pub m: usize,
+    /// `[n, dim]` as stored (unit rows for cosine).
+    pub vectors: &'a [f32],
+    /// `[n, degree]`, degree ≤ 2M.
+    pub graph: &'a [u32],
+    pub degree: usize,
+    upper: Option<HierarchyView<'a>>,
+    /// Row → position in the upper levels (`u32::MAX`: level 0 only).
+    position: Vec<u32>,
+    /// The top row, where HNSW search enters.
+    pub entry: u32,
+}
+
+impl<'a> Layers<'a> {
+    /// Views `a`, which must hold a CAGRA index.
+    pub fn of(a: &'a Artifact) -> Result<Self> {
+        let m = &a.manifest;
+        if m.kind != IndexKind::Cagra {
+            return Err(Error::param(format!(
+                "{} indexes have no graph; hnswlib and faiss HNSW exports need --index cagra",
+                m.kind
+            )));
+        }
+        let (n, dim) = (m.count as usize, m.dim);
+        let degree = a
+            .container
+            .tensors
+            .get("graph")
+            .and_then(|t| t.shape.get(1).copied())
+            .ok_or_else(|| Error::artifact(a.container.path(), "graph", "tensor is missing"))?;
+        let upper = crate::search::hierarchy_view(a)?;
+        let mut position = vec![NONE; n];
+        if let Some(h) = &upper {
+            h.check(n)
+                .map_err(|why| Error::artifact(a.container.path(), "upper.graph", why))?;
+            for (p, &r) in h.rows.iter().enumerate() {
+                position[r as usize] = p as u32;
+            }
+        }
+        let first_entry = a
+            .container
+            .slice::<u32>("graph.entry_points", DType::U32)?
+            .0
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let entry = upper
+            .as_ref()
+            .and_then(|h| h.rows.first().copied())
+            .unwrap_or(first_entry);
+        Ok(Layers {
+            n,
+            dim,
+            m: upper
+                .as_ref()
+                .map_or(degree.div_ceil(2), |h| h.m.max(degree.div_ceil(2))),
+            vectors: a.tensor::<f32>("vectors", DType::F32, &[n, dim])?,
+            graph: a.tensor::<u32>("graph", DType::U32, &[n, degree])?,
+            degree,
+            upper,
+            position,
+            entry,
+        })
+    }
+
+    /// The highest level (0 when there are no upper levels).
+    pub fn max_level(&self) -> usize {
+        self.upper.as_ref().map_or(0, |h| h.levels())
+    }
+
+    /// Row `r`'s highest level.
+    pub fn level(&self, r: usize) -> usize {
+        let p = self.position[r];
+        match &self.upper {
+            Some(h) if p != NONE => h.counts.iter().take_while(|&&c| p < c).count(),
+            _ => 0,
+        }
+    }
+
+    /// Row `r`'s links on level `l` (≤ its level), as row numbers.
+    pub fn links(&self, r: usize, l: usize) -> Vec<u32> {
+        if l == 0 {
+            return self.graph[r * self.degree..(r + 1) * self.degree].to_vec();
+        }
+        match &self.upper {
+            Some(h) => h
+                .neighbors(l, self.position[r] as usize)
+                .iter()
+                .take_while(|&&p| p != NONE)
+                .map(|&p| h.rows[p as usize])
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Upper levels over the CAGRA graph, as HNSW has them (Malkov & Yashunin, TPAMI 2018), so a
+//! search starts near its answer instead of at random rows.
+//!
+//! A flat kNN-derived graph has no long edges: on strongly clustered data every row's
+//! neighbours lie in its own cluster and a beam search seeded at random rows stays in the wrong
+//! clusters (measured: recall@10 0.29–0.37 on 1000 well-separated clusters, whatever the
+//! itopk_size). The hierarchy fixes that at a cost of a few dozen distances per query:
+//!
+//! 1. Each row draws a level `⌊−ln U · 1/ln M⌋` (seeded; `M = graph_degree / 2`), so about
+//!    `N / M^l` rows reach level `l`, as in HNSW.
+//! 2. Rows with level ≥ 1 are ordered by level, highest first: the rows of level ≥ `l` are then
+//!    a prefix of that order, of length `counts[l − 1]`.
+//! 3. Levels ≥ 1 are built by HNSW insertion, rows in that order (within a level in seeded
+//!    random order): greedy descent to the row's level, then on each of its levels a beam
+//!    search of width 100, up to `M` neighbours chosen by HNSW's heuristic (a candidate is
+//!    kept only if it is closer to the row than to every one kept before), and reverse links
+//!    re-pruned by the same heuristic when a list overflows. Early insertions, made while a
+//!    level is sparse, leave the long edges that make it navigable. Exact `2M`-NN lists with
+//!    the same heuristic were measured and rejected: their cross-cluster edges all lead to the
+//!    same few nearby clusters, and recall@10 stayed at 0.48–0.87 on the data above.
+//! 4. Search descends greedily from the first row (the top) level by level, as HNSW does, and
+//!    starts the beam search at the row it ends on.
+//!
+//! The same levels become the upper layers of the hnswlib and faiss HNSW exports, so those
+//! loaders search exactly this structure.
+//!
+//! | tensor          | dtype | shape           | holds |
+//! |-----------------|-------|-----------------|-------|
+//! | `upper.rows`    | U32   | `[counts[0]]`   | row numbers of levels ≥ 1, highest level first |
+//! | `upper.counts`  | U32   | `[levels]`      | `counts[l − 1]`: rows at level ≥ `l` (non-increasing) |
+//! | `upper.graph`   | U32   | `[Σ counts · M]`| level 1's block, then level 2's…: `counts[l − 1] × M` positions in `upper.rows` (`u32::MAX` pads) |
+
+use super::Graph;
+use crate::backend::Backend;
+use crate::distance::dot;
+use crate::synth::Rng;
+use crate::{Metric, Result};
+use ndarray::ArrayView2;
+
+const NONE: u32 = u32::MAX;
+
+/// The upper levels, viewed in place (see the module docs for the layout).
+#[derive(Debug, Clone, Copy)]
+pub struct HierarchyView<'a> {
+    /// Neighbours per row per level.
+    pub m: usize,
+    pub rows: &'a [u32],
+    pub counts: &'a [u32],
+    pub graph: &'a [u32],
+}
+
+/// The upper levels, owned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hierarchy {
+    pub m: usize,
+    pub rows: Vec<u32>,
+    pub counts: Vec<u32>,
+    pub graph: Vec<u32>,
+}
+
+impl Hierarchy {
+    pub fn view(&self) -> HierarchyView<'_> {
+        HierarchyView {
+            m: self.m,
+            rows: &self.rows,
+            counts: &self.counts,
+            graph: &self.graph,
+        }
+    }
+
+    /// Draws levels and links every level ≥ 1 (`data: [n, dim]`, `norms: [n]` for L2).
+    pub fn build(
+        backend: &dyn Backend,
+        data: ArrayView2<'_, f32>,
+        norms: &[f32],
+        metric: Metric,
+        m: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let n = data.nrows();
+        let m = m.max(2);
+        let mult = 1.0 / (m as f64).ln();
+        let mut rng = Rng::new(seed ^ 0x4e53_5748);
+        let mut leveled: Vec<(u32, u32, u64)> = (0..n)
+            .filter_map(|row| {
+                let u = rng.uniform().max(f64::MIN_POSITIVE);
+                let level = (-u.ln() * mult).floor().min(30.0) as u32;
+                (level > 0).then_some((level, row as u32, rng.next_u64()))
+            })
+            .collect();
+        // Highest level first; within a level in random order, so early insertions (which
+        // make the long edges) are spread over the data, however the input is sorted.
+        leveled.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+        let top = leveled.first().map_or(0, |e| e.0) as usize;
+        let rows: Vec<u32> = leveled.iter().map(|e| e.1).collect();
+        let counts: Vec<u32> = (1..=top)
+            .map(|l| leveled.iter().take_while(|e| e.0 as usize >= l).count() as u32)
+            .collect();
+        // Insert in order (the top row first, so it stays the entry), as HNSW does.
+        let dim = data.ncols();
+        let flat = data.as_standard_layout();
+        let flat = flat.as_slice().unwrap_or(&[]);
+        let dist = |a: u32, b: u32| -> f32 {
+            let (a, b) = (rows[a as usize] as usize, rows[b as usize] as usize);
+            let d = dot(&flat[a * dim..(a + 1) * dim], &flat[b * dim..(b + 1) * dim]);
+            match metric {
+                Metric::L2 => norms[a] + norms[b] - 2.0 * d,
+                _ => 1.0 - d,
+            }
+        };
+        let level_of: Vec<usize> = leveled.iter().map(|e| e.0 as usize).collect();
+        let mut adj: Vec<Vec<Vec<u32>>> = counts
+            .iter()
+            .map(|&c| vec![Vec::new(); c as usize])
+            .collect();
+        for p in 1..rows.len() {
+            let p32 = p as u32;
+            let mut ep = 0u32;
+            let mut ep_d = dist(p32, 0);
+            for l in (level_of[p] + 1..=top).rev() {
+                (ep, ep_d) = greedy(&adj[l - 1], ep, ep_d, &|x| dist(p32, x));
+            }
+            for l in (1..=level_of[p]).rev() {
+                let found = beam(&adj[l - 1], ep, ep_d, EF_CONSTRUCTION, &|x| dist(p32, x));
+                (ep_d, ep) = found[0];
+                let chosen = select(&found, m, &dist);
+                for &(_, nb) in &chosen {
+                    let list = &mut adj[l - 1][nb as usize];
+                    list.push(p32);
+                    if list.len() > m {
+                        let mut scored: Vec<(f32, u32)> =
+                            list.iter().map(|&x| (dist(nb, x), x)).collect();
+                        scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                        *list = select(&scored, m, &dist).iter().map(|e| e.1).collect();
+                    }
+                }
+                adj[l - 1][p] = chosen.iter().map(|e| e.1).collect();
+            }
+        }
+        let mut graph = Vec::new();
+        for level in &adj {
+            for list in level {
+                graph.extend(list.iter().copied());
+                graph.resize(graph.len() + m - list.len(), NONE);
+            }
+        }
+        let _ = backend;
+        Ok(Hierarchy {
+            m,
+            rows,
+            counts,
+            graph,
+        })
+    }
+}
+
+impl Hierarchy {
+    /// Gives every row of level ≥ 1 its level-1 links on level 0 too, after the first half of
+    /// its CAGRA edges (replacing the last ones): the long edges then also serve searches that
+    /// enter level 0 in the wrong cluster, including hnswlib's and faiss's greedy descents
+    /// through the exports (measured on 1000 separated clusters: recall@10 0.63 without).
+    pub fn share_links(&self, graph: &mut Graph) {
+        let d = graph.degree;
+        let view = self.view();
+        if view.levels() == 0 {
+            return;
+        }
+        for (pos, &row) in self.rows.iter().enumerate() {
+            let list = &mut graph.neighbors[row as usize * d..(row as usize + 1) * d];
+            let own: Vec<u32> = list.to_vec();
+            let long = view
+                .neighbors(1, pos)
+                .iter()
+                .take_while(|&&p| p != NONE)
+                .map(|&p| self.rows[p as usize]);
+            let mut merged: Vec<u32> = Vec::with_capacity(d);
+            for v in own[..d / 2]
+                .iter()
+                .copied()
+                .chain(long)
+                .chain(own[d / 2..].iter().copied())
+            {
+                if merged.len() == d {
+                    break;
+                }
+                if v != row && !merged.contains(&v) {
+                    merged.push(v);
+                }
+            }
+            list[..merged.len()].copy_from_slice(&merged);
+        }
+    }
+}
+
+impl HierarchyView<'_> {
+    /// Most level-1 expansions of a descent with beam width `ef` (bounds the rows it visits
+    /// to `max_expansions · M`).
+    pub fn max_expansions(ef: usize) -> usize {
+        2 * ef.max(1)
+    }
+
+    /// Levels above 0.
+    pub fn levels(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Level `l ≥ 1`'s neighbour positions of the row at position `pos`.
+    pub fn neighbors(&self, l: usize, pos: usize) -> &[u32] {
+        let start: usize = self.counts[..l - 1]
+            .iter()
+            .map(|&c| c as usize)
+            .sum::<usize>()
+            * self.m
+            + pos * self.m;
+        &self.graph[start..start + self.m]
+    }
+
+    /// Checks that every count, position and row is in range (`n` rows).
+    pub fn check(&self, n: usize) -> std::result::Result<(), String> {
+        let total: usize = self.counts.iter().map(|&c| c as usize).sum();
+        if self.counts.windows(2).any(|w| w[0] < w[1])
+            || self.counts.first().map_or(0, |&c| c as usize) != self.rows.len()
+        {
+            return Err("level counts must not increase and must start at the row count".into());
+        }
+        if self.graph.len() != total * self.m {
+            return Err(format!(
+                "holds {} entries, expected {}",
+                self.graph.len(),
+                total * self.m
+            ));
+        }
+        if self.rows.iter().any(|&r| r as usize >= n) {
+            return Err(format!("names a row ≥ {n}"));
+        }
+        let mut start = 0;
+        for &c in self.counts {
+            let block = &self.graph[start..start + c as usize * self.m];
+            if block.iter().any(|&p| p != NONE && p >= c) {
+                return Err("a neighbour position is outside its level".into());
+            }
+            start += block.len();
+        }
+        Ok(())
+    }
+
+    /// Descent for a query (ranking score `score(row)`): greedy from the top down to level 2,
+    /// then a beam search of width `ef` on level 1. Leaves the best level-1 rows found, with
+    /// their scores, best first, in `out`; returns how many scores it computed.
+    /// `visit(row)` records a row as seen and says whether it was new.
+    pub fn descend(
+        &self,
+        score: &dyn Fn(u32) -> f32,
+        visit: &mut dyn FnMut(u32) -> bool,
+        ef: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) -> usize {
+        out.clear();
+        let Some(&first) = self.rows.first() else {
+            return 0;
+        };
+        let mut pos = 0usize;
+        let mut best = score(first);
+        let mut scored = 1;
+        for l in (2..=self.levels()).rev() {
+            loop {
+                let mut moved = false;
+                for &p in self.neighbors(l, pos) {
+                    if p == NONE {
+                        break;
+                    }
+                    let s = score(self.rows[p as usize]);
+                    scored += 1;
+                    if s < best {
+                        best = s;
+                        pos = p as usize;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        // Level 1: best-first beam over positions; `explored` marks expanded entries.
+        let ef = ef.max(1);
+        let mut beam: Vec<(f32, u32, bool)> = vec![(best, pos as u32, false)];
+        visit(self.rows[pos]);
+        let mut expansions = 0;
+        while let Some(i) = beam.iter().position(|e| !e.2) {
+            if expansions == Self::max_expansions(ef) {
+                break;
+            }
+            expansions += 1;
+            beam[i].2 = true;
+            let at = beam[i].1 as usize;
+            for &p in self.neighbors(1, at) {
+                if p == NONE {
+                    break;
+                }
+                if !visit(self.rows[p as usize]) {
+                    continue;
+                }
+                let s = score(self.rows[p as usize]);
+                scored += 1;
+                if beam.len() < ef || s < beam[beam.len() - 1].0 {
+                    let at = beam.partition_point(|e| e.0 <= s);
+                    beam.insert(at, (s, p, false));
+                    beam.truncate(ef);
+                }
+            }
+        }
+        out.extend(beam.iter().map(|e| (e.0, self.rows[e.1 as usize])));
+        scored
+    }
+}
+
+/// Candidates examined per level when a row is inserted (hnswlib's default `ef_construction`
+/// is 200; upper levels are small and only route).
+const EF_CONSTRUCTION: usize = 100;
+
+/// Greedy walk on one level from `ep` (at distance `ep_d`) while a neighbour is closer.
+fn greedy(adj: &[Vec<u32>], mut ep: u32, mut ep_d: f32, dist: &dyn Fn(u32) -> f32) -> (u32, f32) {
+    loop {
+        let mut moved = false;
+        for &x in &adj[ep as usize] {
+            let d = dist(x);
+            if d < ep_d {
+                (ep, ep_d, moved) = (x, d, true);
+            }
+        }
+        if !moved {
+            return (ep, ep_d);
+        }
+    }
+}
+
+/// Best-first search of width `ef` on one level: the closest positions found, best first.
+fn beam(
+    adj: &[Vec<u32>],
+    ep: u32,
+    ep_d: f32,
+    ef: usize,
+    dist: &dyn Fn(u32) -> f32,
+) -> Vec<(f32, u32)> {
+    let mut found: Vec<(f32, u32, bool)> = vec![(ep_d, ep, false)];
+    let mut seen = std::collections::HashSet::from([ep]);
+    while let Some(i) = found.iter().position(|e| !e.2) {
+        found[i].2 = true;
+        let at = found[i].1 as usize;
+        for &x in &adj[at] {
+            if !seen.insert(x) {
+                continue;
+            }
+            let d = dist(x);
+            if found.len() < ef || d < found[found.len() - 1].0 {
+                let pos = found.partition_point(|e| e.0 <= d);
+                found.insert(pos, (d, x, false));
+                found.truncate(ef);
+            }
+        }
+    }
+    found.into_iter().map(|e| (e.0, e.1)).collect()
+}
+
+/// HNSW's neighbour heuristic over candidates sorted by distance to the row: keep a candidate
+/// only if it is closer to the row than to every one kept before it; at most `m`.
+fn select(cands: &[(f32, u32)], m: usize, dist: &dyn Fn(u32, u32) -> f32) -> Vec<(f32, u32)> {
+    let mut kept: Vec<(f32, u32)> = Vec::with_capacity(m);
+    for &(d, c) in cands {
+        if kept.len() == m {
+            break;
+        }
+        if kept.iter().all(|&(_, s)| dist(c, s) > d) {
+            kept.push((d, c));
+        }
+    }
+    kept
+}

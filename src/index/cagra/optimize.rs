@@ -1,0 +1,364 @@
+//! CAGRA graph optimisation (Ootomo et al., ICDE 2024, section IV-B): turns a kNN graph of
+//! degree `d_in` (each row best first) into a search graph of fixed degree `d_out ≤ d_in`.
+//!
+//! 1. **Rank-based pruning.** For an edge A→B at rank `r_AB` in A's list, a *detourable route*
+//!    is a two-hop path A→D→B with `max(r_AD, r_DB) < r_AB`: B is reachable through a closer
+//!    neighbour D along edges ranked better than A→B itself. Ranks stand in for distances, so
+//!    no distance is computed. Each of A's edges gets its count of detourable routes; the
+//!    `d_out` edges with the fewest are kept, ties to the better rank.
+//! 2. **Reverse edges.** For every kept edge A→B (visited in rank order, best ranks of all rows
+//!    first), B records A, up to `d_out` per row: rows that nobody kept gain in-edges.
+//! 3. **Merge.** Each row keeps its first `d_out / 2` pruned edges, then takes its reverse
+//!    edges in order, then its remaining pruned edges, skipping duplicates, up to `d_out`.
+//! 4. **Connectivity** (optional): rows not reachable from the entry point by a breadth-first
+//!    walk get an in-edge from their nearest reachable row in the kNN graph, which gives up its
+//!    last edge (preferring one whose target has other in-edges); after a few rounds, rows still
+//!    unreachable become extra entry points, so every row is reachable from the entry points.
+//!
+//! The graph is stored as `u32 [N, d_out]`; every slot holds a distinct row other than the
+//! row itself.
+
+use super::Graph;
+use crate::search::cagra::{CagraIndex, CagraSearchParams};
+use crate::Metric;
+use ndarray::ArrayView2;
+use rayon::prelude::*;
+
+/// Slot value for "no edge" in intermediate lists (never in a finished graph).
+pub const NONE: u32 = u32::MAX;
+
+/// Detour counts of one row's edges: `counts[r]` for the edge at rank `r`. `map` is scratch: an
+/// open-addressing table from row to rank, sized to a power of two ≥ 2·d_in.
+fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u32]) {
+    let d = knn.degree;
+    let mask = map.len() - 1;
+    map.fill((NONE, 0));
+    let slot = |v: u32| (v.wrapping_mul(0x9E37_79B9) >> 7) as usize & mask;
+    let list = knn.row(a);
+    for (rank, &b) in list.iter().enumerate() {
+        let mut s = slot(b);
+        while map[s].0 != NONE && map[s].0 != b {
+            s = (s + 1) & mask;
+        }
+        map[s] = (b, rank as u32);
+    }
+    counts[..d].fill(0);
+    // Routes A→D→B need r_AD < r_AB, so D ranges over all but the last edge.
+    for (r_ad, &dnode) in list.iter().enumerate().take(d.saturating_sub(1)) {
+        if dnode == NONE {
+            continue;
+        }
+        for (r_db, &b) in knn.row(dnode as usize).iter().enumerate() {
+            if b == NONE {
+                continue;
+            }
+            let mut s = slot(b);
+            while map[s].0 != NONE {
+                if map[s].0 == b {
+                    let r_ab = map[s].1 as usize;
+                    if r_ad.max(r_db) < r_ab {
+                        counts[r_ab] += 1;
+                    }
+                    break;
+                }
+                s = (s + 1) & mask;
+            }
+        }
+    }
+}
+
+/// Step 1: the `d_out` edges of each row with the fewest detourable routes.
+pub fn prune(knn: &Graph, d_out: usize) -> Graph {
+    let d = knn.degree;
+    let table = (2 * d).next_power_of_two().max(16);
+    let mut neighbors = vec![NONE; knn.len() * d_out];
+    neighbors.par_chunks_mut(d_out).enumerate().for_each_init(
+        || {
+            (
+                vec![(NONE, 0u32); table],
+                vec![0u32; d],
+                Vec::with_capacity(d),
+            )
+        },
+        |(map, counts, order), (a, out)| {
+            detour_counts(knn, a, map, counts);
+            let list = knn.row(a);
+            order.clear();
+            order.extend((0..d).filter(|&r| list[r] != NONE));
+            order.sort_by_key(|&r| (counts[r], r));
+            for (slot, &r) in out.iter_mut().zip(order.iter()) {
+                *slot = list[r];
+            }
+        },
+    );
+    Graph {
+        degree: d_out,
+        neighbors,
+    }
+}
+
+/// Step 2: reverse edges of `pruned`, at most `pruned.degree` per row, best ranks first.
+pub fn reverse_edges(pruned: &Graph) -> Vec<Vec<u32>> {
+    let (n, d) = (pruned.len(), pruned.degree);
+    let mut rev: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for rank in 0..d {
+        for a in 0..n {
+            let b = pruned.neighbors[a * d + rank];
+            if b != NONE && rev[b as usize].len() < d {
+                rev[b as usize].push(a as u32);
+            }
+        }
+    }
+    rev
+}
+
+/// Step 3: protected half of the pruned edges, then reverse edges, then the rest.
+pub fn merge(pruned: &Graph, reverse: &[Vec<u32>]) -> Graph {
+    let d = pruned.degree;
+    let protected = d / 2;
+    let mut neighbors = vec![NONE; pruned.len() * d];
+    neighbors
+        .par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(a, out)| {
+            let own = pruned.row(a);
+            let mut filled = 0;
+            let candidates = own[..protected]
+                .iter()
+                .chain(reverse[a].iter())
+                .chain(own[protected..].iter());
+            for &v in candidates {
+                if filled == d {
+                    break;
+                }
+                if v != NONE && v as usize != a && !out[..filled].contains(&v) {
+                    out[filled] = v;
+                    filled += 1;
+                }
+            }
+        });
+    Graph {
+        degree: d,
+        neighbors,
+    }
+}
+
+/// Rows reachable from `entries` by following edges.
+pub fn reachable(graph: &Graph, entries: &[u32]) -> Vec<bool> {
+    let n = graph.len();
+    let mut seen = vec![false; n];
+    let mut stack: Vec<u32> = Vec::new();
+    for &e in entries {
+        if (e as usize) < n && !seen[e as usize] {
+            seen[e as usize] = true;
+            stack.push(e);
+        }
+    }
+    while let Some(u) = stack.pop() {
+        for &v in graph.row(u as usize) {
+            if v != NONE && !seen[v as usize] {
+                seen[v as usize] = true;
+                stack.push(v);
+            }
+        }
+    }
+    seen
+}
+
+/// Step 4: makes every row reachable from the returned entry points (which start with
+/// `entry`). An unreachable row `u` gets an in-edge from the nearest reachable row: the first
+/// reachable one in its kNN list, else the best a beam search from the entry points finds
+/// (islands: clusters whose kNN lists never leave them). Returns the entry points and the
+/// number of edges rewired.
+pub fn guarantee_connectivity(
+    graph: &mut Graph,
+    knn: &Graph,
+    entry: u32,
+    data: ArrayView2<'_, f32>,
+    norms: &[f32],
+    metric: Metric,
+) -> (Vec<u32>, usize) {
+    let n = graph.len();
+    let d = graph.degree;
+    let mut entries = vec![entry];
+    let mut rewired = 0;
+    let mut in_degree = vec![0u32; n];
+    for &v in &graph.neighbors {
+        if v != NONE {
+            in_degree[v as usize] += 1;
+        }
+    }
+    // Slots this step wrote; never given up again, so one link cannot undo another.
+    let mut linked = vec![false; n * d];
+    for _round in 0..4 {
+        let mut seen = reachable(graph, &entries);
+        if seen.iter().all(|&s| s) {
+            return (entries, rewired);
+        }
+        for u in 0..n {
+            if seen[u] {
+                continue;
+            }
+            let r = match knn.row(u).iter().find(|&&r| r != NONE && seen[r as usize]) {
+                Some(&r) => r,
+                None => match nearest_reachable(graph, &entries, data, norms, metric, u) {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
+            let base = r as usize * d;
+            let row = &mut graph.neighbors[base..base + d];
+            if !row.contains(&(u as u32)) {
+                // Give up the last edge whose target keeps another in-edge, else the last
+                // edge not written here.
+                let free = |s: &usize| !linked[base + *s];
+                let Some(slot) = (0..d)
+                    .rev()
+                    .filter(free)
+                    .find(|&s| row[s] == NONE || in_degree[row[s] as usize] > 1)
+                    .or_else(|| (0..d).rev().find(free))
+                else {
+                    continue;
+                };
+                linked[base + slot] = true;
+                if row[slot] != NONE {
+                    in_degree[row[slot] as usize] -= 1;
+                }
+                row[slot] = u as u32;
+                in_degree[u] += 1;
+                rewired += 1;
+            }
+            mark_from(graph, u as u32, &mut seen);
+        }
+    }
+    // Whatever rewiring could not reach becomes an entry point.
+    let mut seen = reachable(graph, &entries);
+    for u in 0..n {
+        if !seen[u] {
+            entries.push(u as u32);
+            mark_from(graph, u as u32, &mut seen);
+        }
+    }
+    (entries, rewired)
+}
+
+/// Marks everything reachable from `start` (itself included).
+fn mark_from(graph: &Graph, start: u32, seen: &mut [bool]) {
+    seen[start as usize] = true;
+    let mut stack = vec![start];
+    while let Some(x) = stack.pop() {
+        for &v in graph.row(x as usize) {
+            if v != NONE && !seen[v as usize] {
+                seen[v as usize] = true;
+                stack.push(v);
+            }
+        }
+    }
+}
+
+/// The row nearest to row `u` that a beam search from the entry points reaches (so a
+/// reachable row), other than `u`.
+fn nearest_reachable(
+    graph: &Graph,
+    entries: &[u32],
+    data: ArrayView2<'_, f32>,
+    norms: &[f32],
+    metric: Metric,
+    u: usize,
+) -> Option<u32> {
+    let index = CagraIndex {
+        metric,
+        vectors: data,
+        sq_norms: norms,
+        graph: &graph.neighbors,
+        degree: graph.degree,
+        entry_points: entries,
+        random_seeds: false,
+        hierarchy: None,
+    };
+    let params = CagraSearchParams {
+        itopk_size: 32,
+        search_width: 1,
+        max_iterations: 0,
+    };
+    let q = data.slice(ndarray::s![u..u + 1, ..]);
+    let (found, _) = index.search(q, 2, &params).ok()?;
+    found
+        .rows
+        .iter()
+        .find(|&&r| r != crate::search::NO_NEIGHBOR && r as usize != u)
+        .map(|&r| r as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(degree: usize, rows: &[&[u32]]) -> Graph {
+        Graph {
+            degree,
+            neighbors: rows.iter().flat_map(|r| r.iter().copied()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_detourable_edge_is_pruned_before_a_direct_one() {
+        // Row 0's list: 1, 2, 3. Row 1 lists 3 first: 0→1→3 detours 0→3 (max(0, 0) < 2).
+        // Row 2 lists nothing of row 0's, so 0→2 has no detour and survives pruning to 2.
+        let knn = graph(3, &[&[1, 2, 3], &[3, 0, 2], &[0, 1, 3], &[1, 0, 2]]);
+        let mut map = vec![(NONE, 0); 16];
+        let mut counts = vec![0; 3];
+        detour_counts(&knn, 0, &mut map, &mut counts);
+        // 0→2: routes via 1 (r_AD 0, r_DB 2: max 2 not < 1) → 0. 0→3: via 1 (max(0,0) < 2) and
+        // via 2 (r_AD 1, r_DB 2: max 2 not < 2) → 1.
+        assert_eq!(counts, vec![0, 0, 1]);
+        let pruned = prune(&knn, 2);
+        assert_eq!(pruned.row(0), &[1, 2]);
+    }
+
+    #[test]
+    fn merge_keeps_the_protected_half_then_reverse_edges_without_duplicates() {
+        let pruned = graph(
+            4,
+            &[
+                &[1, 2, 3, 4],
+                &[0, 2, 3, 4],
+                &[0, 1, 3, 4],
+                &[0, 1, 2, 4],
+                &[0, 1, 2, 3],
+            ],
+        );
+        let rev = vec![vec![3, 2, 4], vec![], vec![], vec![], vec![]];
+        let merged = merge(&pruned, &rev);
+        assert_eq!(merged.row(0), &[1, 2, 3, 4]);
+        let rev = vec![vec![4, 1], vec![], vec![], vec![], vec![]];
+        let pruned = graph(
+            4,
+            &[
+                &[1, 2, 3, 0],
+                &[0, 2, 3, 4],
+                &[0, 1, 3, 4],
+                &[0, 1, 2, 4],
+                &[0, 1, 2, 3],
+            ],
+        );
+        // Self edges are dropped; the reverse edge 4 enters right after the protected half.
+        assert_eq!(merge(&pruned, &rev).row(0)[..3], [1, 2, 4]);
+    }
+
+    #[test]
+    fn connectivity_reaches_an_island() {
+        // Rows 2 and 3 only point at each other; nothing points at them.
+        let mut g = graph(2, &[&[1, 1], &[0, 0], &[3, 3], &[2, 2]]);
+        for row in g.neighbors.chunks_mut(2) {
+            row[1] = NONE;
+        }
+        let knn = graph(2, &[&[1, 2], &[0, 2], &[1, 3], &[2, 1]]);
+        let data = ndarray::Array2::<f32>::from_shape_fn((4, 2), |(i, j)| (i * 2 + j) as f32);
+        let norms = crate::metric::squared_norms(data.view());
+        let (entries, rewired) =
+            guarantee_connectivity(&mut g, &knn, 0, data.view(), &norms, Metric::L2);
+        assert!(reachable(&g, &entries).iter().all(|&s| s));
+        assert!(rewired >= 1 || entries.len() > 1);
+    }
+}
