@@ -88,7 +88,7 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
         Ok(())
     };
     // Level 0: links, vector, label per row.
-    for r in 0..n {
+    for (r, label) in labels.iter().enumerate() {
         let links = layers.links(r, 0);
         buf.extend_from_slice(&(links.len() as u32).to_le_bytes());
         for s in 0..max_m0 {
@@ -97,7 +97,7 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
         buf.extend_from_slice(bytemuck::cast_slice(
             &layers.vectors[r * dim..(r + 1) * dim],
         ));
-        buf.extend_from_slice(&labels[r].to_le_bytes());
+        buf.extend_from_slice(&label.to_le_bytes());
         write(&mut buf, false)?;
     }
     // Upper levels per row.
