@@ -2,6 +2,7 @@
 
 mod artifact;
 mod bad_input;
+mod cagra;
 mod cli;
 mod common;
 mod ivf_pq;
