@@ -1,6 +1,6 @@
 //! Interop with the Python ecosystem: `safetensors` opens an artifact, `pyarrow` reads results,
 //! `faiss` loads exports. Runs `scripts/*_checks.py` with the interpreter in `VECBUILD_PYTHON`
-//! (CI sets it to a venv with numpy, pyarrow, safetensors and faiss-cpu). Without it the tests
+//! (CI sets it to a venv with numpy, pyarrow, safetensors, faiss-cpu and hnswlib). Without it the tests
 //! say so and pass, except under CI, where a missing interpreter is a failure.
 
 use crate::common::*;
@@ -29,6 +29,7 @@ fn check(python: &str, name: &str, dir: &std::path::Path) {
         .arg(dir)
         .output()
         .expect("python runs");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
         "{name} failed:\n{}\n{}",
@@ -151,4 +152,72 @@ fn faiss_loads_exports_and_finds_the_same_neighbours() {
     }
     std::fs::write(d.join("cases.json"), serde_json::to_string(&cases).unwrap()).unwrap();
     check(&python, "faiss_checks.py", d);
+}
+
+#[test]
+fn hnswlib_and_faiss_load_cagra_exports_at_our_recall() {
+    let Some(python) = python() else { return };
+    let dir = tmp();
+    let d = dir.path();
+    let data = vecbuild::synth::clustered(10_000, 300, 32, 10, 41);
+    let ids = Ids::Int64((0..10_000).collect());
+    vecbuild::io::parquet::write_vectors(&d.join("b.parquet"), &ids, data.base.view(), 2000)
+        .unwrap();
+    vecbuild::io::npy::write(&d.join("q.npy"), data.queries.view()).unwrap();
+    std::fs::write(d.join("dim.txt"), "32").unwrap();
+    ok(
+        d,
+        &[
+            "knn",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.npy",
+            "--k",
+            "10",
+            "--out",
+            "t.parquet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "cagra",
+            "--out",
+            "c.vbx",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "c.vbx",
+            "--queries",
+            "q.npy",
+            "--k",
+            "10",
+            "--itopk-size",
+            "64",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "export", "--index", "c.vbx", "--format", "hnswlib", "--out", "c.hnsw",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "export", "--index", "c.vbx", "--format", "faiss", "--out", "c.faiss",
+        ],
+    );
+    check(&python, "hnsw_checks.py", d);
 }
