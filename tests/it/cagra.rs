@@ -179,23 +179,26 @@ fn optimisation_improves_recall_per_visited_row_over_the_raw_knn_graph() {
             hierarchy: None,
         };
         let p = CagraSearchParams {
-            itopk_size: 32,
+            itopk_size,
             ..Default::default()
         };
         let (res, stats) = index.search(data.queries.view(), 10, &p).unwrap();
         let r = recall(&res.rows, &want, 10);
         (r, stats.distances as f64 / 400.0)
     };
-    // The raw graph's lists overlap (neighbours of neighbours are neighbours), so a wider beam
-    // finds few new rows: at no width does it reach the optimised graph's recall at width 32.
+    // Equal work: the raw graph gets the narrowest beam that spends at least as many distances
+    // per query as the optimised graph at itopk 32, and must still find less.
     let (opt_recall, opt_cost) = measure(&optimised, 32);
-    for w in [32, 64, 128, 256] {
-        let (raw_recall, raw_cost) = measure(&raw, w);
-        assert!(
-            opt_recall > raw_recall,
-            "optimised graph: recall@10 {opt_recall:.4} at {opt_cost:.0} distances per query (itopk 32); raw kNN graph: {raw_recall:.4} at {raw_cost:.0} (itopk {w})"
-        );
-    }
+    let (w, (raw_recall, raw_cost)) = [32usize, 40, 48, 56, 64, 80, 96, 128, 192, 256]
+        .iter()
+        .map(|&w| (w, measure(&raw, w)))
+        .find(|(_, (_, cost))| *cost >= opt_cost)
+        .expect("a wide enough beam costs as much");
+    assert!(
+        opt_recall > raw_recall,
+        "optimised graph: recall@10 {opt_recall:.4} at {opt_cost:.0} distances per query (itopk 32); raw kNN graph: {raw_recall:.4} at {raw_cost:.0} (itopk {w})"
+    );
+    eprintln!("optimised graph: recall@10 {opt_recall:.4} at {opt_cost:.0} distances per query; raw kNN graph: {raw_recall:.4} at {raw_cost:.0} (itopk {w})");
 }
 
 #[test]
