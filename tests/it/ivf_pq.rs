@@ -442,7 +442,13 @@ fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
         ],
     );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("not built yet"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("hnswlib and faiss HNSW exports need --index cagra"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("i.hnsw").exists());
 }
 
 #[test]
