@@ -18,6 +18,17 @@ pub fn dot(q: &[f32], x: &[f32]) -> f32 {
     dot_portable(q, x)
 }
 
+/// Ranking score of row `x` (squared norm `x_sq_norm`, used by L2 only) for query `q`:
+/// `‖x‖² − 2q·x` for L2, `−q·x` otherwise — the internal score less the query's constant.
+#[inline]
+pub fn ranking_score(metric: crate::Metric, q: &[f32], x: &[f32], x_sq_norm: f32) -> f32 {
+    let d = dot(q, x);
+    match metric {
+        crate::Metric::L2 => x_sq_norm - 2.0 * d,
+        _ => -d,
+    }
+}
+
 /// Portable baseline: eight independent partial sums, so the compiler can vectorise it.
 pub fn dot_portable(q: &[f32], x: &[f32]) -> f32 {
     let n = q.len().min(x.len());

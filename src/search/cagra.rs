@@ -21,7 +21,7 @@
 
 use super::{SearchResults, NO_NEIGHBOR};
 use crate::backend::Queries;
-use crate::distance::{dot, prefetch};
+use crate::distance::{prefetch, ranking_score};
 use crate::index::cagra::hierarchy::HierarchyView;
 use crate::{Error, Metric, Result};
 use ndarray::{Array2, ArrayView2};
@@ -228,11 +228,8 @@ impl CagraIndex<'_> {
         let dim = self.vectors.ncols();
         let flat = self.vectors.as_slice().unwrap_or(&[]);
         let r = row as usize;
-        let d = dot(q, &flat[r * dim..(r + 1) * dim]);
-        match self.metric {
-            Metric::L2 => self.sq_norms[r] - 2.0 * d,
-            _ => -d,
-        }
+        let norm = self.sq_norms.get(r).copied().unwrap_or(0.0);
+        ranking_score(self.metric, q, &flat[r * dim..(r + 1) * dim], norm)
     }
 
     /// One query's beam search; leaves the final itopk (sorted) in `s.itopk`.
@@ -253,7 +250,6 @@ impl CagraIndex<'_> {
         };
         s.visited.fill(EMPTY);
         s.cands.clear();
-        s.merged.clear();
         let mut stats = SearchStats::default();
         // 1. Seeds: where the descent through the upper levels ends, else pseudo-random rows.
         if let Some(h) = &self.hierarchy {
@@ -269,14 +265,15 @@ impl CagraIndex<'_> {
             0
         };
         let fixed = (0..count).map(|i| seed_row(i, n));
+        let from_descent = s.cands.len();
         for row in self.entry_points.iter().copied().chain(fixed) {
             if (row as usize) < n && visit(&mut s.visited, row) {
                 s.cands.push((self.score(q, row), row));
             }
         }
-        stats.distances += (s.cands.len() - s.merged.len().min(s.cands.len())) as u64;
+        stats.distances += (s.cands.len() - from_descent) as u64;
+        // Every seed is distinct: each passed the visited set once.
         s.cands.sort_unstable_by(order);
-        s.cands.dedup_by_key(|e| e.1);
         s.cands.truncate(p.itopk_size);
         s.itopk.clear();
         s.itopk.extend_from_slice(&s.cands);

@@ -155,12 +155,7 @@ impl Searcher {
             let defaults = &m.search_defaults;
             let n_probes = params
                 .n_probes
-                .or_else(|| {
-                    defaults
-                        .get("n_probes")
-                        .and_then(|v| v.as_u64())
-                        .map(|v| v as usize)
-                })
+                .or_else(|| self.stored_usize("n_probes"))
                 .unwrap_or(DEFAULT_N_PROBES);
             let refine_ratio = params
                 .refine_ratio
@@ -193,16 +188,20 @@ impl Searcher {
 }
 
 impl Searcher {
+    /// A whole-number search default stored in the artifact (`vecbuild info` shows them).
+    fn stored_usize(&self, name: &str) -> Option<usize> {
+        self.artifact
+            .manifest
+            .search_defaults
+            .get(name)
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize)
+    }
+
     /// CAGRA beam-search settings: the caller's, else the artifact's stored defaults, else
     /// cuVS's (itopk_size 64, search_width 1, automatic iterations).
     pub fn cagra_params(&self, params: &SearchParams) -> CagraSearchParams {
-        let defaults = &self.artifact.manifest.search_defaults;
-        let stored = |name: &str| {
-            defaults
-                .get(name)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-        };
+        let stored = |name: &str| self.stored_usize(name);
         let base = CagraSearchParams::default();
         CagraSearchParams {
             itopk_size: params
@@ -281,6 +280,15 @@ impl Searcher {
     }
 }
 
+/// The shape of tensor `name`, or an error naming it when it is missing.
+fn tensor_shape(a: &Artifact, name: &str) -> Result<Vec<usize>> {
+    a.container
+        .tensors
+        .get(name)
+        .map(|t| t.shape.clone())
+        .ok_or_else(|| Error::artifact(a.container.path(), name, "tensor is missing"))
+}
+
 /// Checks a CAGRA artifact's graph: every edge and entry point names a row, so search never
 /// indexes out of bounds.
 fn open_cagra(a: &Artifact) -> Result<Engine> {
@@ -288,18 +296,11 @@ fn open_cagra(a: &Artifact) -> Result<Engine> {
     let path = a.container.path();
     let n = m.count as usize;
     let bad = |section: &str, why: String| Error::artifact(path, section, why);
-    let shape = |name: &str| {
-        a.container
-            .tensors
-            .get(name)
-            .map(|t| t.shape.clone())
-            .ok_or_else(|| bad(name, "tensor is missing".into()))
-    };
     a.tensor::<f32>("vectors", DType::F32, &[n, m.dim])?;
     if m.metric == Metric::L2 {
         a.tensor::<f32>("sq_norms", DType::F32, &[n])?;
     }
-    let degree = match shape("graph")?[..] {
+    let degree = match tensor_shape(a, "graph")?[..] {
         [rows, d] if rows == n && d > 0 => d,
         ref other => {
             return Err(bad(
@@ -314,7 +315,7 @@ fn open_cagra(a: &Artifact) -> Result<Engine> {
     {
         return Err(bad("graph", format!("holds a row number ≥ {n}")));
     }
-    let entries = match shape("graph.entry_points")?[..] {
+    let entries = match tensor_shape(a, "graph.entry_points")?[..] {
         [m] if m > 0 => m,
         ref other => {
             return Err(bad(
@@ -362,18 +363,11 @@ fn open_ivf_pq(a: &Artifact) -> Result<Engine> {
     let m = &a.manifest;
     let path = a.container.path();
     let bad = |section: &str, why: String| Error::artifact(path, section, why);
-    let info = |name: &str| {
-        a.container
-            .tensors
-            .get(name)
-            .map(|t| t.shape.clone())
-            .ok_or_else(|| bad(name, "tensor is missing".into()))
-    };
     let (n, dim) = (m.count as usize, m.dim);
-    let n_lists = *info("ivf.centroids")?
+    let n_lists = *tensor_shape(a, "ivf.centroids")?
         .first()
         .ok_or_else(|| bad("ivf.centroids", "has no rows".into()))?;
-    let book_shape = info("pq.codebooks")?;
+    let book_shape = tensor_shape(a, "pq.codebooks")?;
     let [pq_dim, ksub, dsub] = book_shape[..] else {
         return Err(bad(
             "pq.codebooks",

@@ -118,10 +118,20 @@ impl Hierarchy {
             let mut ep = 0u32;
             let mut ep_d = dist(p32, 0);
             for l in (level_of[p] + 1..=top).rev() {
-                (ep, ep_d) = greedy(&adj[l - 1], ep, ep_d, &|x| dist(p32, x));
+                let level = &adj[l - 1];
+                (ep, ep_d) = greedy(|x| &level[x as usize], ep, ep_d, &|x| dist(p32, x));
             }
             for l in (1..=level_of[p]).rev() {
-                let found = beam(&adj[l - 1], ep, ep_d, EF_CONSTRUCTION, &|x| dist(p32, x));
+                let level = &adj[l - 1];
+                let mut seen = std::collections::HashSet::from([ep]);
+                let found = beam(
+                    |x| &level[x as usize],
+                    (ep, ep_d),
+                    EF_CONSTRUCTION,
+                    usize::MAX,
+                    &mut |x| seen.insert(x),
+                    &|x| dist(p32, x),
+                );
                 (ep_d, ep) = found[0];
                 let chosen = select(&found, m, &dist);
                 for &(_, nb) in &chosen {
@@ -259,59 +269,27 @@ impl HierarchyView<'_> {
         let Some(&first) = self.rows.first() else {
             return 0;
         };
-        let mut pos = 0usize;
-        let mut best = score(first);
-        let mut scored = 1;
+        // Scores computed, counted for the caller's statistics.
+        let scored = std::cell::Cell::new(1);
+        let dist = |p: u32| {
+            scored.set(scored.get() + 1);
+            score(self.rows[p as usize])
+        };
+        let mut top = (0u32, score(first));
         for l in (2..=self.levels()).rev() {
-            loop {
-                let mut moved = false;
-                for &p in self.neighbors(l, pos) {
-                    if p == NONE {
-                        break;
-                    }
-                    let s = score(self.rows[p as usize]);
-                    scored += 1;
-                    if s < best {
-                        best = s;
-                        pos = p as usize;
-                        moved = true;
-                    }
-                }
-                if !moved {
-                    break;
-                }
-            }
+            top = greedy(|p| self.neighbors(l, p as usize), top.0, top.1, &dist);
         }
-        // Level 1: best-first beam over positions; `explored` marks expanded entries.
-        let ef = ef.max(1);
-        let mut beam: Vec<(f32, u32, bool)> = vec![(best, pos as u32, false)];
-        visit(self.rows[pos]);
-        let mut expansions = 0;
-        while let Some(i) = beam.iter().position(|e| !e.2) {
-            if expansions == Self::max_expansions(ef) {
-                break;
-            }
-            expansions += 1;
-            beam[i].2 = true;
-            let at = beam[i].1 as usize;
-            for &p in self.neighbors(1, at) {
-                if p == NONE {
-                    break;
-                }
-                if !visit(self.rows[p as usize]) {
-                    continue;
-                }
-                let s = score(self.rows[p as usize]);
-                scored += 1;
-                if beam.len() < ef || s < beam[beam.len() - 1].0 {
-                    let at = beam.partition_point(|e| e.0 <= s);
-                    beam.insert(at, (s, p, false));
-                    beam.truncate(ef);
-                }
-            }
-        }
-        out.extend(beam.iter().map(|e| (e.0, self.rows[e.1 as usize])));
-        scored
+        visit(self.rows[top.0 as usize]);
+        let found = beam(
+            |p| self.neighbors(1, p as usize),
+            top,
+            ef,
+            Self::max_expansions(ef),
+            &mut |p| visit(self.rows[p as usize]),
+            &dist,
+        );
+        out.extend(found.iter().map(|&(s, p)| (s, self.rows[p as usize])));
+        scored.get()
     }
 }
 
@@ -319,11 +297,17 @@ impl HierarchyView<'_> {
 /// is 200; upper levels are small and only route).
 const EF_CONSTRUCTION: usize = 100;
 
-/// Greedy walk on one level from `ep` (at distance `ep_d`) while a neighbour is closer.
-fn greedy(adj: &[Vec<u32>], mut ep: u32, mut ep_d: f32, dist: &dyn Fn(u32) -> f32) -> (u32, f32) {
+/// Greedy walk on one level from `ep` (at distance `ep_d`) while a neighbour is closer;
+/// `neighbors(pos)` lists a position's links (a `u32::MAX` ends the list).
+fn greedy<'a>(
+    neighbors: impl Fn(u32) -> &'a [u32],
+    mut ep: u32,
+    mut ep_d: f32,
+    dist: &dyn Fn(u32) -> f32,
+) -> (u32, f32) {
     loop {
         let mut moved = false;
-        for &x in &adj[ep as usize] {
+        for &x in neighbors(ep).iter().take_while(|&&x| x != NONE) {
             let d = dist(x);
             if d < ep_d {
                 (ep, ep_d, moved) = (x, d, true);
@@ -335,21 +319,28 @@ fn greedy(adj: &[Vec<u32>], mut ep: u32, mut ep_d: f32, dist: &dyn Fn(u32) -> f3
     }
 }
 
-/// Best-first search of width `ef` on one level: the closest positions found, best first.
-fn beam(
-    adj: &[Vec<u32>],
-    ep: u32,
-    ep_d: f32,
+/// Best-first search of width `ef` on one level from `ep` (already visited), expanding at most
+/// `max_expansions` positions; `visit(pos)` records a position and says whether it was new.
+/// The closest positions found, best first.
+fn beam<'a>(
+    neighbors: impl Fn(u32) -> &'a [u32],
+    (ep, ep_d): (u32, f32),
     ef: usize,
+    max_expansions: usize,
+    visit: &mut dyn FnMut(u32) -> bool,
     dist: &dyn Fn(u32) -> f32,
 ) -> Vec<(f32, u32)> {
+    let ef = ef.max(1);
     let mut found: Vec<(f32, u32, bool)> = vec![(ep_d, ep, false)];
-    let mut seen = std::collections::HashSet::from([ep]);
+    let mut expansions = 0;
     while let Some(i) = found.iter().position(|e| !e.2) {
+        if expansions == max_expansions {
+            break;
+        }
+        expansions += 1;
         found[i].2 = true;
-        let at = found[i].1 as usize;
-        for &x in &adj[at] {
-            if !seen.insert(x) {
+        for &x in neighbors(found[i].1).iter().take_while(|&&x| x != NONE) {
+            if !visit(x) {
                 continue;
             }
             let d = dist(x);

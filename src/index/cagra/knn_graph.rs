@@ -20,7 +20,7 @@
 
 use super::Graph;
 use crate::backend::{Backend, Queries};
-use crate::distance::dot;
+use crate::distance::ranking_score;
 use crate::index::kmeans;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result, TopK};
@@ -36,28 +36,25 @@ const EXACT_CHUNK: usize = 4096;
 /// A row's ranking score against another row.
 #[inline]
 fn score(metric: Metric, norms: &[f32], x: &[f32], y: &[f32], j: usize) -> f32 {
-    let d = dot(x, y);
-    match metric {
-        Metric::L2 => norms[j] - 2.0 * d,
-        _ => -d,
-    }
+    ranking_score(metric, x, y, norms.get(j).copied().unwrap_or(0.0))
 }
 
-/// Turns per-row selections (which may hold the row itself) into a graph of degree `k`.
-fn graph_from_topk(first_row: usize, topk: Vec<TopK>, k: usize, out: &mut [u32]) {
+/// Turns per-row selections (which may hold the row itself) into graph rows of degree `k`:
+/// selection `i` belongs to row `me(i)`, and its candidates name rows through `global`. Slots
+/// left over (fewer than `k` other candidates) hold `u32::MAX`.
+fn graph_from_topk(
+    topk: Vec<TopK>,
+    k: usize,
+    me: impl Fn(usize) -> u32,
+    global: impl Fn(u64) -> u32,
+    out: &mut [u32],
+) {
     for (i, t) in topk.into_iter().enumerate() {
-        let me = (first_row + i) as u64;
         let row = &mut out[i * k..(i + 1) * k];
-        let mut filled = 0;
-        for n in t.into_sorted() {
-            if n.row != me && filled < k {
-                row[filled] = n.row as u32;
-                filled += 1;
-            }
-        }
-        // Fewer candidates than k (only when N − 1 < k, refused by validation).
-        for slot in row[filled..].iter_mut() {
-            *slot = u32::MAX;
+        row.fill(u32::MAX);
+        let others = t.into_sorted().into_iter().map(|n| global(n.row));
+        for (slot, v) in row.iter_mut().zip(others.filter(|&v| v != me(i))) {
+            *slot = v;
         }
     }
 }
@@ -88,9 +85,10 @@ pub fn exact(
         };
         backend.knn_block(queries, data, norms, 0, &mut topk)?;
         graph_from_topk(
-            first,
             topk,
             k,
+            |i| (first + i) as u32,
+            |r| r as u32,
             &mut neighbors[first * k..(first + chunk.nrows()) * k],
         );
         progress((first + chunk.nrows()) as f64 / n as f64);
@@ -206,18 +204,7 @@ pub fn ivf(
             };
             backend.knn_block(queries, x.view(), &x_norms, 0, &mut topk)?;
             let mut out = vec![u32::MAX; own.len() * k];
-            for (i, t) in topk.into_iter().enumerate() {
-                let me = own[i];
-                let row = &mut out[i * k..(i + 1) * k];
-                let mut filled = 0;
-                for nb in t.into_sorted() {
-                    let global = base_rows[nb.row as usize];
-                    if global != me && filled < k {
-                        row[filled] = global;
-                        filled += 1;
-                    }
-                }
-            }
+            graph_from_topk(topk, k, |i| own[i], |r| base_rows[r as usize], &mut out);
             let finished = done.fetch_add(own.len(), std::sync::atomic::Ordering::Relaxed);
             progress(0.9 * (finished + own.len()) as f64 / n as f64);
             Ok((l, out))

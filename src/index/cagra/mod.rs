@@ -304,11 +304,8 @@ fn nearest_to_mean(data: ArrayView2<'_, f32>, norms: &[f32], metric: Metric) -> 
     let dim = data.ncols().max(1);
     let mut best = (f32::INFINITY, 0u32);
     for (i, x) in flat.chunks_exact(dim).enumerate() {
-        let d = crate::distance::dot(&mean, x);
-        let s = match metric {
-            Metric::L2 => norms[i] - 2.0 * d,
-            _ => -d,
-        };
+        let s =
+            crate::distance::ranking_score(metric, &mean, x, norms.get(i).copied().unwrap_or(0.0));
         if s < best.0 {
             best = (s, i as u32);
         }
