@@ -2,37 +2,11 @@
 //! bad parameters.
 
 use crate::common::*;
-use ndarray::Array2;
+use vecbuild::artifact::IndexKind;
 use vecbuild::backend::CpuBackend;
 use vecbuild::index::cagra::{self, optimize, BuildAlgo, CagraParams, Graph};
 use vecbuild::search::cagra::{CagraIndex, CagraSearchParams};
-use vecbuild::search::exact::ExactSearch;
 use vecbuild::Metric;
-
-/// Exact top-k rows of each query.
-fn truth(base: &Array2<f32>, queries: &Array2<f32>, metric: Metric, k: usize) -> Array2<u64> {
-    let mut q = queries.clone();
-    if metric.normalizes() {
-        vecbuild::metric::normalize_rows(q.view_mut());
-    }
-    let mut s = ExactSearch::new(q, metric, k);
-    s.add(&CpuBackend, base.view(), None).unwrap();
-    s.finish().rows
-}
-
-fn recall(got: &Array2<u64>, want: &Array2<u64>, k: usize) -> f64 {
-    let hits: usize = got
-        .outer_iter()
-        .zip(want.outer_iter())
-        .map(|(g, w)| {
-            g.iter()
-                .take(k)
-                .filter(|x| w.iter().any(|y| y == *x))
-                .count()
-        })
-        .sum();
-    hits as f64 / (k * got.nrows()) as f64
-}
 
 fn check_invariants(g: &Graph, n: usize, what: &str) {
     assert_eq!(g.neighbors.len(), n * g.degree, "{what}: fixed degree");
@@ -76,32 +50,15 @@ fn default_search_reaches_recall_095_for_every_metric() {
         let dir = tmp();
         let path = dir.path().join("c.vbx");
         let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).collect());
-        let manifest = vecbuild::artifact::Manifest {
-            format_version: 1,
-            kind: vecbuild::artifact::IndexKind::Cagra,
-            metric,
-            dim: 32,
-            count: base.nrows() as u64,
-            id_kind: vecbuild::IdKind::Int64,
-            params: serde_json::json!({ "cagra": CagraParams::default() }),
-            search_defaults: serde_json::json!({}),
-            inputs: vec![],
-            vector_column: None,
-            id_column: None,
-            backend: "cpu".into(),
-            device: None,
-            build_seconds: 0.0,
-            built_at_unix: 0,
-            vecbuild_version: "test".into(),
-            checksums: Default::default(),
-        };
+        let mut manifest = manifest(IndexKind::Cagra, metric, base.nrows(), 32);
+        manifest.params = serde_json::json!({ "cagra": CagraParams::default() });
         cagra::write(&path, &index, base.view(), &ids, manifest).unwrap();
         let searcher = vecbuild::Searcher::open(&path).unwrap();
         let got = searcher
             .search(data.queries.view(), 10, &Default::default())
             .unwrap();
-        let want = truth(&base, &data.queries, metric, 10);
-        let r = recall(&got.rows, &want, 10);
+        let want = truth(&data.base, &data.queries, metric, 10);
+        let r = recall(got.rows.view(), want.view());
         assert!(
             r >= 0.95,
             "recall@10 {r:.4} < 0.95 for {metric} at default search params"
@@ -183,7 +140,7 @@ fn optimisation_improves_recall_per_visited_row_over_the_raw_knn_graph() {
             ..Default::default()
         };
         let (res, stats) = index.search(data.queries.view(), 10, &p).unwrap();
-        let r = recall(&res.rows, &want, 10);
+        let r = recall(res.rows.view(), want.view());
         (r, stats.distances as f64 / 400.0)
     };
     // Equal work: the raw graph gets the narrowest beam that spends at least as many distances

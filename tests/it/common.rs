@@ -2,9 +2,14 @@
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Field, Schema};
+use ndarray::{Array2, ArrayView2};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use vecbuild::artifact::{IndexKind, Manifest};
+use vecbuild::backend::CpuBackend;
+use vecbuild::search::exact::{prepare_queries, ExactSearch};
+use vecbuild::Metric;
 
 pub struct Out {
     pub code: i32,
@@ -163,4 +168,54 @@ pub fn eval_json(dir: &Path) -> serde_json::Value {
         ],
     );
     serde_json::from_str(&out).expect("eval JSON")
+}
+
+/// A manifest for artifacts the tests write through the library (empty params and defaults).
+pub fn manifest(kind: IndexKind, metric: Metric, n: usize, dim: usize) -> Manifest {
+    Manifest {
+        format_version: 1,
+        kind,
+        metric,
+        dim,
+        count: n as u64,
+        id_kind: vecbuild::IdKind::Int64,
+        params: serde_json::json!({}),
+        search_defaults: serde_json::json!({}),
+        inputs: vec![],
+        vector_column: None,
+        id_column: None,
+        backend: "cpu".into(),
+        device: None,
+        build_seconds: 0.0,
+        built_at_unix: 0,
+        vecbuild_version: "test".into(),
+        checksums: Default::default(),
+    }
+}
+
+/// Exact top-k rows of each query over `base` (both normalised first for cosine).
+pub fn truth(base: &Array2<f32>, queries: &Array2<f32>, metric: Metric, k: usize) -> Array2<u64> {
+    let mut b = base.clone();
+    if metric.normalizes() {
+        vecbuild::metric::normalize_rows(b.view_mut());
+    }
+    let mut s = ExactSearch::new(
+        prepare_queries(queries.view(), base.ncols(), metric).unwrap(),
+        metric,
+        k,
+    );
+    s.add(&CpuBackend, b.view(), None).unwrap();
+    s.finish().rows
+}
+
+/// Recall of `got` against `want` (`[nq, k]` row numbers), over `want`'s k columns.
+pub fn recall(got: ArrayView2<'_, u64>, want: ArrayView2<'_, u64>) -> f64 {
+    let k = want.ncols();
+    let hits: usize = got
+        .rows()
+        .into_iter()
+        .zip(want.rows())
+        .map(|(g, w)| g.iter().filter(|x| w.iter().any(|y| y == *x)).count())
+        .sum();
+    hits as f64 / (k * want.nrows()) as f64
 }

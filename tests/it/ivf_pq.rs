@@ -1,37 +1,14 @@
 //! IVF-PQ: recall against exact search, k-means and PQ invariants, parameters.
 
 use crate::common::*;
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 use std::path::Path;
-use vecbuild::artifact::{IndexKind, Manifest};
+use vecbuild::artifact::IndexKind;
 use vecbuild::backend::CpuBackend;
 use vecbuild::index::ivf_pq::{self, IvfPqParams};
 use vecbuild::index::kmeans;
 use vecbuild::index::pq::ProductQuantizer;
-use vecbuild::search::exact::{prepare_queries, ExactSearch};
 use vecbuild::{Ids, Metric, SearchParams, Searcher};
-
-fn manifest(kind: IndexKind, metric: Metric, n: usize, dim: usize) -> Manifest {
-    Manifest {
-        format_version: 1,
-        kind,
-        metric,
-        dim,
-        count: n as u64,
-        id_kind: vecbuild::IdKind::Int64,
-        params: serde_json::json!({}),
-        search_defaults: serde_json::json!({"n_probes": 8, "refine_ratio": 1.0}),
-        inputs: vec![],
-        vector_column: None,
-        id_column: None,
-        backend: "cpu".into(),
-        device: None,
-        build_seconds: 0.0,
-        built_at_unix: 0,
-        vecbuild_version: "test".into(),
-        checksums: Default::default(),
-    }
-}
 
 /// Builds an IVF-PQ artifact in `dir` over `base` (normalised first for cosine).
 fn build(dir: &Path, base: &Array2<f32>, metric: Metric, params: &IvfPqParams) -> Searcher {
@@ -42,34 +19,10 @@ fn build(dir: &Path, base: &Array2<f32>, metric: Metric, params: &IvfPqParams) -
     let index = ivf_pq::build(&CpuBackend, data.view(), metric, params, None).expect("build");
     let ids = Ids::row_numbers(0, base.nrows());
     let path = dir.join("ivf.vbx");
-    let m = manifest(IndexKind::IvfPq, metric, base.nrows(), base.ncols());
+    let mut m = manifest(IndexKind::IvfPq, metric, base.nrows(), base.ncols());
+    m.search_defaults = serde_json::json!({"n_probes": 8, "refine_ratio": 1.0});
     ivf_pq::write(&path, &index, &ids, params.refine.then_some(data.view()), m).expect("write");
     Searcher::open(&path).expect("open")
-}
-
-fn truth(base: &Array2<f32>, queries: &Array2<f32>, metric: Metric, k: usize) -> Array2<u64> {
-    let mut b = base.clone();
-    if metric.normalizes() {
-        vecbuild::metric::normalize_rows(b.view_mut());
-    }
-    let mut s = ExactSearch::new(
-        prepare_queries(queries.view(), base.ncols(), metric).unwrap(),
-        metric,
-        k,
-    );
-    s.add(&CpuBackend, b.view(), None).unwrap();
-    s.finish().rows
-}
-
-fn recall(got: ArrayView2<'_, u64>, want: ArrayView2<'_, u64>) -> f64 {
-    let k = want.ncols();
-    let hits: usize = got
-        .rows()
-        .into_iter()
-        .zip(want.rows())
-        .map(|(g, w)| g.iter().filter(|x| w.iter().any(|y| y == *x)).count())
-        .sum();
-    hits as f64 / (k * want.nrows()) as f64
 }
 
 fn params(n_lists: usize, pq_dim: usize, refine: bool) -> IvfPqParams {
