@@ -5,6 +5,8 @@
 //! CLI's `--gpu`), never inside algorithms.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::{Metric, Result, TopK};
 use ndarray::ArrayView2;
@@ -37,6 +39,11 @@ impl Queries<'_> {
 pub trait Backend: Sync {
     /// A short name for manifests and logs (`cpu`, `cuda:0`).
     fn name(&self) -> String;
+
+    /// The device's own name (`NVIDIA H100 80GB HBM3`), for a GPU.
+    fn device_name(&self) -> Option<String> {
+        None
+    }
 
     /// Exact k-NN of a block of base rows: scores every query against every row of `base`
     /// and folds the results into `topk` (one per query). Scores are ranking scores: the

@@ -1,11 +1,11 @@
 //! `vecbuild build`: read embeddings, build an index, write one artifact.
 
 use super::input::{check_duplicate_ids, read_with_progress, ColumnArgs};
-use super::{require_cpu, Ui};
+use super::{open_backend, Ui};
 use std::path::PathBuf;
 use std::time::Instant;
 use vecbuild::artifact::{IndexKind, Manifest};
-use vecbuild::backend::CpuBackend;
+use vecbuild::backend::Backend;
 use vecbuild::index::cagra::{self, Cagra, CagraParams};
 use vecbuild::index::ivf_pq::{self, IvfPq, IvfPqParams};
 use vecbuild::io::Batch;
@@ -40,7 +40,7 @@ pub struct BuildArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Build on this GPU (not available yet: the CUDA backend is not built).
+    /// Build on this GPU (CUDA device number; `vecbuild doctor` lists them).
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
@@ -207,7 +207,6 @@ pub fn parse_size(text: &str) -> vecbuild::Result<u64> {
 }
 
 pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
-    require_cpu(args.gpu)?;
     let kind = match args.index.as_str() {
         "flat" => IndexKind::Flat,
         "ivf-pq" => IndexKind::IvfPq,
@@ -231,6 +230,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
+    let backend = open_backend(args.gpu)?;
+    let backend: &dyn Backend = &*backend;
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());
     let mut ids: Option<Ids> = None;
@@ -238,7 +239,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     let mut search_defaults = serde_json::json!({});
     let built = match kind {
         IndexKind::IvfPq => {
-            let (index, raw, summary) = build_ivf_pq(&args, ui, &mut ids, &mut params)?;
+            let (index, raw, summary) = build_ivf_pq(backend, &args, ui, &mut ids, &mut params)?;
             search_defaults = serde_json::json!({
                 "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(index.centroids.nrows()),
                 "refine_ratio": if args.ivf_pq.refine { 2.0 } else { 1.0 },
@@ -258,7 +259,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             })?;
             check_ids(&args, &ids, &summary)?;
             if kind == IndexKind::Cagra {
-                let index = build_cagra(&data, &summary, args.metric, &cagra_params, ui)?;
+                let index = build_cagra(backend, &data, &summary, args.metric, &cagra_params, ui)?;
                 params["cagra"] = serde_json::to_value(&cagra_params)?;
                 params["cagra_stats"] = serde_json::to_value(&index.stats)?;
                 search_defaults = serde_json::json!({
@@ -301,8 +302,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             .collect(),
         vector_column: summary.vector_column.clone(),
         id_column: summary.id_column.clone(),
-        backend: "cpu".into(),
-        device: None,
+        backend: backend.name(),
+        device: backend.device_name(),
         build_seconds: started.elapsed().as_secs_f64(),
         built_at_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -380,6 +381,7 @@ enum Built {
 
 /// Builds the CAGRA graph over the rows read into memory, showing each stage.
 fn build_cagra(
+    backend: &dyn Backend,
     data: &[f32],
     summary: &InputSummary,
     metric: Metric,
@@ -402,7 +404,7 @@ fn build_cagra(
         bar.set_message(stage.to_string());
         bar.set_position((done.clamp(0.0, 1.0) * 1000.0) as u64);
     };
-    let index = cagra::build(&CpuBackend, vectors, metric, params, &progress)?;
+    let index = cagra::build(backend, vectors, metric, params, &progress)?;
     bar.finish_and_clear();
     let s = &index.stats;
     ui.note(format!(
@@ -421,6 +423,7 @@ fn build_cagra(
 /// batch by batch, so memory holds the codes, the sample and one batch (plus the raw vectors
 /// when --refine keeps them for the artifact).
 fn build_ivf_pq(
+    backend: &dyn Backend,
     args: &BuildArgs,
     ui: &Ui,
     ids: &mut Option<Ids>,
@@ -480,14 +483,14 @@ fn build_ivf_pq(
             *name = stage.to_string();
         }
     };
-    let trained = ivf_pq::train(&CpuBackend, sample.view(), n, args.metric, &p, Some(&say))?;
+    let trained = ivf_pq::train(backend, sample.view(), n, args.metric, &p, Some(&say))?;
     say("encoding");
     bar.finish_and_clear();
     // Pass 2: encode batch by batch.
     let mut encoded = ivf_pq::Encoded::default();
     let mut raw: Option<Vec<f32>> = p.refine.then(Vec::new);
     read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
-        trained.encode(&CpuBackend, b.vectors.view(), &mut encoded)?;
+        trained.encode(backend, b.vectors.view(), &mut encoded)?;
         if let Some(r) = raw.as_mut() {
             r.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
         }

@@ -1,10 +1,9 @@
 //! `vecbuild knn`: exact k-NN of queries against a base streamed from files, no index needed.
 
 use super::input::{check_duplicate_ids, read_with_progress, ColumnArgs};
-use super::{require_cpu, Ui};
+use super::{open_backend, Ui};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use vecbuild::backend::CpuBackend;
 use vecbuild::io::parquet::ResultsWriter;
 use vecbuild::io::Batch;
 use vecbuild::search::exact::ExactSearch;
@@ -39,7 +38,7 @@ pub struct KnnArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Use this GPU (not available yet: the CUDA backend is not built).
+    /// Compute on this GPU (CUDA device number; `vecbuild doctor` lists them).
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
@@ -63,7 +62,7 @@ pub struct KnnArgs {
 const MAX_K: usize = 4096;
 
 pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
-    require_cpu(args.gpu)?;
+    let backend = open_backend(args.gpu)?;
     if args.k == 0 || args.k > MAX_K {
         return Err(Error::param(format!("--k {} must be between 1 and {MAX_K}", args.k)).into());
     }
@@ -82,7 +81,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     opts.expect_dim = Some(q_summary.dim);
     let summary = read_with_progress(ui, "scanning base", &args.base, opts, &mut |b: Batch| {
         let t = Instant::now();
-        search.add(&CpuBackend, b.vectors.view(), None)?;
+        search.add(&*backend, b.vectors.view(), None)?;
         compute += t.elapsed();
         Ids::accumulate(&mut base_ids, b.ids)?;
         Ok(())
@@ -111,10 +110,11 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     writer.finish()?;
     let secs = compute.as_secs_f64();
     ui.note(format!(
-        "exact {}-NN of {nq} queries over {} base rows ({}): {:.3} s computing ({:.0} QPS, {:.1} GFLOP/s), {:.2} s in all → {}",
+        "exact {}-NN of {nq} queries over {} base rows ({}, on {}): {:.3} s computing ({:.0} QPS, {:.1} GFLOP/s), {:.2} s in all → {}",
         args.k,
         summary.rows,
         args.metric,
+        backend.name(),
         secs,
         nq as f64 / secs.max(1e-9),
         2.0 * nq as f64 * summary.rows as f64 * summary.dim as f64 / secs.max(1e-9) / 1e9,

@@ -14,6 +14,7 @@ macro_rules! outln {
     }};
 }
 
+mod bench;
 mod build;
 mod doctor;
 mod eval;
@@ -56,6 +57,7 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     Export(export::ExportArgs),
     Tune(tune::TuneArgs),
+    BenchKnn(bench::BenchKnnArgs),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Validate(a) => input::validate(a, &ui),
         Command::Doctor(a) => doctor::run(a),
+        Command::BenchKnn(a) => bench::run(a),
         Command::Generate(a) => generate::run(a, &ui),
         Command::Export(a) => export::run(a, &ui),
         Command::Tune(a) => tune::run(a, &ui),
@@ -113,12 +116,18 @@ impl Ui {
     }
 }
 
-/// Refuses `--gpu` until the CUDA backend exists: never a silent CPU fallback.
-pub fn require_cpu(gpu: Option<u32>) -> anyhow::Result<()> {
+/// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
+/// 2) — never a silent CPU fallback.
+pub fn open_backend(gpu: Option<u32>) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {
     match gpu {
-        None => Ok(()),
+        None => Ok(Box::new(vecbuild::backend::CpuBackend)),
+        #[cfg(feature = "cuda")]
+        Some(n) => Ok(Box::new(vecbuild::backend::cuda::CudaBackend::open(
+            n as usize,
+        )?)),
+        #[cfg(not(feature = "cuda"))]
         Some(n) => Err(vecbuild::Error::Gpu(format!(
-            "--gpu {n} asked for a GPU, but the CUDA backend is not built yet in this vecbuild; run without --gpu to use the CPU"
+            "--gpu {n}: this vecbuild was built without the `cuda` feature; run without --gpu to use the CPU"
         ))
         .into()),
     }

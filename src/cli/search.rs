@@ -1,7 +1,7 @@
 //! `vecbuild search`: batch queries from a file against an artifact, results to Parquet.
 
 use super::input::{read_with_progress, ColumnArgs};
-use super::{require_cpu, Ui};
+use super::{open_backend, Ui};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vecbuild::io::parquet::ResultsWriter;
@@ -39,7 +39,7 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 16384, value_name = "N")]
     pub batch_queries: usize,
 
-    /// Search on this GPU (not available yet: the CUDA backend is not built).
+    /// Search on this GPU (flat indexes; IVF-PQ and CAGRA search on the CPU only for now).
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
@@ -72,9 +72,9 @@ pub struct SearchArgs {
 }
 
 pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
-    require_cpu(args.gpu)?;
     let started = Instant::now();
     let searcher = Searcher::open(&args.index)?;
+    let backend = open_backend(args.gpu)?;
     let m = searcher.manifest().clone();
     if args.k == 0 || args.k as u64 > m.count {
         return Err(Error::param(format!(
@@ -109,7 +109,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
                 search_width: args.search_width,
                 max_iterations: args.max_iterations,
             };
-            let results = searcher.search(queries.view(), args.k, &params)?;
+            let results = searcher.search_on(&*backend, queries.view(), args.k, &params)?;
             search_time += t.elapsed();
             searched += queries.nrows() as u64;
             // Lists hold what each query found: empty slots are left out.

@@ -19,7 +19,7 @@ pub mod ivf_pq;
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind, Manifest};
-use crate::backend::CpuBackend;
+use crate::backend::{Backend, CpuBackend};
 use crate::ids::IdsView;
 use crate::index::cagra::hierarchy::HierarchyView;
 use crate::index::pq::ProductQuantizer;
@@ -123,14 +123,32 @@ impl Searcher {
             .map_err(|e| Error::param(e.to_string()))
     }
 
-    /// The `k` nearest rows of each query `[nq, dim]`.
+    /// The `k` nearest rows of each query `[nq, dim]`, on the CPU.
     pub fn search(
         &self,
         queries: ArrayView2<'_, f32>,
         k: usize,
         params: &SearchParams,
     ) -> Result<SearchResults> {
+        self.search_on(&CpuBackend, queries, k, params)
+    }
+
+    /// [`Searcher::search`] on a given backend. Flat indexes search on any backend; IVF-PQ
+    /// and CAGRA search on the CPU only for now, and say so when asked for another.
+    pub fn search_on(
+        &self,
+        backend: &dyn Backend,
+        queries: ArrayView2<'_, f32>,
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<SearchResults> {
         let m = &self.artifact.manifest;
+        if m.kind != IndexKind::Flat && backend.name() != CpuBackend.name() {
+            return Err(Error::Gpu(format!(
+                "{} search on the GPU is not built yet: run this search without --gpu (the CPU searches every index kind)",
+                m.kind
+            )));
+        }
         if k == 0 {
             return Err(Error::param("k must be at least 1"));
         }
@@ -182,7 +200,7 @@ impl Searcher {
             _ => None,
         };
         let mut search = ExactSearch::new(q, m.metric, k);
-        search.add(&CpuBackend, self.vectors()?, norms)?;
+        search.add(backend, self.vectors()?, norms)?;
         Ok(search.finish())
     }
 }

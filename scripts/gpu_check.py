@@ -1,0 +1,268 @@
+"""Driver for scripts/gpu-check.sh: every GPU stage against the CPU backend, then timings.
+
+Fresh data each run (the seed is drawn at start and printed). Output files are poisoned (junk
+bytes) before every run, so a run that writes nothing cannot pass. Prints one table last and
+writes the full numbers to $OUT/gpu-check.json.
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--vecbuild", required=True)
+ap.add_argument("--work", required=True)
+ap.add_argument("--out", required=True)
+ap.add_argument("--gpu", default="0")
+ap.add_argument("--quick", action="store_true", help="small sizes only")
+args = ap.parse_args()
+
+SEED = random.randrange(1, 1 << 30)
+W = args.work
+rows = []  # (check, result, detail, ok)
+timings = []  # (what, ours, peer, ratio, note)
+failed = False
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def vb(*a, check=True):
+    cmd = [args.vecbuild, "--quiet", *map(str, a)]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr}")
+    return r, secs
+
+
+def poison(path):
+    with open(path, "wb") as f:
+        f.write(os.urandom(4096))
+
+
+def record(check, ok, result, detail=""):
+    global failed
+    failed |= not ok
+    rows.append((check, "PASS" if ok else "FAIL", result, detail))
+    say(f"{'PASS' if ok else 'FAIL'}  {check}: {result} {detail}")
+
+
+def results(path):
+    t = pq.read_table(path)
+    return t.column("neighbors").to_pylist(), t.column("distances").to_pylist()
+
+
+def matrix(path):
+    col = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
+    return np.ascontiguousarray(col.flatten().to_numpy().astype(np.float32).reshape(len(col), -1))
+
+
+def generate(name, n, dim, clusters, nq):
+    base, q = f"{W}/{name}-base.parquet", f"{W}/{name}-q.parquet"
+    vb("generate", "--rows", n, "--dim", dim, "--clusters", clusters, "--seed", SEED + n + dim,
+       "--out", base, "--queries", nq, "--queries-out", q)
+    return base, q
+
+
+def recall(found, truth, k):
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
+
+
+say(f"seed {SEED}")
+small = args.quick
+data = {
+    "random": generate("random", 20_000 if small else 100_000, 128, 1, 500 if small else 2000),
+    "clustered": generate("clustered", 50_000 if small else 200_000, 128, 1000, 1000 if small else 5000),
+}
+
+# 1. Exact k-NN: GPU against the CPU backend. Same ids where no near-tie separates them;
+#    distances within fp32 rounding of the scale of the data.
+for name, (base, q) in data.items():
+    x = matrix(base)
+    for metric in ["l2", "ip", "cosine"]:
+        for k in [10, 100]:
+            outs = {}
+            for dev in ["cpu", "gpu"]:
+                out = f"{W}/knn-{name}-{metric}-{k}-{dev}.parquet"
+                poison(out)
+                extra = ["--gpu", args.gpu] if dev == "gpu" else []
+                vb("knn", "--base", base, "--queries", q, "--k", k, "--metric", metric, "--out", out, *extra)
+                outs[dev] = results(out)
+            (ci, cd), (gi, gd) = outs["cpu"], outs["gpu"]
+            same = float(np.mean([a == b for a, b in zip(ci, gi)]))
+            rec = recall(gi, ci, k)
+            cd, gd = np.array(cd, dtype=np.float64), np.array(gd, dtype=np.float64)
+            scale = {"l2": float(np.mean(np.sum(x.astype(np.float64) ** 2, 1))) * 2, "cosine": 2.0,
+                     "ip": float(np.mean(np.linalg.norm(x, axis=1))) ** 2}[metric]
+            err = float(np.max(np.abs(cd - gd))) / scale
+            ok = gd.shape == cd.shape and rec >= 0.999 and err < 1e-5
+            record(f"knn {name} {metric} k={k}", ok, f"recall vs CPU {rec:.5f}",
+                   f"identical lists {same:.4f}, max |Δd|/scale {err:.2e}")
+
+# k at the selection's limit.
+base, q = data["random"]
+outs = {}
+for dev in ["cpu", "gpu"]:
+    out = f"{W}/knn-k1024-{dev}.parquet"
+    poison(out)
+    extra = ["--gpu", args.gpu] if dev == "gpu" else []
+    vb("knn", "--base", base, "--queries", q, "--k", 1024, "--out", out, *extra)
+    outs[dev] = results(out)
+rec = recall(outs["gpu"][0], outs["cpu"][0], 1024)
+record("knn random l2 k=1024", rec >= 0.999, f"recall vs CPU {rec:.5f}")
+r, _ = vb("knn", "--base", base, "--queries", q, "--k", 1025, "--out", f"{W}/x.parquet", "--gpu", args.gpu,
+          check=False)
+record("knn k=1025 on the GPU is refused", r.returncode == 2 and "1024" in r.stderr, f"exit {r.returncode}",
+       r.stderr.strip().splitlines()[-1][:90] if r.stderr.strip() else "")
+
+# 2. Builds on the GPU against the same build on the CPU: recall of each, CPU search.
+base, q = data["clustered"]
+truth = f"{W}/truth-clustered.parquet"
+vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", truth)
+truth_ids = results(truth)[0]
+n = 50_000 if small else 200_000
+build_times = {}
+for label, build_args, search_args in [
+    ("ivf-pq", ["--index", "ivf-pq", "--n-lists", 256 if small else 1024, "--pq-dim", 64],
+     ["--n-probes", 32]),
+    ("cagra", ["--index", "cagra"], []),
+    ("cagra exact", ["--index", "cagra", "--build-algo", "exact"], []),
+]:
+    recs = {}
+    for dev in ["cpu", "gpu"]:
+        art = f"{W}/{label.replace(' ', '-')}-{dev}.vbx"
+        poison(art)
+        extra = ["--gpu", args.gpu] if dev == "gpu" else []
+        _, secs = vb("build", "--input", base, *build_args, "--out", art, *extra)
+        build_times[(label, dev)] = secs
+        res = f"{W}/{label.replace(' ', '-')}-{dev}-res.parquet"
+        poison(res)
+        vb("search", "--index", art, "--queries", q, "--k", 10, *search_args, "--out", res)
+        recs[dev] = recall(results(res)[0], truth_ids, 10)
+        if dev == "gpu":
+            backend = json.loads(vb("info", art, "--json")[0].stdout).get("backend", "?")
+    ok = recs["gpu"] >= recs["cpu"] - 0.02 and backend.startswith("cuda")
+    record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
+           f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")
+
+r, _ = vb("search", "--index", f"{W}/cagra-gpu.vbx", "--queries", q, "--k", 10, "--out", f"{W}/x.parquet",
+          "--gpu", args.gpu, check=False)
+record("CAGRA search --gpu says it is not built", r.returncode == 2, f"exit {r.returncode}")
+
+# 3. Timings. Exact k-NN against PyTorch matmul + topk on the same data, same precision (fp32,
+#    TF32 off on both sides), norms precomputed on both sides.
+import torch  # noqa: E402
+
+torch.backends.cuda.matmul.allow_tf32 = False
+dev = torch.device(f"cuda:{args.gpu}")
+
+
+def cuda_median(fn, reps=5):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+# The fp32 ceiling as this GPU reaches it through cuBLAS (an 8192³ product).
+m = torch.randn(8192, 8192, device=dev)
+peak = 2 * 8192 ** 3 / cuda_median(lambda: m @ m) / 1e9
+del m
+say(f"fp32 matmul ceiling measured: {peak:.0f} GFLOP/s")
+
+shapes = [(100_000, 128, 2000, 10)] if small else [
+    (1_000_000, 128, 10_000, 10), (1_000_000, 128, 10_000, 100), (200_000, 768, 10_000, 10)]
+for n_rows, dim, nq, k in shapes:
+    base, q = generate(f"t{n_rows}x{dim}", n_rows, dim, 1000, nq)
+    r, _ = vb("bench-knn", "--gpu", args.gpu, "--base", base, "--queries", q, "--k", k, "--runs", 5)
+    ours = json.loads(r.stdout.strip().splitlines()[-1])
+    r, _ = vb("bench-knn", "--base", base, "--queries", q, "--k", k, "--runs", 1, "--warmup", 0)
+    cpu = json.loads(r.stdout.strip().splitlines()[-1])
+    x_host, q_host = matrix(base), matrix(q)
+
+    def torch_knn(x, qq, xn):
+        out = []
+        step = max(1, (1 << 30) // (x.shape[0] * 4))
+        for i in range(0, qq.shape[0], step):
+            s = torch.addmm(xn, qq[i:i + step], x.T, beta=1.0, alpha=-2.0)
+            out.append(torch.topk(s, k, dim=1, largest=False))
+        return out
+
+    xd, qd = torch.from_numpy(x_host).to(dev), torch.from_numpy(q_host).to(dev)
+    xn = (xd * xd).sum(1)
+    t_dev = cuda_median(lambda: torch_knn(xd, qd, xn))
+
+    def from_host():
+        x = torch.from_numpy(x_host).to(dev)
+        qq = torch.from_numpy(q_host).to(dev)
+        res = torch_knn(x, qq, xn)
+        return [(v.cpu(), i.cpu()) for v, i in res]
+
+    t_host = cuda_median(from_host)
+    del xd, qd, xn
+    torch.cuda.empty_cache()
+    flops = 2 * n_rows * dim * nq
+    what = f"exact {k}-NN {nq} q × {n_rows} × {dim} fp32"
+    timings.append((what + " (data on host)", ours["median_s"], t_host, t_host / ours["median_s"],
+                    f"PyTorch incl. copies; ours {flops / ours['median_s'] / 1e9:.0f} GFLOP/s = "
+                    f"{flops / ours['median_s'] / 1e9 / peak:.0%} of measured fp32 matmul"))
+    timings.append((what + " (PyTorch data already on GPU)", ours["median_s"], t_dev, t_dev / ours["median_s"],
+                    f"PyTorch {flops / t_dev / 1e9:.0f} GFLOP/s"))
+    timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
+                    cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
+
+# Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
+# against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).
+for label in ["cagra", "cagra exact", "ivf-pq"]:
+    g, c = build_times[(label, "gpu")], build_times[(label, "cpu")]
+    timings.append((f"build {label} {n} × 128", g, c, c / g, "our CPU build, same CLI run"))
+try:
+    import faiss
+
+    x = matrix(data["clustered"][0])
+    nl = 256 if small else 1024
+    fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
+    fidx.do_polysemous_training = False
+    faiss.extract_index_ivf(fidx).cp.niter = 20
+    fidx.pq.cp.niter = 20
+    t = time.perf_counter()
+    fidx.train(x)
+    fidx.add(x)
+    tf = time.perf_counter() - t
+    g = build_times[("ivf-pq", "gpu")]
+    timings.append((f"build ivf-pq IVF{nl},PQ64x8 {n} × 128 vs faiss-cpu", g, tf, tf / g,
+                    f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
+except ImportError:
+    say("faiss not importable: IVF-PQ build not timed against faiss-cpu")
+
+name = torch.cuda.get_device_name(dev)
+say("")
+say(f"GPU check {time.strftime('%Y-%m-%d')} on {name}, seed {SEED}")
+say(f"{'check':46} {'result':6} {'value':36} detail")
+for c, res, val, det in rows:
+    say(f"{c:46} {res:6} {val:36} {det}")
+say("")
+say(f"{'timing (median)':64} {'ours s':>9} {'peer s':>9} {'peer/ours':>9}  note")
+for w, a, b, ratio, note in timings:
+    say(f"{w:64} {a:9.4f} {b:9.4f} {ratio:9.2f}  {note}")
+with open(os.path.join(args.out, "gpu-check.json"), "w") as f:
+    json.dump({"device": name, "seed": SEED, "checks": rows, "timings": timings, "fp32_peak_gflops": peak}, f,
+              indent=1)
+sys.exit(1 if failed else 0)

@@ -1,0 +1,687 @@
+//! The CUDA backend: the heavy stages on an NVIDIA GPU, the CPU backend as their oracle.
+//!
+//! Nothing CUDA is linked: `cudarc` opens libcuda, libnvrtc and libcublas at run time, so this
+//! vecbuild builds without a CUDA toolkit and runs on machines without a GPU. Asking for a GPU
+//! where those libraries or the device are missing is a [`Error::Gpu`] (exit 2), never a panic
+//! and never a quiet fall back to the CPU.
+//!
+//! Kernels are ours (`kernels/*.cu`), embedded in the binary and compiled by NVRTC for the GPU
+//! present when the backend opens, so the code always matches the local driver.
+//!
+//! Exact k-NN ([`Backend::knn_block`]), per tile of queries × base rows:
+//! 1. cuBLAS SGEMM writes the tile's scores, `α·Q·Xᵀ` (α = −2 for L2, −1 otherwise) into a
+//!    scratch buffer sized from free device memory, so the full distance matrix never exists.
+//! 2. `select_topk` (kernels/select.cu) adds `‖x‖²` (L2) and keeps each query's best k, starting
+//!    from the threshold its host-side [`TopK`] has reached on earlier tiles, so later tiles
+//!    hand back few candidates.
+//! 3. The k candidates per query come back and are pushed into the host [`TopK`]s, which apply
+//!    the same total order (score, then row) as the CPU.
+//!
+//! Nearest-centroid assignment ([`Backend::assign_nearest`]) is the same GEMM followed by
+//! `argmin_rows`, one warp per row, ties to the smaller centroid.
+
+use super::{Backend, Queries};
+use crate::metric::squared_norms;
+use crate::{Error, Metric, Result, TopK};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use ndarray::ArrayView2;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+/// Our kernel sources, by file name, as compiled at run time and checked in CI.
+pub const KERNELS: &[(&str, &str)] = &[("select.cu", include_str!("../../kernels/select.cu"))];
+
+/// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
+pub const MAX_GPU_K: usize = 1024;
+
+/// Threads per block of `select_topk` (`SELECT_THREADS` in kernels/select.cu).
+const SELECT_THREADS: u32 = 256;
+
+/// Scratch for one score tile is at most this much, or a quarter of free memory if less.
+const MAX_TILE_BYTES: usize = 2 << 30;
+
+/// Base rows per GEMM tile: small enough that a 2 GiB score tile holds 4096 query rows, so
+/// the selection launches enough blocks to fill the GPU.
+const MAX_BASE_TILE: usize = 1 << 17;
+
+/// Which of the CUDA libraries this process can open.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Libraries {
+    pub driver: bool,
+    pub nvrtc: bool,
+    pub cublas: bool,
+}
+
+/// Looks for libcuda, libnvrtc and libcublas the way `cudarc` will load them.
+pub fn libraries() -> Libraries {
+    // SAFETY: these only try `dlopen` on the candidate names and report whether one opened.
+    unsafe {
+        Libraries {
+            driver: cudarc::driver::sys::is_culib_present(),
+            nvrtc: cudarc::nvrtc::sys::is_culib_present(),
+            cublas: cudarc::cublas::sys::is_culib_present(),
+        }
+    }
+}
+
+/// One GPU as the driver reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_bytes: usize,
+    pub free_bytes: usize,
+}
+
+fn gpu_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Gpu(format!("{what}: {e:?}"))
+}
+
+/// The GPUs the driver sees. An error when libcuda cannot be opened.
+pub fn devices() -> Result<Vec<DeviceInfo>> {
+    if !libraries().driver {
+        return Err(Error::Gpu(
+            "the CUDA driver library (libcuda.so) was not found: no NVIDIA driver on this machine, or it is not on the library path".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(|e| gpu_err("counting CUDA devices", e))?;
+    (0..n.max(0) as usize).map(device_info).collect()
+}
+
+fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("opening the device", e))?;
+    let (free_bytes, total_bytes) = ctx
+        .mem_get_info()
+        .map_err(|e| gpu_err("reading device memory", e))?;
+    Ok(DeviceInfo {
+        ordinal,
+        name: ctx
+            .name()
+            .map_err(|e| gpu_err("reading the device name", e))?,
+        compute_capability: ctx
+            .compute_capability()
+            .map_err(|e| gpu_err("reading the compute capability", e))?,
+        total_bytes,
+        free_bytes,
+    })
+}
+
+/// Compiles every kernel with NVRTC: PTX for `arch` (`compute_90`) when loading on a device,
+/// or a cubin for a real architecture (`sm_90`) with ptxas' resource report when checking.
+fn nvrtc_compile(src: &str, name: &str, arch: &str, cubin: bool) -> Result<(Vec<u8>, String)> {
+    use cudarc::nvrtc::sys;
+    use std::ffi::{CStr, CString};
+    if !libraries().nvrtc {
+        return Err(Error::Gpu(
+            "the NVRTC library (libnvrtc.so) was not found; install the CUDA runtime compiler (for example the nvidia-cuda-nvrtc wheel) and put its lib folder on LD_LIBRARY_PATH".into(),
+        ));
+    }
+    let c_src = CString::new(src).map_err(|e| gpu_err("kernel source", e))?;
+    let c_name = CString::new(name).map_err(|e| gpu_err("kernel name", e))?;
+    let mut opts = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "--fmad=true".to_string(),
+    ];
+    if cubin {
+        opts.push("--ptxas-options=-v".to_string());
+    }
+    let c_opts: Vec<CString> = opts
+        .iter()
+        .map(|o| CString::new(o.as_str()).map_err(|e| gpu_err("NVRTC option", e)))
+        .collect::<Result<_>>()?;
+    let ptrs: Vec<*const std::ffi::c_char> = c_opts.iter().map(|o| o.as_ptr()).collect();
+    // SAFETY: plain NVRTC C API calls on a program this function creates and destroys; every
+    // pointer passed lives until the call returns, and buffers are sized from NVRTC's answers.
+    unsafe {
+        let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+        let check = |r: sys::nvrtcResult, what: &str| -> Result<()> {
+            if r == sys::nvrtcResult::NVRTC_SUCCESS {
+                Ok(())
+            } else {
+                Err(gpu_err(what, r))
+            }
+        };
+        check(
+            sys::nvrtcCreateProgram(
+                &mut prog,
+                c_src.as_ptr(),
+                c_name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            ),
+            "creating an NVRTC program",
+        )?;
+        let compiled = sys::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr());
+        let mut log_len = 0usize;
+        sys::nvrtcGetProgramLogSize(prog, &mut log_len);
+        let mut log = vec![0u8; log_len.max(1)];
+        sys::nvrtcGetProgramLog(prog, log.as_mut_ptr() as *mut std::ffi::c_char);
+        let log = CStr::from_bytes_until_nul(&log)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
+            Err(Error::Gpu(format!(
+                "NVRTC could not compile kernels/{name} for {arch} ({compiled:?}):\n{log}"
+            )))
+        } else if cubin {
+            let mut size = 0usize;
+            let r = sys::nvrtcGetCUBINSize(prog, &mut size);
+            let mut image = vec![0u8; size];
+            check(r, "reading the cubin size")
+                .and_then(|_| {
+                    check(
+                        sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut std::ffi::c_char),
+                        "reading the cubin",
+                    )
+                })
+                .map(|_| (image, log))
+        } else {
+            let mut size = 0usize;
+            let r = sys::nvrtcGetPTXSize(prog, &mut size);
+            let mut image = vec![0u8; size];
+            check(r, "reading the PTX size")
+                .and_then(|_| {
+                    check(
+                        sys::nvrtcGetPTX(prog, image.as_mut_ptr() as *mut std::ffi::c_char),
+                        "reading the PTX",
+                    )
+                })
+                .map(|_| (image, log))
+        };
+        sys::nvrtcDestroyProgram(&mut prog);
+        out
+    }
+}
+
+/// What ptxas reported for one kernel of a cubin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelResources {
+    pub file: String,
+    pub function: String,
+    pub registers: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+/// Compiles every kernel to a cubin for `arch` (`sm_80`, `sm_90`) through NVRTC and returns
+/// ptxas' resource report per function. This needs libnvrtc only, no GPU: CI runs it.
+pub fn check_kernels(arch: &str) -> Result<Vec<KernelResources>> {
+    let mut found = Vec::new();
+    for (file, src) in KERNELS {
+        let (_, log) = nvrtc_compile(src, file, arch, true)?;
+        found.extend(parse_ptxas_report(file, &log));
+    }
+    Ok(found)
+}
+
+/// Reads ptxas `-v` lines: "Compiling entry function 'f' for 'sm_90'", then
+/// "N bytes stack frame, N bytes spill stores, N bytes spill loads", then "Used N registers".
+fn parse_ptxas_report(file: &str, log: &str) -> Vec<KernelResources> {
+    // "4 bytes spill stores" → 4, within a comma-separated line.
+    let bytes_of = |line: &str, what: &str| -> u32 {
+        line.split(',')
+            .map(str::trim)
+            .find(|part| part.ends_with(what))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("entry function '").nth(1) {
+            out.push(KernelResources {
+                file: file.to_string(),
+                function: rest.split('\'').next().unwrap_or("").to_string(),
+                registers: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+            });
+        } else if let Some(k) = out.last_mut() {
+            if line.contains("spill stores") {
+                k.spill_stores = bytes_of(line, "spill stores");
+                k.spill_loads = bytes_of(line, "spill loads");
+            } else if let Some(rest) = line.split("Used ").nth(1) {
+                k.registers = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+/// Device buffers reused across calls, grown when a call needs more.
+#[derive(Default)]
+struct Scratch {
+    queries: Option<CudaSlice<f32>>,
+    base: Option<CudaSlice<f32>>,
+    norms: Option<CudaSlice<f32>>,
+    thresholds: Option<CudaSlice<f32>>,
+    scores: Option<CudaSlice<f32>>,
+    out_score: Option<CudaSlice<f32>>,
+    out_col: Option<CudaSlice<u32>>,
+}
+
+/// A buffer of at least `len` elements (contents undefined).
+fn grown<'a, T: cudarc::driver::DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<T>> {
+    if !slot.as_ref().is_some_and(|b| b.len() >= len) {
+        *slot = None;
+        // SAFETY: every element is written before it is read (uploads, GEMM and kernel outputs).
+        let buf = unsafe { stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| gpu_err("allocating device memory", e))?;
+        *slot = Some(buf);
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::Gpu("device buffer missing".into()))
+}
+
+struct Device {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    select_topk: CudaFunction,
+    argmin_rows: CudaFunction,
+    scratch: Scratch,
+    tile_bytes: usize,
+}
+
+/// The CUDA backend on one GPU. Calls from several threads take turns on one stream.
+pub struct CudaBackend {
+    info: DeviceInfo,
+    device: Mutex<Device>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`: loads the driver, cuBLAS and NVRTC, compiles our kernels for the
+    /// device's compute capability and loads them.
+    pub fn open(ordinal: usize) -> Result<Self> {
+        let libs = libraries();
+        let missing: Vec<&str> = [
+            ("libcuda (the NVIDIA driver)", libs.driver),
+            ("libnvrtc (the CUDA runtime compiler)", libs.nvrtc),
+            ("libcublas", libs.cublas),
+        ]
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::Gpu(format!(
+                "--gpu {ordinal}: cannot use a GPU here: {} not found on the library path (run `vecbuild doctor`)",
+                missing.join(", ")
+            )));
+        }
+        let count = CudaContext::device_count().map_err(|e| gpu_err("counting CUDA devices", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Gpu(format!(
+                "--gpu {ordinal}: no such device; the driver sees {count} GPU(s)"
+            )));
+        }
+        let info = device_info(ordinal)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("opening the device", e))?;
+        // One stream, so cudarc's per-buffer event tracking is not needed.
+        // SAFETY: called before any buffer or stream exists in this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| gpu_err("starting cuBLAS", e))?;
+        let (major, minor) = info.compute_capability;
+        let arch = format!("compute_{major}{minor}");
+        let (ptx, _) = nvrtc_compile(KERNELS[0].1, KERNELS[0].0, &arch, false)?;
+        let ptx = String::from_utf8_lossy(&ptx)
+            .trim_end_matches('\0')
+            .to_string();
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| gpu_err("loading kernels/select.cu", e))?;
+        let load = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| gpu_err(&format!("loading kernel {name}"), e))
+        };
+        let tile_bytes = (info.free_bytes / 4).clamp(64 << 20, MAX_TILE_BYTES);
+        Ok(CudaBackend {
+            device: Mutex::new(Device {
+                stream,
+                blas,
+                select_topk: load("select_topk")?,
+                argmin_rows: load("argmin_rows")?,
+                scratch: Scratch::default(),
+                tile_bytes,
+            }),
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device>> {
+        self.device
+            .lock()
+            .map_err(|_| Error::Gpu("an earlier GPU call panicked".into()))
+    }
+}
+
+fn contiguous<'a>(x: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {
+    match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
+    let (ptr, _sync) = buf.device_ptr(stream);
+    ptr
+}
+
+impl Device {
+    fn upload(
+        &mut self,
+        which: fn(&mut Scratch) -> &mut Option<CudaSlice<f32>>,
+        host: &[f32],
+    ) -> Result<u64> {
+        let stream = self.stream.clone();
+        let buf = grown(&stream, which(&mut self.scratch), host.len())?;
+        let mut dst = buf.slice_mut(0..host.len());
+        stream
+            .memcpy_htod(host, &mut dst)
+            .map_err(|e| gpu_err("copying to the device", e))?;
+        Ok(raw(&stream, buf))
+    }
+
+    /// `scores[rows, cols] = alpha · A·Bᵀ` for row-major `a: [rows, dim]` at `a_ptr` and
+    /// `b: [cols, dim]` at `b_ptr`, into the scratch score buffer.
+    fn gemm(
+        &mut self,
+        a_ptr: u64,
+        rows: usize,
+        b_ptr: u64,
+        cols: usize,
+        dim: usize,
+        alpha: f32,
+    ) -> Result<u64> {
+        let stream = self.stream.clone();
+        let scores = grown(&stream, &mut self.scratch.scores, rows * cols)?;
+        let c_ptr = raw(&stream, scores);
+        // cuBLAS is column-major: row-major `b: [cols, dim]` is column-major `[dim, cols]`, so
+        // C = op(B)ᵀ·A as column-major `[cols, rows]` is the row-major `[rows, cols]` we want.
+        let (alpha, beta) = (alpha, 0.0f32);
+        // SAFETY: the three pointers address live device buffers of at least cols·dim,
+        // rows·dim and rows·cols f32, as the shapes passed read and write.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                cols as i32,
+                rows as i32,
+                dim as i32,
+                &alpha,
+                b_ptr as *const f32,
+                dim as i32,
+                a_ptr as *const f32,
+                dim as i32,
+                &beta,
+                c_ptr as *mut f32,
+                cols as i32,
+            )
+        }
+        .map_err(|e| gpu_err("cuBLAS SGEMM", e))?;
+        Ok(c_ptr)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.info.ordinal)
+    }
+
+    fn device_name(&self) -> Option<String> {
+        Some(self.info.name.clone())
+    }
+
+    fn knn_block(
+        &self,
+        queries: Queries<'_>,
+        base: ArrayView2<'_, f32>,
+        base_sq_norms: &[f32],
+        first_row: u64,
+        topk: &mut [TopK],
+    ) -> Result<()> {
+        let (nq, dim) = queries.vectors.dim();
+        let nb = base.nrows();
+        if nq == 0 || nb == 0 {
+            return Ok(());
+        }
+        if base.ncols() != dim || topk.len() != nq {
+            return Err(Error::Gpu("knn_block: shapes disagree".into()));
+        }
+        let k = topk[0].k();
+        if k > MAX_GPU_K {
+            return Err(Error::Gpu(format!(
+                "k = {k}: the GPU selection keeps at most {MAX_GPU_K} neighbours per query"
+            )));
+        }
+        let l2 = queries.metric == Metric::L2;
+        if l2 && base_sq_norms.len() != nb {
+            return Err(Error::Gpu(
+                "knn_block: L2 needs the base rows' squared norms".into(),
+            ));
+        }
+        let alpha = if l2 { -2.0 } else { -1.0 };
+        let kp = k.next_power_of_two();
+        let q_host = contiguous(&queries.vectors);
+        let x_host = contiguous(&base);
+        let mut dev = self.lock()?;
+        let stream = dev.stream.clone();
+        let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
+        let mut out_score = vec![0f32; 0];
+        let mut out_col = vec![0u32; 0];
+        let mut thresholds = vec![0f32; 0];
+        for b0 in (0..nb).step_by(MAX_BASE_TILE) {
+            let b1 = (b0 + MAX_BASE_TILE).min(nb);
+            let bt = b1 - b0;
+            let x_ptr = dev.upload(|s| &mut s.base, &x_host[b0 * dim..b1 * dim])?;
+            let norms_ptr = if l2 {
+                dev.upload(|s| &mut s.norms, &base_sq_norms[b0..b1])?
+            } else {
+                0
+            };
+            let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
+            for q0 in (0..nq).step_by(q_tile) {
+                let q1 = (q0 + q_tile).min(nq);
+                let qt = q1 - q0;
+                thresholds.clear();
+                thresholds.extend(topk[q0..q1].iter().map(|t| t.threshold()));
+                let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
+                let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
+                let os = grown(&stream, &mut dev.scratch.out_score, qt * k)?;
+                let os_ptr = raw(&stream, os);
+                let oc = grown(&stream, &mut dev.scratch.out_col, qt * k)?;
+                let oc_ptr = raw(&stream, oc);
+                let (ld, n, k_i, kp_i) = (bt as i64, bt as i32, k as i32, kp as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (qt as u32, 1, 1),
+                    block_dim: (SELECT_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = stream.launch_builder(&dev.select_topk);
+                launch
+                    .arg(&s_ptr)
+                    .arg(&ld)
+                    .arg(&n)
+                    .arg(&norms_ptr)
+                    .arg(&thr_ptr)
+                    .arg(&k_i)
+                    .arg(&kp_i)
+                    .arg(&os_ptr)
+                    .arg(&oc_ptr);
+                // SAFETY: arguments match select_topk's signature; buffers hold qt·bt scores,
+                // bt norms, qt thresholds and qt·k outputs.
+                unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching select_topk", e))?;
+                out_score.resize(qt * k, 0.0);
+                out_col.resize(qt * k, 0);
+                let os = dev
+                    .scratch
+                    .out_score
+                    .as_ref()
+                    .ok_or_else(|| Error::Gpu("scratch".into()))?;
+                stream
+                    .memcpy_dtoh(&os.slice(0..qt * k), &mut out_score[..])
+                    .map_err(|e| gpu_err("copying results from the device", e))?;
+                let oc = dev
+                    .scratch
+                    .out_col
+                    .as_ref()
+                    .ok_or_else(|| Error::Gpu("scratch".into()))?;
+                stream
+                    .memcpy_dtoh(&oc.slice(0..qt * k), &mut out_col[..])
+                    .map_err(|e| gpu_err("copying results from the device", e))?;
+                stream
+                    .synchronize()
+                    .map_err(|e| gpu_err("running select_topk", e))?;
+                for (i, t) in topk[q0..q1].iter_mut().enumerate() {
+                    for j in i * k..(i + 1) * k {
+                        let col = out_col[j];
+                        if col != u32::MAX {
+                            t.push(out_score[j], first_row + (b0 + col as usize) as u64);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn assign_nearest(
+        &self,
+        data: ArrayView2<'_, f32>,
+        centroids: ArrayView2<'_, f32>,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let (n, dim) = data.dim();
+        let kc = centroids.nrows();
+        if kc == 0 {
+            return Err(Error::param(
+                "nearest-centroid assignment needs at least one centroid",
+            ));
+        }
+        if centroids.ncols() != dim {
+            return Err(Error::Gpu("assign_nearest: shapes disagree".into()));
+        }
+        let c_norms = squared_norms(centroids);
+        let c_host = contiguous(&centroids);
+        let x_host = contiguous(&data);
+        let mut labels = Vec::with_capacity(n);
+        let mut dists = Vec::with_capacity(n);
+        let mut dev = self.lock()?;
+        let stream = dev.stream.clone();
+        let c_ptr = dev.upload(|s| &mut s.base, &c_host)?;
+        let cn_ptr = dev.upload(|s| &mut s.norms, &c_norms)?;
+        let r_tile = (dev.tile_bytes / (kc * 4)).clamp(1, n.max(1));
+        let mut col = Vec::new();
+        let mut score = Vec::new();
+        for r0 in (0..n).step_by(r_tile) {
+            let r1 = (r0 + r_tile).min(n);
+            let rt = r1 - r0;
+            let x_ptr = dev.upload(|s| &mut s.queries, &x_host[r0 * dim..r1 * dim])?;
+            let s_ptr = dev.gemm(x_ptr, rt, c_ptr, kc, dim, -2.0)?;
+            let oc = grown(&stream, &mut dev.scratch.out_col, rt)?;
+            let oc_ptr = raw(&stream, oc);
+            let os = grown(&stream, &mut dev.scratch.out_score, rt)?;
+            let os_ptr = raw(&stream, os);
+            let (ld, n_cols, rows) = (kc as i64, kc as i32, rt as i64);
+            let cfg = LaunchConfig {
+                grid_dim: (rt.div_ceil(8) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&dev.argmin_rows);
+            launch
+                .arg(&s_ptr)
+                .arg(&ld)
+                .arg(&n_cols)
+                .arg(&rows)
+                .arg(&cn_ptr)
+                .arg(&oc_ptr)
+                .arg(&os_ptr);
+            // SAFETY: arguments match argmin_rows' signature; buffers hold rt·kc scores, kc
+            // norms and rt outputs.
+            unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching argmin_rows", e))?;
+            col.resize(rt, 0u32);
+            score.resize(rt, 0f32);
+            let oc = dev
+                .scratch
+                .out_col
+                .as_ref()
+                .ok_or_else(|| Error::Gpu("scratch".into()))?;
+            stream
+                .memcpy_dtoh(&oc.slice(0..rt), &mut col[..])
+                .map_err(|e| gpu_err("copying labels from the device", e))?;
+            let os = dev
+                .scratch
+                .out_score
+                .as_ref()
+                .ok_or_else(|| Error::Gpu("scratch".into()))?;
+            stream
+                .memcpy_dtoh(&os.slice(0..rt), &mut score[..])
+                .map_err(|e| gpu_err("copying distances from the device", e))?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("running argmin_rows", e))?;
+            let x_norms = squared_norms(data.slice(ndarray::s![r0..r1, ..]));
+            labels.extend_from_slice(&col);
+            dists.extend(score.iter().zip(&x_norms).map(|(s, x)| (s + x).max(0.0)));
+        }
+        Ok((labels, dists))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ptxas_resource_lines() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+ptxas info    : Compiling entry function 'select_topk' for 'sm_90'\n\
+ptxas info    : Function properties for select_topk\n\
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+ptxas info    : Used 30 registers, used 1 barriers, 16392 bytes smem\n\
+ptxas info    : Compiling entry function 'argmin_rows' for 'sm_90'\n\
+ptxas info    : Function properties for argmin_rows\n\
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+ptxas info    : Used 18 registers\n";
+        let got = parse_ptxas_report("select.cu", log);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].function, "select_topk");
+        assert_eq!(
+            (got[0].registers, got[0].spill_stores, got[0].spill_loads),
+            (30, 4, 12)
+        );
+        assert_eq!(got[1].function, "argmin_rows");
+        assert_eq!(
+            (got[1].registers, got[1].spill_stores, got[1].spill_loads),
+            (18, 0, 0)
+        );
+    }
+}
