@@ -25,7 +25,8 @@ use crate::metric::squared_norms;
 use crate::{Error, Metric, Result, TopK};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use ndarray::ArrayView2;
 use std::borrow::Cow;
@@ -43,9 +44,35 @@ const SELECT_THREADS: u32 = 256;
 /// Scratch for one score tile is at most this much, or a quarter of free memory if less.
 const MAX_TILE_BYTES: usize = 2 << 30;
 
-/// Base rows per GEMM tile: small enough that a 2 GiB score tile holds 4096 query rows, so
-/// the selection launches enough blocks to fill the GPU.
+/// Base rows per GEMM tile: at most this many, and at most [`BASE_TILE_BYTES`] of vectors, so
+/// a score tile holds thousands of query rows (enough selection blocks to fill the GPU) and a
+/// staged tile copies in a few milliseconds.
 const MAX_BASE_TILE: usize = 1 << 17;
+const BASE_TILE_BYTES: usize = 64 << 20;
+
+/// The arithmetic of the GPU's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// IEEE fp32 throughout: the same results as the CPU backend, up to summation order.
+    #[default]
+    Fp32,
+    /// Tensor-core TF32 products (10-bit mantissa inputs, fp32 accumulation): several times
+    /// the GEMM rate, at the cost of near-ties resolved differently. Opt-in.
+    Tf32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            other => Err(Error::param(format!(
+                "GPU precision {other}: expected fp32 or tf32"
+            ))),
+        }
+    }
+}
 
 /// Which of the CUDA libraries this process can open.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -289,6 +316,8 @@ fn grown<'a, T: cudarc::driver::DeviceRepr>(
 
 struct Device {
     stream: Arc<CudaStream>,
+    /// Two pinned host buffers: one base tile is staged while the GPU works on the other.
+    staging: [Option<PinnedHostSlice<f32>>; 2],
     blas: CudaBlas,
     select_topk: CudaFunction,
     argmin_rows: CudaFunction,
@@ -299,6 +328,7 @@ struct Device {
 /// The CUDA backend on one GPU. Calls from several threads take turns on one stream.
 pub struct CudaBackend {
     info: DeviceInfo,
+    precision: Precision,
     device: Mutex<Device>,
 }
 
@@ -313,7 +343,7 @@ impl std::fmt::Debug for CudaBackend {
 impl CudaBackend {
     /// Opens GPU `ordinal`: loads the driver, cuBLAS and NVRTC, compiles our kernels for the
     /// device's compute capability and loads them.
-    pub fn open(ordinal: usize) -> Result<Self> {
+    pub fn open(ordinal: usize, precision: Precision) -> Result<Self> {
         let libs = libraries();
         let missing: Vec<&str> = [
             ("libcuda (the NVIDIA driver)", libs.driver),
@@ -343,6 +373,19 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| gpu_err("starting cuBLAS", e))?;
+        if precision == Precision::Tf32 {
+            use cudarc::cublas::sys;
+            // SAFETY: a valid handle and a defined math mode.
+            let r = unsafe {
+                sys::cublasSetMathMode(
+                    *blas.handle(),
+                    sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+                )
+            };
+            if r != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(gpu_err("switching cuBLAS to TF32", r));
+            }
+        }
         let (major, minor) = info.compute_capability;
         let arch = format!("compute_{major}{minor}");
         let (ptx, _) = nvrtc_compile(KERNELS[0].1, KERNELS[0].0, &arch, false)?;
@@ -365,9 +408,11 @@ impl CudaBackend {
                 select_topk: load("select_topk")?,
                 argmin_rows: load("argmin_rows")?,
                 scratch: Scratch::default(),
+                staging: [None, None],
                 tile_bytes,
             }),
             info,
+            precision,
         })
     }
 
@@ -395,6 +440,66 @@ fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
 }
 
 impl Device {
+    /// Copies `host` into pinned staging buffer `slot` (0 or 1), on all CPU threads.
+    fn stage(&mut self, slot: usize, host: &[f32]) -> Result<()> {
+        let stream = self.stream.clone();
+        let buf = &mut self.staging[slot];
+        if !buf.as_ref().is_some_and(|b| b.len() >= host.len()) {
+            *buf = None;
+            // SAFETY: a plain pinned host allocation; every element used is written below.
+            let pinned = unsafe { stream.context().alloc_pinned::<f32>(host.len().max(1)) }
+                .map_err(|e| gpu_err("allocating pinned host memory", e))?;
+            *buf = Some(pinned);
+        }
+        let pinned = buf
+            .as_mut()
+            .ok_or_else(|| Error::Gpu("staging buffer missing".into()))?;
+        let dst = pinned
+            .as_mut_slice()
+            .map_err(|e| gpu_err("pinned host memory", e))?;
+        // Plain threads, not rayon: this runs under the device lock, and a rayon worker waiting
+        // here could steal a task that asks for the same lock.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let chunk = host.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (d, s) in dst[..host.len()].chunks_mut(chunk).zip(host.chunks(chunk)) {
+                scope.spawn(move || d.copy_from_slice(s));
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts copying the first `len` staged elements of `slot` into the device base buffer.
+    fn upload_staged(&mut self, slot: usize, len: usize) -> Result<u64> {
+        let stream = self.stream.clone();
+        let dst = raw(&stream, grown(&stream, &mut self.scratch.base, len)?);
+        let pinned = self.staging[slot]
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("staging buffer missing".into()))?;
+        let src = pinned
+            .as_slice()
+            .map_err(|e| gpu_err("pinned host memory", e))?;
+        // SAFETY: the pinned buffer outlives the copy (it is reused only after the stream is
+        // synchronised at the end of the tile), and the device buffer holds `len` elements.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &src[..len], stream.cu_stream()) }
+            .map_err(|e| gpu_err("copying to the device", e))?;
+        Ok(dst)
+    }
+
+    /// Copies the first `host.len()` elements of a scratch buffer back.
+    fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        which: fn(&Scratch) -> &Option<CudaSlice<T>>,
+        host: &mut [T],
+    ) -> Result<()> {
+        let buf = which(&self.scratch)
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("device buffer missing".into()))?;
+        self.stream
+            .memcpy_dtoh(&buf.slice(0..host.len()), host)
+            .map_err(|e| gpu_err("copying results from the device", e))
+    }
+
     fn upload(
         &mut self,
         which: fn(&mut Scratch) -> &mut Option<CudaSlice<f32>>,
@@ -453,7 +558,10 @@ impl Device {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        format!("cuda:{}", self.info.ordinal)
+        match self.precision {
+            Precision::Fp32 => format!("cuda:{}", self.info.ordinal),
+            Precision::Tf32 => format!("cuda:{}/tf32", self.info.ordinal),
+        }
     }
 
     fn device_name(&self) -> Option<String> {
@@ -492,34 +600,43 @@ impl Backend for CudaBackend {
         let kp = k.next_power_of_two();
         let q_host = contiguous(&queries.vectors);
         let x_host = contiguous(&base);
+        let tile_rows = (BASE_TILE_BYTES / (dim * 4)).clamp(1, MAX_BASE_TILE);
+        let tiles: Vec<(usize, usize)> = (0..nb)
+            .step_by(tile_rows)
+            .map(|b0| (b0, (b0 + tile_rows).min(nb)))
+            .collect();
         let mut dev = self.lock()?;
         let stream = dev.stream.clone();
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
-        let mut out_score = vec![0f32; 0];
-        let mut out_col = vec![0u32; 0];
-        let mut thresholds = vec![0f32; 0];
-        for b0 in (0..nb).step_by(MAX_BASE_TILE) {
-            let b1 = (b0 + MAX_BASE_TILE).min(nb);
+        let mut out_score = vec![0f32; nq * k];
+        let mut out_col = vec![0u32; nq * k];
+        let mut thresholds = vec![0f32; nq];
+        dev.stage(0, &x_host[tiles[0].0 * dim..tiles[0].1 * dim])?;
+        for (t, &(b0, b1)) in tiles.iter().enumerate() {
             let bt = b1 - b0;
-            let x_ptr = dev.upload(|s| &mut s.base, &x_host[b0 * dim..b1 * dim])?;
+            // The tile was staged in pinned memory (while the GPU worked on the previous one).
+            let x_ptr = dev.upload_staged(t % 2, bt * dim)?;
             let norms_ptr = if l2 {
                 dev.upload(|s| &mut s.norms, &base_sq_norms[b0..b1])?
             } else {
                 0
             };
+            for (th, tk) in thresholds.iter_mut().zip(topk.iter()) {
+                *th = tk.threshold();
+            }
+            let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
+            let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, nq * k)?);
+            let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, nq * k)?);
             let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
             for q0 in (0..nq).step_by(q_tile) {
-                let q1 = (q0 + q_tile).min(nq);
-                let qt = q1 - q0;
-                thresholds.clear();
-                thresholds.extend(topk[q0..q1].iter().map(|t| t.threshold()));
-                let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
+                let qt = q_tile.min(nq - q0);
                 let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
-                let os = grown(&stream, &mut dev.scratch.out_score, qt * k)?;
-                let os_ptr = raw(&stream, os);
-                let oc = grown(&stream, &mut dev.scratch.out_col, qt * k)?;
-                let oc_ptr = raw(&stream, oc);
                 let (ld, n, k_i, kp_i) = (bt as i64, bt as i32, k as i32, kp as i32);
+                let (thr, os, oc) = (
+                    thr_ptr + (q0 * 4) as u64,
+                    os_ptr + (q0 * k * 4) as u64,
+                    oc_ptr + (q0 * k * 4) as u64,
+                );
                 let cfg = LaunchConfig {
                     grid_dim: (qt as u32, 1, 1),
                     block_dim: (SELECT_THREADS, 1, 1),
@@ -531,41 +648,29 @@ impl Backend for CudaBackend {
                     .arg(&ld)
                     .arg(&n)
                     .arg(&norms_ptr)
-                    .arg(&thr_ptr)
+                    .arg(&thr)
                     .arg(&k_i)
                     .arg(&kp_i)
-                    .arg(&os_ptr)
-                    .arg(&oc_ptr);
+                    .arg(&os)
+                    .arg(&oc);
                 // SAFETY: arguments match select_topk's signature; buffers hold qt·bt scores,
-                // bt norms, qt thresholds and qt·k outputs.
+                // bt norms, qt thresholds and qt·k outputs at these offsets.
                 unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching select_topk", e))?;
-                out_score.resize(qt * k, 0.0);
-                out_col.resize(qt * k, 0);
-                let os = dev
-                    .scratch
-                    .out_score
-                    .as_ref()
-                    .ok_or_else(|| Error::Gpu("scratch".into()))?;
-                stream
-                    .memcpy_dtoh(&os.slice(0..qt * k), &mut out_score[..])
-                    .map_err(|e| gpu_err("copying results from the device", e))?;
-                let oc = dev
-                    .scratch
-                    .out_col
-                    .as_ref()
-                    .ok_or_else(|| Error::Gpu("scratch".into()))?;
-                stream
-                    .memcpy_dtoh(&oc.slice(0..qt * k), &mut out_col[..])
-                    .map_err(|e| gpu_err("copying results from the device", e))?;
-                stream
-                    .synchronize()
-                    .map_err(|e| gpu_err("running select_topk", e))?;
-                for (i, t) in topk[q0..q1].iter_mut().enumerate() {
-                    for j in i * k..(i + 1) * k {
-                        let col = out_col[j];
-                        if col != u32::MAX {
-                            t.push(out_score[j], first_row + (b0 + col as usize) as u64);
-                        }
+            }
+            // Stage the next tile on the CPU while the GPU works on this one.
+            if let Some(&(n0, n1)) = tiles.get(t + 1) {
+                dev.stage((t + 1) % 2, &x_host[n0 * dim..n1 * dim])?;
+            }
+            dev.download(|s| &s.out_score, &mut out_score)?;
+            dev.download(|s| &s.out_col, &mut out_col)?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("running select_topk", e))?;
+            for (i, tk) in topk.iter_mut().enumerate() {
+                for j in i * k..(i + 1) * k {
+                    let col = out_col[j];
+                    if col != u32::MAX {
+                        tk.push(out_score[j], first_row + (b0 + col as usize) as u64);
                     }
                 }
             }

@@ -34,9 +34,8 @@ pub struct BenchKnnArgs {
     #[arg(long, default_value = "l2")]
     pub metric: Metric,
 
-    /// Run on this GPU (default: the CPU).
-    #[arg(long, value_name = "N")]
-    pub gpu: Option<u32>,
+    #[command(flatten)]
+    pub gpu: super::GpuArgs,
 
     /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -54,7 +53,7 @@ pub fn run(args: BenchKnnArgs) -> anyhow::Result<()> {
     if args.k == 0 || args.runs == 0 {
         return Err(Error::param("--k and --runs must be at least 1").into());
     }
-    let backend = open_backend(args.gpu)?;
+    let backend = open_backend(&args.gpu)?;
     let opts = args.columns.options(args.metric.normalizes());
     let (_, base, summary) =
         vecbuild::io::read_all(&vecbuild::io::resolve_inputs(&args.base)?, &opts)?;

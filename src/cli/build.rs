@@ -40,9 +40,8 @@ pub struct BuildArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Build on this GPU (CUDA device number; `vecbuild doctor` lists them).
-    #[arg(long, value_name = "N")]
-    pub gpu: Option<u32>,
+    #[command(flatten)]
+    pub gpu: super::GpuArgs,
 
     /// Accept duplicate ids (by default a repeated id is an error naming both rows).
     #[arg(long)]
@@ -230,7 +229,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
-    let backend = open_backend(args.gpu)?;
+    let backend = open_backend(&args.gpu)?;
     let backend: &dyn Backend = &*backend;
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());

@@ -140,7 +140,7 @@ fn cuda_report() -> (serde_json::Value, Vec<String>) {
     let mut json_devices = Vec::new();
     for d in &devices {
         // Opening the backend compiles and loads our kernels: the proof that --gpu works.
-        let kernels = match cuda::CudaBackend::open(d.ordinal) {
+        let kernels = match cuda::CudaBackend::open(d.ordinal, cuda::Precision::Fp32) {
             Ok(_) => "compiled by NVRTC and loaded".to_string(),
             Err(e) => format!("FAILED: {e}"),
         };

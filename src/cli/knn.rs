@@ -38,9 +38,8 @@ pub struct KnnArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Compute on this GPU (CUDA device number; `vecbuild doctor` lists them).
-    #[arg(long, value_name = "N")]
-    pub gpu: Option<u32>,
+    #[command(flatten)]
+    pub gpu: super::GpuArgs,
 
     /// Accept duplicate ids in the base.
     #[arg(long)]
@@ -62,7 +61,7 @@ pub struct KnnArgs {
 const MAX_K: usize = 4096;
 
 pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
-    let backend = open_backend(args.gpu)?;
+    let backend = open_backend(&args.gpu)?;
     if args.k == 0 || args.k > MAX_K {
         return Err(Error::param(format!("--k {} must be between 1 and {MAX_K}", args.k)).into());
     }

@@ -116,14 +116,33 @@ impl Ui {
     }
 }
 
+/// Where a command computes: `--gpu N` (and its precision), else the CPU.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GpuArgs {
+    /// Compute on this GPU (CUDA device number; `vecbuild doctor` lists them). Without it,
+    /// the CPU.
+    #[arg(long, value_name = "N")]
+    pub gpu: Option<u32>,
+
+    /// Matrix arithmetic on the GPU: `fp32` (default; the CPU's results) or `tf32` (tensor
+    /// cores: faster, near-ties may resolve differently; scripts/gpu-check.sh measures recall).
+    #[arg(long, value_name = "P", default_value = "fp32")]
+    pub gpu_precision: String,
+}
+
 /// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
 /// 2) — never a silent CPU fallback.
-pub fn open_backend(gpu: Option<u32>) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {
-    match gpu {
+pub fn open_backend(args: &GpuArgs) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {
+    match args.gpu {
+        None if args.gpu_precision != "fp32" => Err(vecbuild::Error::param(
+            "--gpu-precision needs --gpu N (the CPU computes in fp32)",
+        )
+        .into()),
         None => Ok(Box::new(vecbuild::backend::CpuBackend)),
         #[cfg(feature = "cuda")]
         Some(n) => Ok(Box::new(vecbuild::backend::cuda::CudaBackend::open(
             n as usize,
+            args.gpu_precision.parse()?,
         )?)),
         #[cfg(not(feature = "cuda"))]
         Some(n) => Err(vecbuild::Error::Gpu(format!(

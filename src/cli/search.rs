@@ -39,9 +39,8 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 16384, value_name = "N")]
     pub batch_queries: usize,
 
-    /// Search on this GPU (flat indexes; IVF-PQ and CAGRA search on the CPU only for now).
-    #[arg(long, value_name = "N")]
-    pub gpu: Option<u32>,
+    #[command(flatten)]
+    pub gpu: super::GpuArgs,
 
     /// IVF-PQ: lists scanned per query (default: the artifact's stored value; more lists,
     /// higher recall, lower speed).
@@ -74,7 +73,7 @@ pub struct SearchArgs {
 pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let started = Instant::now();
     let searcher = Searcher::open(&args.index)?;
-    let backend = open_backend(args.gpu)?;
+    let backend = open_backend(&args.gpu)?;
     let m = searcher.manifest().clone();
     if args.k == 0 || args.k as u64 > m.count {
         return Err(Error::param(format!(
