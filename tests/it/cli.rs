@@ -214,44 +214,6 @@ fn npy_and_fvecs_inputs_work_end_to_end() {
 }
 
 #[test]
-fn gpu_is_refused_clearly_until_the_cuda_backend_lands() {
-    let dir = tmp();
-    let d = dir.path();
-    ok(
-        d,
-        &[
-            "generate",
-            "--rows",
-            "100",
-            "--dim",
-            "4",
-            "--out",
-            "b.parquet",
-        ],
-    );
-    let out = run(
-        d,
-        &[
-            "build",
-            "--gpu",
-            "0",
-            "--input",
-            "b.parquet",
-            "--out",
-            "x.vbx",
-        ],
-    );
-    assert_eq!(out.code, 2);
-    assert!(
-        out.stderr.contains("CUDA backend is not built yet"),
-        "{}",
-        out.stderr
-    );
-    let doctor = ok(d, &["doctor"]);
-    assert!(doctor.contains("CUDA backend not built yet"), "{doctor}");
-}
-
-#[test]
 fn usage_errors_exit_2_and_k_is_checked() {
     let dir = tmp();
     let d = dir.path();

@@ -5,6 +5,7 @@ mod bad_input;
 mod cagra;
 mod cli;
 mod common;
+mod cuda;
 mod ivf_pq;
 mod knn;
 mod python;

@@ -1,0 +1,152 @@
+//! The CUDA backend: kernels compile (always, where NVRTC is installed; CI requires it), `--gpu`
+//! fails clearly where there is no GPU, and GPU results equal the CPU's where there is one.
+
+use crate::common::{generate_dataset, ok, run, tmp};
+use std::path::Path;
+use vecbuild::io::parquet::read_results;
+
+/// Whether `vecbuild doctor` found a usable GPU 0 (driver, libraries, kernels loaded).
+fn gpu_present(dir: &Path) -> bool {
+    ok(dir, &["doctor"]).contains("kernels compiled by NVRTC and loaded")
+}
+
+#[test]
+fn kernels_compile_for_sm80_and_sm90_without_spills() {
+    let dir = tmp();
+    let out = run(dir.path(), &["doctor", "--check-kernels", "sm_80,sm_90"]);
+    let required = std::env::var_os("VECBUILD_REQUIRE_NVRTC").is_some();
+    if out.code != 0 && out.stderr.contains("libnvrtc.so) was not found") && !required {
+        eprintln!(
+            "SKIPPED: NVRTC is not installed here (CI installs it and sets VECBUILD_REQUIRE_NVRTC)"
+        );
+        return;
+    }
+    assert_eq!(
+        out.code, 0,
+        "kernels failed to compile or spilled: {}{}",
+        out.stdout, out.stderr
+    );
+    for arch in ["sm_80", "sm_90"] {
+        for kernel in ["select_topk", "argmin_rows"] {
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(arch) && l.contains(kernel))
+                .unwrap_or_else(|| panic!("no report for {kernel} on {arch}:\n{}", out.stdout));
+            assert!(
+                line.contains(" 0 bytes spill stores, 0 bytes spill loads"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_without_a_usable_device_is_a_clear_error_that_writes_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 300, 8, 4, 5);
+    let knn_99 = [
+        "knn",
+        "--gpu",
+        "99",
+        "--base",
+        "b.parquet",
+        "--queries",
+        "q.parquet",
+        "--out",
+        "r.parquet",
+    ];
+    let out = run(d, &knn_99);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no such device") || out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("r.parquet").exists());
+    if !gpu_present(d) {
+        let build = [
+            "build",
+            "--gpu",
+            "0",
+            "--input",
+            "b.parquet",
+            "--out",
+            "x.vbx",
+        ];
+        let out = run(d, &build);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("cannot use a GPU here"),
+            "{}",
+            out.stderr
+        );
+        assert!(!d.join("x.vbx").exists());
+        let doctor = ok(d, &["doctor"]);
+        assert!(doctor.contains("cuda libraries"), "{doctor}");
+    }
+    // Precision is a GPU setting: asking for it on the CPU is an error, not ignored.
+    let out = run(
+        d,
+        &[
+            "knn",
+            "--gpu-precision",
+            "tf32",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(!d.join("r.parquet").exists());
+}
+
+#[test]
+fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if !gpu_present(d) {
+        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+        return;
+    }
+    generate_dataset(d, 5000, 32, 20, 200);
+    for metric in ["l2", "ip", "cosine"] {
+        let common = [
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "20",
+            "--metric",
+            metric,
+        ];
+        ok(
+            d,
+            &[&["knn"][..], &common, &["--out", "cpu.parquet"]].concat(),
+        );
+        ok(
+            d,
+            &[
+                &["knn", "--gpu", "0"][..],
+                &common,
+                &["--out", "gpu.parquet"],
+            ]
+            .concat(),
+        );
+        let cpu = read_results(&d.join("cpu.parquet")).unwrap();
+        let gpu = read_results(&d.join("gpu.parquet")).unwrap();
+        assert_eq!(cpu.offsets, gpu.offsets, "{metric}");
+        assert_eq!(cpu.neighbors, gpu.neighbors, "{metric}");
+        for (a, b) in cpu.distances.iter().zip(&gpu.distances) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{metric}: {a} vs {b}"
+            );
+        }
+    }
+}
