@@ -152,3 +152,43 @@ argmin_rows(const float* __restrict__ scores, long long ld, int n, long long row
         out_score[row] = best;
     }
 }
+
+// Nearest centroid by direct squared differences, for small dimensions (PQ sub-spaces), where a
+// GEMM would be mostly overhead. The same arithmetic as the CPU's small-dimension path: per
+// centroid, fused multiply-adds over the dimensions in order; ties to the smaller centroid.
+//
+// data:      [rows, dim] row-major
+// centroids: [k, dim] row-major, copied into shared memory (k·dim·4 bytes, at most 48 KiB)
+// out_col:   [rows], out_score: [rows] the squared distance
+//
+// grid: (ceil(rows / 256)), block: 256 (one thread per row).
+extern "C" __global__ void __launch_bounds__(256)
+assign_small(const float* __restrict__ data, const float* __restrict__ centroids, long long rows,
+             int k, int dim, unsigned* __restrict__ out_col, float* __restrict__ out_score) {
+    extern __shared__ float c[];
+    for (int t = threadIdx.x; t < k * dim; t += blockDim.x) c[t] = centroids[t];
+    __syncthreads();
+    const long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= rows) return;
+    float x[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) x[j] = j < dim ? data[row * dim + j] : 0.0f;
+    float best = __int_as_float(0x7f800000);
+    unsigned best_col = 0;
+    for (int i = 0; i < k; ++i) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            if (j < dim) {
+                float t = x[j] - c[i * dim + j];
+                acc = fmaf(t, t, acc);
+            }
+        }
+        if (acc < best) {
+            best = acc;
+            best_col = (unsigned)i;
+        }
+    }
+    out_col[row] = best_col;
+    out_score[row] = best;
+}

@@ -164,6 +164,17 @@ for label, build_args, search_args in [
         recs[dev] = recall(results(res)[0], truth_ids, 10)
         if dev == "gpu":
             backend = json.loads(vb("info", art, "--json")[0].stdout).get("backend", "?")
+    # Which stored tensors differ between the GPU and the CPU build (the artifact is in the
+    # safetensors layout).
+    from safetensors.numpy import load_file
+
+    tg, tc = (load_file(f"{W}/{label.replace(' ', '-')}-{d}.vbx") for d in ["gpu", "cpu"])
+    differ = sorted(name for name in tc if name not in tg or not np.array_equal(tg[name], tc[name]))
+    say(f"  {label}: tensors differing GPU vs CPU: {differ or 'none'}")
+    if label == "cagra exact":
+        # Deterministic end to end (exact kNN lists, integer pruning): the graph must be the same.
+        record("cagra exact: GPU graph identical to the CPU's", "graph" not in differ,
+               f"{len(tc['graph'])} rows", f"differing tensors: {differ or 'none'}")
     ok = recs["gpu"] >= recs["cpu"] - 0.02 and backend.startswith("cuda")
     record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
            f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")

@@ -62,6 +62,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn prune_graph(
+        &self,
+        knn: &crate::index::cagra::Graph,
+        d_out: usize,
+    ) -> Result<crate::index::cagra::Graph> {
+        Ok(crate::index::cagra::optimize::prune(knn, d_out))
+    }
+
     fn assign_nearest(
         &self,
         data: ArrayView2<'_, f32>,

@@ -20,6 +20,7 @@
 //! Nearest-centroid assignment ([`Backend::assign_nearest`]) is the same GEMM followed by
 //! `argmin_rows`, one warp per row, ties to the smaller centroid.
 
+use super::cpu::SMALL_DIM;
 use super::{Backend, Queries};
 use crate::metric::squared_norms;
 use crate::{Error, Metric, Result, TopK};
@@ -33,7 +34,18 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 /// Our kernel sources, by file name, as compiled at run time and checked in CI.
-pub const KERNELS: &[(&str, &str)] = &[("select.cu", include_str!("../../kernels/select.cu"))];
+pub const KERNELS: &[(&str, &str)] = &[
+    ("select.cu", include_str!("../../kernels/select.cu")),
+    ("cagra.cu", include_str!("../../kernels/cagra.cu")),
+];
+
+/// Each kernel function and the file that defines it.
+const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
+    ("select.cu", "select_topk"),
+    ("select.cu", "argmin_rows"),
+    ("select.cu", "assign_small"),
+    ("cagra.cu", "prune_graph"),
+];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
 pub const MAX_GPU_K: usize = 1024;
@@ -321,6 +333,8 @@ struct Device {
     blas: CudaBlas,
     select_topk: CudaFunction,
     argmin_rows: CudaFunction,
+    assign_small: CudaFunction,
+    prune_graph: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -388,17 +402,30 @@ impl CudaBackend {
         }
         let (major, minor) = info.compute_capability;
         let arch = format!("compute_{major}{minor}");
-        let (ptx, _) = nvrtc_compile(KERNELS[0].1, KERNELS[0].0, &arch, false)?;
-        let ptx = String::from_utf8_lossy(&ptx)
-            .trim_end_matches('\0')
-            .to_string();
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| gpu_err("loading kernels/select.cu", e))?;
-        let load = |name: &str| {
-            module
-                .load_function(name)
-                .map_err(|e| gpu_err(&format!("loading kernel {name}"), e))
+        let mut functions = std::collections::HashMap::new();
+        for (file, src) in KERNELS {
+            let (ptx, _) = nvrtc_compile(src, file, &arch, false)?;
+            let ptx = String::from_utf8_lossy(&ptx)
+                .trim_end_matches('\0')
+                .to_string();
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(|e| gpu_err(&format!("loading kernels/{file}"), e))?;
+            for name in KERNEL_FUNCTIONS
+                .iter()
+                .filter(|(f, _)| f == file)
+                .map(|(_, n)| *n)
+            {
+                let f = module
+                    .load_function(name)
+                    .map_err(|e| gpu_err(&format!("loading kernel {name}"), e))?;
+                functions.insert(name, f);
+            }
+        }
+        let mut load = |name: &str| {
+            functions
+                .remove(name)
+                .ok_or_else(|| Error::Gpu(format!("kernel {name} not loaded")))
         };
         let tile_bytes = (info.free_bytes / 4).clamp(64 << 20, MAX_TILE_BYTES);
         Ok(CudaBackend {
@@ -407,6 +434,8 @@ impl CudaBackend {
                 blas,
                 select_topk: load("select_topk")?,
                 argmin_rows: load("argmin_rows")?,
+                assign_small: load("assign_small")?,
+                prune_graph: load("prune_graph")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
                 tile_bytes,
@@ -418,6 +447,49 @@ impl CudaBackend {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Nearest centroid for `dim ≤ SMALL_DIM` by direct differences (`assign_small`).
+    fn assign_small(
+        &self,
+        x_host: &[f32],
+        c_host: &[f32],
+        n: usize,
+        kc: usize,
+        dim: usize,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let mut dev = self.lock()?;
+        let stream = dev.stream.clone();
+        let x_ptr = dev.upload(|s| &mut s.queries, x_host)?;
+        let c_ptr = dev.upload(|s| &mut s.base, c_host)?;
+        let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, n)?);
+        let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, n)?);
+        let (rows, k_i, dim_i) = (n as i64, kc as i32, dim as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (kc * dim * 4) as u32,
+        };
+        let mut launch = stream.launch_builder(&dev.assign_small);
+        launch
+            .arg(&x_ptr)
+            .arg(&c_ptr)
+            .arg(&rows)
+            .arg(&k_i)
+            .arg(&dim_i)
+            .arg(&oc_ptr)
+            .arg(&os_ptr);
+        // SAFETY: arguments match assign_small's signature; buffers hold n·dim rows, kc·dim
+        // centroids (≤ 48 KiB of shared memory) and n outputs.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching assign_small", e))?;
+        let mut labels = vec![0u32; n];
+        let mut dists = vec![0f32; n];
+        dev.download(|s| &s.out_col, &mut labels)?;
+        dev.download(|s| &s.out_score, &mut dists)?;
+        stream
+            .synchronize()
+            .map_err(|e| gpu_err("running assign_small", e))?;
+        Ok((labels, dists))
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device>> {
@@ -678,6 +750,55 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn prune_graph(
+        &self,
+        knn: &crate::index::cagra::Graph,
+        d_out: usize,
+    ) -> Result<crate::index::cagra::Graph> {
+        let (n, d) = (knn.len(), knn.degree);
+        if n == 0 || d == 0 || d_out > d || d > 2048 {
+            return Err(Error::Gpu(format!(
+                "prune_graph: degree {d} → {d_out} is not supported on the GPU"
+            )));
+        }
+        let table = (2 * d).next_power_of_two().max(16);
+        let dev = self.lock()?;
+        let stream = dev.stream.clone();
+        let knn_dev = stream
+            .clone_htod(&knn.neighbors)
+            .map_err(|e| gpu_err("copying the kNN graph to the device", e))?;
+        // SAFETY: the kernel writes every one of the n·d_out slots.
+        let mut out = unsafe { stream.alloc::<u32>(n * d_out) }
+            .map_err(|e| gpu_err("allocating device memory", e))?;
+        let (d_i, d_out_i, table_i) = (d as i32, d_out as i32, table as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: ((2 * table + 2 * d) * 4) as u32,
+        };
+        let mut launch = stream.launch_builder(&dev.prune_graph);
+        launch
+            .arg(&knn_dev)
+            .arg(&d_i)
+            .arg(&d_out_i)
+            .arg(&table_i)
+            .arg(&mut out);
+        // SAFETY: arguments match prune_graph's signature; knn holds n·d entries, out n·d_out,
+        // and the shared memory is sized as the kernel lays it out (≤ 48 KiB for d ≤ 2048).
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching prune_graph", e))?;
+        let neighbors = stream
+            .clone_dtoh(&out)
+            .map_err(|e| gpu_err("copying the pruned graph from the device", e))?;
+        stream
+            .synchronize()
+            .map_err(|e| gpu_err("running prune_graph", e))?;
+        drop(dev);
+        Ok(crate::index::cagra::Graph {
+            degree: d_out,
+            neighbors,
+        })
+    }
+
     fn assign_nearest(
         &self,
         data: ArrayView2<'_, f32>,
@@ -693,9 +814,15 @@ impl Backend for CudaBackend {
         if centroids.ncols() != dim {
             return Err(Error::Gpu("assign_nearest: shapes disagree".into()));
         }
-        let c_norms = squared_norms(centroids);
+        if n == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let c_host = contiguous(&centroids);
         let x_host = contiguous(&data);
+        if dim <= SMALL_DIM && kc * dim * 4 <= 48 << 10 {
+            return self.assign_small(&x_host, &c_host, n, kc, dim);
+        }
+        let c_norms = squared_norms(centroids);
         let mut labels = Vec::with_capacity(n);
         let mut dists = Vec::with_capacity(n);
         let mut dev = self.lock()?;

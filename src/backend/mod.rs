@@ -58,6 +58,14 @@ pub trait Backend: Sync {
         topk: &mut [TopK],
     ) -> Result<()>;
 
+    /// CAGRA rank-based pruning: the `d_out` edges of each kNN-graph row with the fewest
+    /// detourable routes, ties to the better rank (see [`crate::index::cagra::optimize`]).
+    fn prune_graph(
+        &self,
+        knn: &crate::index::cagra::Graph,
+        d_out: usize,
+    ) -> Result<crate::index::cagra::Graph>;
+
     /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):
     /// `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`, squared distances `[n]`).
     /// Ties go to the smaller centroid index.

@@ -27,7 +27,7 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
         out.stdout, out.stderr
     );
     for arch in ["sm_80", "sm_90"] {
-        for kernel in ["select_topk", "argmin_rows"] {
+        for kernel in ["select_topk", "argmin_rows", "assign_small", "prune_graph"] {
             let line = out
                 .stdout
                 .lines()

@@ -180,7 +180,14 @@ pub struct CagraStats {
     /// Recall of the kNN graph against exact search on [`RECALL_SAMPLE`] rows (1.0 for exact).
     pub knn_graph_recall: f64,
     pub knn_graph_seconds: f64,
+    /// Everything after the kNN graph: the three parts below and the rest.
     pub optimize_seconds: f64,
+    /// Rank-based pruning, reverse edges and merge.
+    pub prune_seconds: f64,
+    /// The connectivity guarantee.
+    pub connect_seconds: f64,
+    /// The upper levels.
+    pub upper_levels_seconds: f64,
     /// Edges rewired by the connectivity guarantee.
     pub rewired_edges: usize,
 }
@@ -255,9 +262,10 @@ pub fn build(
     };
     let started = Instant::now();
     progress("optimizing graph", 0.0);
-    let pruned = optimize::prune(&knn, params.graph_degree);
+    let pruned = backend.prune_graph(&knn, params.graph_degree)?;
     let reverse = optimize::reverse_edges(&pruned);
     let mut graph = optimize::merge(&pruned, &reverse);
+    let prune_seconds = started.elapsed().as_secs_f64();
     let entry = nearest_to_mean(data.view(), &norms, metric);
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
@@ -266,6 +274,8 @@ pub fn build(
         (vec![entry], 0)
     };
     fill_short_rows(&mut graph, &knn);
+    let connect_seconds = started.elapsed().as_secs_f64() - prune_seconds;
+    let upper_started = Instant::now();
     progress("upper levels", 0.0);
     let hierarchy = Hierarchy::build(
         backend,
@@ -287,6 +297,9 @@ pub fn build(
             knn_graph_recall,
             knn_graph_seconds,
             optimize_seconds: started.elapsed().as_secs_f64(),
+            prune_seconds,
+            connect_seconds,
+            upper_levels_seconds: upper_started.elapsed().as_secs_f64(),
             rewired_edges,
         },
     })
