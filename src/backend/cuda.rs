@@ -17,8 +17,15 @@
 //! 3. The k candidates per query come back and are pushed into the host [`TopK`]s, which apply
 //!    the same total order (score, then row) as the CPU.
 //!
+//! Base tiles are copied into pinned memory (two buffers) by CPU threads while the GPU works on
+//! the previous tile, then copied to the device asynchronously.
+//!
 //! Nearest-centroid assignment ([`Backend::assign_nearest`]) is the same GEMM followed by
-//! `argmin_rows`, one warp per row, ties to the smaller centroid.
+//! `argmin_rows`, one warp per row, ties to the smaller centroid; for up to [`SMALL_DIM`]
+//! dimensions (PQ sub-spaces) `assign_small` computes the differences directly, as the CPU does.
+//!
+//! CAGRA's rank-based pruning ([`Backend::prune_graph`]) is `prune_graph` (kernels/cagra.cu),
+//! one block per row, the same integer computation as the CPU's, so the graphs are identical.
 
 use super::cpu::SMALL_DIM;
 use super::{Backend, Queries};
@@ -837,10 +844,8 @@ impl Backend for CudaBackend {
             let rt = r1 - r0;
             let x_ptr = dev.upload(|s| &mut s.queries, &x_host[r0 * dim..r1 * dim])?;
             let s_ptr = dev.gemm(x_ptr, rt, c_ptr, kc, dim, -2.0)?;
-            let oc = grown(&stream, &mut dev.scratch.out_col, rt)?;
-            let oc_ptr = raw(&stream, oc);
-            let os = grown(&stream, &mut dev.scratch.out_score, rt)?;
-            let os_ptr = raw(&stream, os);
+            let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, rt)?);
+            let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, rt)?);
             let (ld, n_cols, rows) = (kc as i64, kc as i32, rt as i64);
             let cfg = LaunchConfig {
                 grid_dim: (rt.div_ceil(8) as u32, 1, 1),
@@ -861,22 +866,8 @@ impl Backend for CudaBackend {
             unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching argmin_rows", e))?;
             col.resize(rt, 0u32);
             score.resize(rt, 0f32);
-            let oc = dev
-                .scratch
-                .out_col
-                .as_ref()
-                .ok_or_else(|| Error::Gpu("scratch".into()))?;
-            stream
-                .memcpy_dtoh(&oc.slice(0..rt), &mut col[..])
-                .map_err(|e| gpu_err("copying labels from the device", e))?;
-            let os = dev
-                .scratch
-                .out_score
-                .as_ref()
-                .ok_or_else(|| Error::Gpu("scratch".into()))?;
-            stream
-                .memcpy_dtoh(&os.slice(0..rt), &mut score[..])
-                .map_err(|e| gpu_err("copying distances from the device", e))?;
+            dev.download(|s| &s.out_col, &mut col)?;
+            dev.download(|s| &s.out_score, &mut score)?;
             stream
                 .synchronize()
                 .map_err(|e| gpu_err("running argmin_rows", e))?;

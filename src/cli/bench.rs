@@ -23,7 +23,7 @@ pub struct BenchKnnArgs {
     pub base: Vec<String>,
 
     /// Query files, directories or glob patterns.
-    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub queries: Vec<String>,
 
     /// Neighbours per query.

@@ -23,7 +23,7 @@ pub struct KnnArgs {
     pub base: Vec<String>,
 
     /// Query files, directories or glob patterns, same dimension as the base.
-    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub queries: Vec<String>,
 
     /// Neighbours per query (1 to 4096, at most the number of base rows).

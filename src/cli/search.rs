@@ -24,7 +24,7 @@ pub struct SearchArgs {
 
     /// Query files, directories or glob patterns (Parquet, .npy, .fvecs), same dimension as the
     /// index.
-    #[arg(long, short, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub queries: Vec<String>,
 
     /// Neighbours per query (at most the number of rows in the index).

@@ -267,3 +267,41 @@ fn usage_errors_exit_2_and_k_is_checked() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("missing.vbx"), "{}", out.stderr);
 }
+
+#[test]
+fn dash_q_means_quiet_in_every_command() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 200, 4, 2, 3);
+    for args in [
+        &[
+            "knn",
+            "-q",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "2",
+            "--out",
+            "t.parquet",
+        ][..],
+        &["build", "-q", "--input", "b.parquet", "--out", "x.vbx"],
+        &[
+            "search",
+            "-q",
+            "--index",
+            "x.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "2",
+            "--out",
+            "r.parquet",
+        ],
+    ] {
+        let out = run(d, args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.is_empty(), "{args:?} printed: {}", out.stderr);
+    }
+}
