@@ -215,27 +215,22 @@ fn nvrtc_compile(src: &str, name: &str, arch: &str, cubin: bool) -> Result<(Vec<
             Err(Error::Gpu(format!(
                 "NVRTC could not compile kernels/{name} for {arch} ({compiled:?}):\n{log}"
             )))
-        } else if cubin {
-            let mut size = 0usize;
-            let r = sys::nvrtcGetCUBINSize(prog, &mut size);
-            let mut image = vec![0u8; size];
-            check(r, "reading the cubin size")
-                .and_then(|_| {
-                    check(
-                        sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut std::ffi::c_char),
-                        "reading the cubin",
-                    )
-                })
-                .map(|_| (image, log))
         } else {
+            type SizeOf = unsafe fn(sys::nvrtcProgram, *mut usize) -> sys::nvrtcResult;
+            type Read = unsafe fn(sys::nvrtcProgram, *mut std::ffi::c_char) -> sys::nvrtcResult;
+            let (size_of, read, what): (SizeOf, Read, &str) = if cubin {
+                (sys::nvrtcGetCUBINSize, sys::nvrtcGetCUBIN, "the cubin")
+            } else {
+                (sys::nvrtcGetPTXSize, sys::nvrtcGetPTX, "the PTX")
+            };
             let mut size = 0usize;
-            let r = sys::nvrtcGetPTXSize(prog, &mut size);
+            let r = size_of(prog, &mut size);
             let mut image = vec![0u8; size];
-            check(r, "reading the PTX size")
+            check(r, what)
                 .and_then(|_| {
                     check(
-                        sys::nvrtcGetPTX(prog, image.as_mut_ptr() as *mut std::ffi::c_char),
-                        "reading the PTX",
+                        read(prog, image.as_mut_ptr() as *mut std::ffi::c_char),
+                        what,
                     )
                 })
                 .map(|_| (image, log))
@@ -882,6 +877,24 @@ impl Backend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_compile_to_ptx_for_loading_where_nvrtc_is_installed() {
+        if !libraries().nvrtc {
+            eprintln!("SKIPPED: NVRTC is not installed here");
+            return;
+        }
+        for (file, src) in KERNELS {
+            let (ptx, _) = nvrtc_compile(src, file, "compute_90", false).unwrap();
+            let ptx = String::from_utf8_lossy(&ptx);
+            for (_, name) in KERNEL_FUNCTIONS.iter().filter(|(f, _)| f == file) {
+                assert!(
+                    ptx.contains(&format!(".entry {name}")),
+                    "{file}: {name} missing"
+                );
+            }
+        }
+    }
 
     #[test]
     fn reads_ptxas_resource_lines() {
