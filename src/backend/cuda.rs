@@ -508,6 +508,34 @@ fn contiguous<'a>(x: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {
     }
 }
 
+/// Pushes each query's `k` GPU candidates (`NO_ROW` columns skipped) into its [`TopK`], on
+/// several plain threads when there are many (not rayon: the caller holds the device lock).
+fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, first: u64) {
+    let push = |tks: &mut [TopK], sc: &[f32], cl: &[u32]| {
+        for (i, tk) in tks.iter_mut().enumerate() {
+            for j in i * k..(i + 1) * k {
+                if cl[j] != u32::MAX {
+                    tk.push(sc[j], first + cl[j] as u64);
+                }
+            }
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads == 1 || topk.len() * k < 1 << 16 {
+        return push(topk, scores, cols);
+    }
+    let per = topk.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for ((tks, sc), cl) in topk
+            .chunks_mut(per)
+            .zip(scores.chunks(per * k))
+            .zip(cols.chunks(per * k))
+        {
+            scope.spawn(move || push(tks, sc, cl));
+        }
+    });
+}
+
 fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
     let (ptr, _sync) = buf.device_ptr(stream);
     ptr
@@ -740,14 +768,7 @@ impl Backend for CudaBackend {
             stream
                 .synchronize()
                 .map_err(|e| gpu_err("running select_topk", e))?;
-            for (i, tk) in topk.iter_mut().enumerate() {
-                for j in i * k..(i + 1) * k {
-                    let col = out_col[j];
-                    if col != u32::MAX {
-                        tk.push(out_score[j], first_row + (b0 + col as usize) as u64);
-                    }
-                }
-            }
+            push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
         }
         Ok(())
     }
