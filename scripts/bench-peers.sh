@@ -4,14 +4,18 @@
 #
 #   Parquet read:  `vecbuild validate` vs pyarrow read_table + conversion to a float32 matrix
 #   Exact k-NN:    `vecbuild search` on a flat artifact vs faiss IndexFlatL2.search
+#   IVF-PQ:        build and recall/QPS curves vs faiss IndexIVFPQ (with and without re-ranking)
+#   CAGRA:         graph build vs hnswlib (M=16) and faiss HNSW32 (efConstruction 200), and
+#                  recall@10/QPS curves (itopk_size vs ef), QPS at recall 0.95 and 0.99
 #
 # usage: scripts/bench-peers.sh [--rows N] [--dim D] [--queries Q] [--k K] [--threads T]
 #                               [--base FILE.parquet --query-file FILE.parquet]
+#                               [--repeats N] [--skip-ivf-pq] [--skip-cagra]
 # Given files must have the schema `id` (integer) + `embedding` (list of float).
 # Quote figures only from an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows=200000 dim=128 queries=10000 k=10 threads=$(nproc) base="" qfile=""
+rows=200000 dim=128 queries=10000 k=10 threads=$(nproc) base="" qfile="" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows=$2; shift 2 ;;
@@ -21,14 +25,18 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --base) base=$2; shift 2 ;;
     --query-file) qfile=$2; shift 2 ;;
+    --repeats) extra+=(--repeats "$2"); shift 2 ;;
+    --skip-ivf-pq|--skip-cagra) extra+=("$1"); shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 
 if [ ! -x .venv-bench/bin/python ]; then
   python3 -m venv .venv-bench
-  .venv-bench/bin/pip install --quiet --disable-pip-version-check numpy pyarrow faiss-cpu
+  .venv-bench/bin/pip install --quiet --disable-pip-version-check numpy pyarrow faiss-cpu hnswlib
 fi
+.venv-bench/bin/python -c 'import hnswlib' 2>/dev/null \
+  || .venv-bench/bin/pip install --quiet --disable-pip-version-check hnswlib
 cargo build --release --quiet
 mkdir -p bench-data
 if [ -z "$base" ]; then
@@ -40,4 +48,4 @@ if [ -z "$base" ]; then
   fi
 fi
 .venv-bench/bin/python scripts/bench_peers.py --vecbuild target/release/vecbuild \
-  --base "$base" --queries "$qfile" --k "$k" --threads "$threads" --work bench-data
+  --base "$base" --queries "$qfile" --k "$k" --threads "$threads" --work bench-data "${extra[@]}"

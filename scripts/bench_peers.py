@@ -16,6 +16,7 @@ ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--work", default="bench-data")
 ap.add_argument("--repeats", type=int, default=5)
 ap.add_argument("--skip-ivf-pq", action="store_true")
+ap.add_argument("--skip-cagra", action="store_true")
 args = ap.parse_args()
 
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -198,6 +199,93 @@ if not args.skip_ivf_pq:
         else:
             rows.append((f"IVF-PQ QPS at recall@10 >= {target}", str(qa), str(qb), float("nan"), curves[b][0]))
 
+# 4. CAGRA against HNSW: build time (graph construction on data in memory: our kNN-graph and
+#    optimisation stages vs hnswlib add_items / faiss HNSW add) and recall@10 / QPS curves.
+if not args.skip_cagra:
+    import hnswlib
+
+    _, truth4 = index.search(queries, args.k)
+    truth4_ids = id_of_row[truth4]
+
+    def recall4(found):
+        return float(np.mean([len(set(f) & set(t)) / args.k for f, t in zip(found, truth4_ids.tolist())]))
+
+    cagra_art = os.path.join(args.work, "bench-cagra.vbx")
+
+    def ours_cagra_build():
+        r = vb_run("build", "--input", args.base, "--index", "cagra", "--out", cagra_art)
+        stages = re.search(r"CAGRA stages: kNN graph ([0-9.]+) s.*optimisation ([0-9.]+) s", r.stderr)
+        return float(stages.group(1)) + float(stages.group(2))
+
+    def hnswlib_build(m):
+        def run():
+            h = hnswlib.Index("l2", dim)
+            h.init_index(max_elements=n, M=m, ef_construction=200)
+            t = time.perf_counter()
+            h.add_items(base, np.arange(n), num_threads=args.threads)
+            hnsw[m] = h
+            return time.perf_counter() - t
+        return run
+
+    def faiss_hnsw_build():
+        f = faiss.IndexHNSWFlat(dim, 32)
+        f.hnsw.efConstruction = 200
+        t = time.perf_counter()
+        f.add(base)
+        hnsw["faiss"] = f
+        return time.perf_counter() - t
+
+    hnsw = {}
+    ours_b, hnsw16_b = medians(ours_cagra_build, hnswlib_build(16))
+    ours_b2, faiss_b = medians(ours_cagra_build, faiss_hnsw_build)
+    rows.append((f"graph build {n}x{dim} (CAGRA, degree 32)", f"{ours_b:.2f} s", f"{hnsw16_b:.2f} s", hnsw16_b / ours_b,
+                 "hnswlib M=16 efC=200"))
+    rows.append(("graph build (same)", f"{ours_b2:.2f} s", f"{faiss_b:.2f} s", faiss_b / ours_b2,
+                 "faiss IndexHNSWFlat M=32 efC=200"))
+
+    def ours_cagra_curve():
+        points = []
+        for itopk in [16, 24, 32, 48, 64, 128]:
+            r = vb_run("search", "--index", cagra_art, "--queries", args.queries, "--k", str(args.k), "--itopk-size",
+                       str(itopk), "--out", res)
+            secs = float(re.search(r"in ([0-9.]+) s \(", r.stderr).group(1))
+            points.append((itopk, 1, recall4(pq.read_table(res).column("neighbors").to_pylist()), nq / secs))
+        return points
+
+    def hnsw_curve(search):
+        points = []
+        for ef in [10, 16, 24, 32, 48, 64, 128]:
+            t = time.perf_counter()
+            found = search(ef)
+            secs = time.perf_counter() - t
+            points.append((ef, 1, recall4(id_of_row[np.asarray(found)].tolist()), nq / secs))
+        return points
+
+    def hnswlib_search(ef):
+        hnsw[16].set_ef(max(ef, args.k))
+        return hnsw[16].knn_query(queries, k=args.k, num_threads=args.threads)[0]
+
+    def faiss_hnsw_search(ef):
+        hnsw["faiss"].hnsw.efSearch = max(ef, args.k)
+        return hnsw["faiss"].search(queries, args.k)[1]
+
+    g_curves = [("vecbuild CAGRA (itopk_size)", ours_cagra_curve()),
+                ("hnswlib M=16 (ef)", hnsw_curve(hnswlib_search)),
+                ("faiss HNSW32 (efSearch)", hnsw_curve(faiss_hnsw_search))]
+    curves.extend(g_curves)
+
+    def best_qps(points, target):
+        ok = [q for (_, _, r, q) in points if r >= target]
+        return max(ok) if ok else None
+
+    for target in [0.95, 0.99]:
+        ours_q = best_qps(g_curves[0][1], target)
+        for name, points in g_curves[1:]:
+            peer_q = best_qps(points, target)
+            ratio = ours_q / peer_q if ours_q and peer_q else float("nan")
+            rows.append((f"graph search QPS at recall@10 >= {target}", f"{ours_q or 0:.0f} QPS",
+                         f"{peer_q or 0:.0f} QPS", ratio, name))
+
 print(f"\nvecbuild vs peers: {args.threads} threads, median of {args.repeats} interleaved runs, faiss {faiss.__version__}, "
       f"pyarrow {pa.__version__}, {time.strftime('%Y-%m-%d')}")
 print(f"{'benchmark':<58} {'vecbuild':>12} {'peer':>12} {'ratio':>7}  peer")
@@ -205,6 +293,6 @@ for name, a, b, r, who in rows:
     print(f"{name:<58} {a:>12} {b:>12} {r:>6.2f}x  {who}")
 print(f"exact k-NN agreement with faiss: {agree:.4f}")
 for name, points in curves:
-    print(f"\n{name}: n_probes refine_ratio recall@10 QPS")
+    print(f"\n{name}: parameter refine_ratio recall@10 QPS")
     for p, ratio, r, q in points:
         print(f"  {p:>4} {ratio:>3} {r:.4f} {q:>9.0f}")
