@@ -291,7 +291,7 @@ impl CagraIndex<'_> {
                     let r = e.1 as usize & !(EXPLORED as usize);
                     for &v in &self.graph[r * self.degree..(r + 1) * self.degree] {
                         if (v as usize) < n && visit(&mut s.visited, v) {
-                            prefetch(&flat[v as usize * dim..(v as usize + 1) * dim], 256);
+                            prefetch(&flat[v as usize * dim..(v as usize + 1) * dim], dim * 4);
                             s.fresh.push(v);
                         }
                     }
