@@ -305,7 +305,7 @@ fn parse_tensor(
         ));
     }
     let abs_begin = data_start + begin;
-    if abs_begin % dtype.size() != 0 {
+    if !abs_begin.is_multiple_of(dtype.size()) {
         return Err(format!(
             "starts at byte {abs_begin}, not aligned to {} bytes",
             dtype.size()

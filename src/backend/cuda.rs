@@ -317,7 +317,7 @@ fn grown<'a, T: cudarc::driver::DeviceRepr>(
     slot: &'a mut Option<CudaSlice<T>>,
     len: usize,
 ) -> Result<&'a mut CudaSlice<T>> {
-    if !slot.as_ref().is_some_and(|b| b.len() >= len) {
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = None;
         // SAFETY: every element is written before it is read (uploads, GEMM and kernel outputs).
         let buf = unsafe { stream.alloc::<T>(len.max(1)) }
@@ -546,7 +546,7 @@ impl Device {
     fn stage(&mut self, slot: usize, host: &[f32]) -> Result<()> {
         let stream = self.stream.clone();
         let buf = &mut self.staging[slot];
-        if !buf.as_ref().is_some_and(|b| b.len() >= host.len()) {
+        if buf.as_ref().is_none_or(|b| b.len() < host.len()) {
             *buf = None;
             // SAFETY: a plain pinned host allocation; every element used is written below.
             let pinned = unsafe { stream.context().alloc_pinned::<f32>(host.len().max(1)) }
