@@ -140,6 +140,12 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
 
 fn device_info(ordinal: usize) -> Result<DeviceInfo> {
     let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("opening the device", e))?;
+    info_of(&ctx)
+}
+
+/// What the driver reports about the device of an open context.
+fn info_of(ctx: &CudaContext) -> Result<DeviceInfo> {
+    let ordinal = ctx.ordinal();
     let (free_bytes, total_bytes) = ctx
         .mem_get_info()
         .map_err(|e| gpu_err("reading device memory", e))?;
@@ -382,8 +388,10 @@ impl CudaBackend {
                 "--gpu {ordinal}: no such device; the driver sees {count} GPU(s)"
             )));
         }
-        let info = device_info(ordinal)?;
+        // One context for the report and the work: a context dropped in between would be torn
+        // down and created again.
         let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("opening the device", e))?;
+        let info = info_of(&ctx)?;
         // One stream, so cudarc's per-buffer event tracking is not needed.
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
@@ -508,8 +516,15 @@ fn contiguous<'a>(x: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {
     }
 }
 
+/// Threads for host-side work done while holding the device lock (staging copies, candidate
+/// pushes). Plain scoped threads, not rayon: a rayon worker waiting on them could steal a task
+/// that asks for the same lock, and deadlock.
+fn host_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
 /// Pushes each query's `k` GPU candidates (`NO_ROW` columns skipped) into its [`TopK`], on
-/// several plain threads when there are many (not rayon: the caller holds the device lock).
+/// several [`host_threads`] when there are many.
 fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, first: u64) {
     let push = |tks: &mut [TopK], sc: &[f32], cl: &[u32]| {
         for (i, tk) in tks.iter_mut().enumerate() {
@@ -520,7 +535,7 @@ fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, fi
             }
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let threads = host_threads();
     if threads == 1 || topk.len() * k < 1 << 16 {
         return push(topk, scores, cols);
     }
@@ -542,7 +557,7 @@ fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
 }
 
 impl Device {
-    /// Copies `host` into pinned staging buffer `slot` (0 or 1), on all CPU threads.
+    /// Copies `host` into pinned staging buffer `slot` (0 or 1), on [`host_threads`].
     fn stage(&mut self, slot: usize, host: &[f32]) -> Result<()> {
         let stream = self.stream.clone();
         let buf = &mut self.staging[slot];
@@ -559,9 +574,7 @@ impl Device {
         let dst = pinned
             .as_mut_slice()
             .map_err(|e| gpu_err("pinned host memory", e))?;
-        // Plain threads, not rayon: this runs under the device lock, and a rayon worker waiting
-        // here could steal a task that asks for the same lock.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let threads = host_threads();
         let chunk = host.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             for (d, s) in dst[..host.len()].chunks_mut(chunk).zip(host.chunks(chunk)) {
@@ -815,7 +828,6 @@ impl Backend for CudaBackend {
         stream
             .synchronize()
             .map_err(|e| gpu_err("running prune_graph", e))?;
-        drop(dev);
         Ok(crate::index::cagra::Graph {
             degree: d_out,
             neighbors,
