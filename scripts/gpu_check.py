@@ -179,9 +179,51 @@ for label, build_args, search_args in [
     record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
            f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")
 
-r, _ = vb("search", "--index", f"{W}/cagra-gpu.vbx", "--queries", q, "--k", 10, "--out", f"{W}/x.parquet",
+
+def search_both(art, q, extra=()):
+    """Searches art with q on the CPU and on the GPU: {dev: (ids, distances, qps)}."""
+    outs = {}
+    for dev in ["cpu", "gpu"]:
+        res = f"{W}/s-{dev}.parquet"
+        poison(res)
+        gpu = ["--gpu", args.gpu] if dev == "gpu" else []
+        r, _ = vb("search", "--index", art, "--queries", q, "--k", 10, *extra, "--out", res, *gpu, quiet=False)
+        note = [l for l in r.stderr.splitlines() if "QPS in search" in l][-1]
+        qps = float(note.split("(")[1].split(" QPS")[0])
+        outs[dev] = (*results(res), qps)
+    return outs
+
+
+def compare_search(label, outs, truth_ids):
+    (ci, cd, _), (gi, gd, _) = outs["cpu"], outs["gpu"]
+    same = float(np.mean([a == b for a, b in zip(ci, gi)]))
+    rc, rg = recall(ci, truth_ids, 10), recall(gi, truth_ids, 10)
+    # The same beam search: lists differ only where float rounding reorders a near-tie.
+    ok = same >= 0.98 and rg >= rc - 0.005
+    record(f"CAGRA search on GPU vs CPU: {label}", ok, f"identical lists {same:.4f}",
+           f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}")
+
+
+for label in ["cagra", "cagra exact"]:
+    compare_search(f"{label} build, l2", search_both(f"{W}/{label.replace(' ', '-')}-cpu.vbx", q), truth_ids)
+rbase, rq = data["random"]
+for metric in ["ip", "cosine"]:
+    art = f"{W}/cagra-{metric}.vbx"
+    vb("build", "--input", rbase, "--index", "cagra", "--metric", metric, "--out", art, "--gpu", args.gpu)
+    t = f"{W}/truth-{metric}.parquet"
+    vb("knn", "--base", rbase, "--queries", rq, "--k", 10, "--metric", metric, "--out", t, "--gpu", args.gpu)
+    compare_search(f"random data, {metric}", search_both(art, rq), results(t)[0])
+for extra in [["--itopk-size", 256, "--search-width", 4], ["--itopk-size", 16]]:
+    outs = search_both(f"{W}/cagra-cpu.vbx", q, extra)
+    compare_search(f"cagra build, l2, {' '.join(map(str, extra))}", outs, truth_ids)
+r, _ = vb("search", "--index", f"{W}/cagra-cpu.vbx", "--queries", q, "--k", 10, "--itopk-size", 513,
+          "--out", f"{W}/x.parquet", "--gpu", args.gpu, check=False)
+record("CAGRA search --gpu --itopk-size 513 is refused", r.returncode == 2 and "512" in r.stderr,
+       f"exit {r.returncode}")
+r, _ = vb("search", "--index", f"{W}/ivf-pq-gpu.vbx", "--queries", q, "--k", 10, "--out", f"{W}/x.parquet",
           "--gpu", args.gpu, check=False)
-record("CAGRA search --gpu says it is not built", r.returncode == 2, f"exit {r.returncode}")
+record("IVF-PQ search --gpu says it is not built", r.returncode == 2 and "not built" in r.stderr,
+       f"exit {r.returncode}")
 
 # 3. Timings. Exact k-NN against PyTorch matmul + topk on the same data, same precision (fp32,
 #    TF32 off on both sides), norms precomputed on both sides.
@@ -260,6 +302,44 @@ for n_rows, dim, nq, k in shapes:
                     f"ours {flops / ours_tf32['median_s'] / 1e9:.0f} GFLOP/s"))
     timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
                     cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
+
+# CAGRA at 1M rows: build on GPU and CPU, then batch search on the GPU against the same
+# search on the CPU (all cores) and against PyTorch's exact search, at matched itopk_size.
+if not small:
+    cbase, cq = generate("cagra1m", 1_000_000, 128, 1000, 100_000)
+    ctruth = f"{W}/truth-cagra1m.parquet"
+    vb("knn", "--base", cbase, "--queries", cq, "--k", 10, "--out", ctruth, "--gpu", args.gpu)
+    ctruth_ids = results(ctruth)[0]
+    arts = {}
+    for dev in ["gpu", "cpu"]:
+        arts[dev] = f"{W}/cagra1m-{dev}.vbx"
+        gpu = ["--gpu", args.gpu] if dev == "gpu" else []
+        r, secs = vb("build", "--input", cbase, "--index", "cagra", "--out", arts[dev], *gpu, quiet=False)
+        build_times[("cagra 1M", dev)] = secs
+        for line in r.stderr.splitlines():
+            if "stages" in line:
+                say(f"  cagra 1M on {dev}: {line.strip()}")
+    g, c = build_times[("cagra 1M", "gpu")], build_times[("cagra 1M", "cpu")]
+    timings.append(("build cagra 1000000 × 128", g, c, c / g, "our CPU build, same CLI run"))
+    xd = torch.from_numpy(matrix(cbase)).to(dev)
+    qd = torch.from_numpy(matrix(cq)).to(dev)
+    xn = (xd * xd).sum(1)
+
+    def exact_all():
+        for i in range(0, qd.shape[0], 1000):
+            torch.topk(torch.addmm(xn, qd[i:i + 1000], xd.T, beta=1.0, alpha=-2.0), 10, dim=1, largest=False)
+
+    t_exact = cuda_median(exact_all, reps=3)
+    del xd, qd, xn
+    torch.cuda.empty_cache()
+    for itopk in [32, 64, 128, 256]:
+        outs = search_both(arts["gpu"], cq, ["--itopk-size", itopk])
+        rg, rc = recall(outs["gpu"][0], ctruth_ids, 10), recall(outs["cpu"][0], ctruth_ids, 10)
+        qg, qc = outs["gpu"][2], outs["cpu"][2]
+        timings.append((f"CAGRA search 100k q × 1M × 128 itopk {itopk} (recall GPU {rg:.4f}, CPU {rc:.4f})",
+                        1e5 / qg, 1e5 / qc, qg / qc, f"GPU {qg:.0f} QPS vs our CPU {os.cpu_count()} cores"))
+        timings.append((f"CAGRA search itopk {itopk} vs PyTorch exact (fp32, data on GPU)", 1e5 / qg, t_exact,
+                        t_exact * qg / 1e5, f"PyTorch {1e5 / t_exact:.0f} QPS at recall 1"))
 
 # Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
 # against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).

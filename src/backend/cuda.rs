@@ -26,10 +26,19 @@
 //!
 //! CAGRA's rank-based pruning ([`Backend::prune_graph`]) is `prune_graph` (kernels/cagra.cu),
 //! one block per row, the same integer computation as the CPU's, so the graphs are identical.
+//!
+//! CAGRA search ([`Backend::cagra_search`]) runs the CPU's beam search in one kernel, a thread
+//! block per query, on a copy of the index made once ([`Backend::load_cagra`], [`cagra`]).
+
+mod cagra;
+
+pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 
 use super::cpu::SMALL_DIM;
-use super::{Backend, Queries};
+use super::{Backend, Loaded, Queries};
 use crate::metric::squared_norms;
+use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
+use crate::search::SearchResults;
 use crate::{Error, Metric, Result, TopK};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
 use cudarc::driver::{
@@ -44,6 +53,10 @@ use std::sync::{Arc, Mutex};
 pub const KERNELS: &[(&str, &str)] = &[
     ("select.cu", include_str!("../../kernels/select.cu")),
     ("cagra.cu", include_str!("../../kernels/cagra.cu")),
+    (
+        "cagra_search.cu",
+        include_str!("../../kernels/cagra_search.cu"),
+    ),
 ];
 
 /// Each kernel function and the file that defines it.
@@ -52,6 +65,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "argmin_rows"),
     ("select.cu", "assign_small"),
     ("cagra.cu", "prune_graph"),
+    ("cagra_search.cu", "cagra_search"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -343,6 +357,7 @@ struct Device {
     argmin_rows: CudaFunction,
     assign_small: CudaFunction,
     prune_graph: CudaFunction,
+    cagra_search: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -446,6 +461,7 @@ impl CudaBackend {
                 argmin_rows: load("argmin_rows")?,
                 assign_small: load("assign_small")?,
                 prune_graph: load("prune_graph")?,
+                cagra_search: load("cagra_search")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
                 tile_bytes,
@@ -832,6 +848,21 @@ impl Backend for CudaBackend {
             degree: d_out,
             neighbors,
         })
+    }
+
+    fn load_cagra(&self, index: &CagraIndex<'_>) -> Result<Option<Loaded>> {
+        cagra::load(self, index).map(Some)
+    }
+
+    fn cagra_search(
+        &self,
+        index: &CagraIndex<'_>,
+        loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        k: usize,
+        p: &CagraSearchParams,
+    ) -> Result<(SearchResults, SearchStats)> {
+        cagra::search(self, index, loaded, queries, k, p)
     }
 
     fn assign_nearest(

@@ -8,8 +8,14 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
+use crate::search::SearchResults;
 use crate::{Metric, Result, TopK};
 use ndarray::ArrayView2;
+
+/// An index copied to a device by [`Backend::load_cagra`]: only the backend that made it
+/// knows what it holds.
+pub type Loaded = Box<dyn std::any::Any + Send + Sync>;
 
 pub use cpu::CpuBackend;
 
@@ -65,6 +71,27 @@ pub trait Backend: Sync {
         knn: &crate::index::cagra::Graph,
         d_out: usize,
     ) -> Result<crate::index::cagra::Graph>;
+
+    /// Copies a CAGRA index to the device for [`Backend::cagra_search`], owned by the caller
+    /// (the [`crate::Searcher`] keeps it for as long as the index is open). `None`: this
+    /// backend searches the index where it lies (the CPU).
+    fn load_cagra(&self, _index: &CagraIndex<'_>) -> Result<Option<Loaded>> {
+        Ok(None)
+    }
+
+    /// CAGRA beam search of prepared queries (`[nq, dim]`, normalised for cosine), with what
+    /// [`Backend::load_cagra`] returned for this index. The CPU's is [`CagraIndex::search`];
+    /// a GPU runs the same search in a kernel.
+    fn cagra_search(
+        &self,
+        index: &CagraIndex<'_>,
+        _loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        k: usize,
+        p: &CagraSearchParams,
+    ) -> Result<(SearchResults, SearchStats)> {
+        index.search(queries, k, p)
+    }
 
     /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):
     /// `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`, squared distances `[n]`).

@@ -4,6 +4,7 @@ use super::input::{read_with_progress, ColumnArgs};
 use super::{open_backend, Ui};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vecbuild::artifact::IndexKind;
 use vecbuild::io::parquet::ResultsWriter;
 use vecbuild::io::Batch;
 use vecbuild::search::NO_NEIGHBOR;
@@ -14,6 +15,10 @@ use vecbuild::{Error, Ids, SearchParams, Searcher};
 /// Results have one row per query, in query order: `query_id` (the query file's id type),
 /// `neighbors` (list of the index's ids, nearest first) and `distances` (list of float32:
 /// squared L2 for l2, inner product for ip, 1 − cos for cosine).
+///
+/// With --gpu, flat and CAGRA indexes are searched on that GPU (CAGRA: the same beam search
+/// as on the CPU, one thread block per query; itopk_size at most 512, search_width ×
+/// graph_degree at most 1024). IVF-PQ is searched on the CPU only: --gpu is an error for it.
 ///
 /// Example: vecbuild search --index emb.vbx --queries q.parquet --k 10 --out results.parquet
 #[derive(Debug, clap::Args)]
@@ -75,6 +80,15 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let searcher = Searcher::open(&args.index)?;
     let backend = open_backend(&args.gpu)?;
     let m = searcher.manifest().clone();
+    if m.kind == IndexKind::Cagra && backend.device_name().is_some() {
+        let t = Instant::now();
+        searcher.load_on(&*backend)?;
+        ui.note(format!(
+            "copied the index to {} in {:.3} s (not counted in the search time)",
+            backend.name(),
+            t.elapsed().as_secs_f64()
+        ));
+    }
     if args.k == 0 || args.k as u64 > m.count {
         return Err(Error::param(format!(
             "--k {} must be between 1 and the {} rows in the index",

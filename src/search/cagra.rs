@@ -141,6 +141,25 @@ impl CagraIndex<'_> {
         p.itopk_size / p.search_width.max(1) + hops
     }
 
+    /// Whether the search starts with a descent through upper levels.
+    pub fn descends(&self) -> bool {
+        self.hierarchy.is_some_and(|h| !h.rows.is_empty())
+    }
+
+    /// The rows every query scores after the descent: the entry points, then (without upper
+    /// levels, when `random_seeds`) `itopk_size + search_width · degree` fixed pseudo-random
+    /// rows.
+    pub fn seed_rows(&self, p: &CagraSearchParams) -> Vec<u32> {
+        let fixed = match self.random_seeds && !self.descends() {
+            true => p.itopk_size + p.search_width * self.degree,
+            false => 0,
+        };
+        let n = self.rows();
+        let mut rows = self.entry_points.to_vec();
+        rows.extend((0..fixed as u64).map(|i| seed_row(i, n)));
+        rows
+    }
+
     /// Checks `p` against `k` and the index.
     pub fn check(&self, k: usize, p: &CagraSearchParams) -> Result<()> {
         if p.search_width == 0 || p.itopk_size == 0 {
@@ -182,6 +201,7 @@ impl CagraIndex<'_> {
             Vec::new()
         };
         let max_iter = self.max_iterations(p);
+        let seed_rows = self.seed_rows(p);
         let seeds = p.itopk_size + p.search_width * self.degree;
         let descent = self.hierarchy.map_or(0, |h| {
             HierarchyView::max_expansions(p.itopk_size) * h.m + h.levels() + 1
@@ -207,7 +227,7 @@ impl CagraIndex<'_> {
                 },
                 |s, (i, (r_out, d_out))| {
                     let query = &qs[i * dim..(i + 1) * dim];
-                    let st = self.search_one(query, p, max_iter, seeds, s);
+                    let st = self.search_one(query, p, max_iter, &seed_rows, s);
                     let offset = Queries::offset(self.metric, &q_norms, i);
                     for (j, &(score, row)) in s.itopk.iter().take(k).enumerate() {
                         r_out[j] = (row & !EXPLORED) as u64;
@@ -238,7 +258,7 @@ impl CagraIndex<'_> {
         q: &[f32],
         p: &CagraSearchParams,
         max_iter: usize,
-        seeds: usize,
+        seed_rows: &[u32],
         s: &mut Scratch,
     ) -> SearchStats {
         let n = self.rows();
@@ -259,14 +279,8 @@ impl CagraIndex<'_> {
             stats.distances += h.descend(&score, &mut seen, p.itopk_size, &mut s.merged) as u64;
             s.cands.extend_from_slice(&s.merged);
         }
-        let count = if self.random_seeds && s.cands.is_empty() {
-            seeds as u64
-        } else {
-            0
-        };
-        let fixed = (0..count).map(|i| seed_row(i, n));
         let from_descent = s.cands.len();
-        for row in self.entry_points.iter().copied().chain(fixed) {
+        for &row in seed_rows {
             if (row as usize) < n && visit(&mut s.visited, row) {
                 s.cands.push((self.score(q, row), row));
             }

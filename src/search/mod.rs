@@ -19,7 +19,7 @@ pub mod ivf_pq;
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind, Manifest};
-use crate::backend::{Backend, CpuBackend};
+use crate::backend::{Backend, CpuBackend, Loaded};
 use crate::ids::IdsView;
 use crate::index::cagra::hierarchy::HierarchyView;
 use crate::index::pq::ProductQuantizer;
@@ -30,6 +30,11 @@ use exact::{prepare_queries, ExactSearch};
 use ivf_pq::IvfPqIndex;
 use ndarray::{Array2, ArrayView2};
 use std::path::Path;
+use std::sync::RwLock;
+
+fn poisoned() -> Error {
+    Error::Gpu("an earlier search panicked while loading the index".into())
+}
 
 /// Per-search knobs; `None` takes the artifact's stored default (`vecbuild info` shows them).
 /// Flat indexes ignore them.
@@ -68,6 +73,8 @@ pub struct SearchResults {
 pub struct Searcher {
     artifact: Artifact,
     engine: Engine,
+    /// The index as [`Backend::load_cagra`] left it on a device, by backend name.
+    loaded: RwLock<Option<(String, Option<Loaded>)>>,
 }
 
 /// What each index kind keeps in memory beside the map.
@@ -100,7 +107,11 @@ impl Searcher {
             IndexKind::IvfPq => open_ivf_pq(&artifact)?,
             IndexKind::Cagra => open_cagra(&artifact)?,
         };
-        Ok(Searcher { artifact, engine })
+        Ok(Searcher {
+            artifact,
+            engine,
+            loaded: RwLock::new(None),
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -133,8 +144,31 @@ impl Searcher {
         self.search_on(&CpuBackend, queries, k, params)
     }
 
-    /// [`Searcher::search`] on a given backend. Flat indexes search on any backend; IVF-PQ
-    /// and CAGRA search on the CPU only for now, and say so when asked for another.
+    /// Makes the index ready for searches on `backend`: a GPU gets its own copy of a CAGRA
+    /// index (vectors, graph, upper levels), kept until the searcher is dropped or loaded on
+    /// another backend. [`Searcher::search_on`] does this on first use; calling it first keeps
+    /// the copy out of the first batch's time.
+    pub fn load_on(&self, backend: &dyn Backend) -> Result<()> {
+        if !matches!(self.engine, Engine::Cagra { .. }) {
+            return Ok(());
+        }
+        let name = backend.name();
+        let current =
+            |l: &Option<(String, Option<Loaded>)>| l.as_ref().is_some_and(|(n, _)| *n == name);
+        if current(&*self.loaded.read().map_err(|_| poisoned())?) {
+            return Ok(());
+        }
+        let mut slot = self.loaded.write().map_err(|_| poisoned())?;
+        if !current(&slot) {
+            // Free the old copy before making the new one.
+            *slot = None;
+            *slot = Some((name, backend.load_cagra(&self.cagra_index()?)?));
+        }
+        Ok(())
+    }
+
+    /// [`Searcher::search`] on a given backend. Flat and CAGRA indexes search on any backend;
+    /// IVF-PQ searches on the CPU only for now, and says so when asked for another.
     pub fn search_on(
         &self,
         backend: &dyn Backend,
@@ -143,7 +177,7 @@ impl Searcher {
         params: &SearchParams,
     ) -> Result<SearchResults> {
         let m = &self.artifact.manifest;
-        if m.kind != IndexKind::Flat && backend.name() != CpuBackend.name() {
+        if m.kind == IndexKind::IvfPq && backend.name() != CpuBackend.name() {
             return Err(Error::Gpu(format!(
                 "{} search on the GPU is not built yet: run this search without --gpu (the CPU searches every index kind)",
                 m.kind
@@ -161,7 +195,11 @@ impl Searcher {
         let q = prepare_queries(queries, m.dim, m.metric)?;
         if let Engine::Cagra { .. } = &self.engine {
             let p = self.cagra_params(params);
-            return Ok(self.cagra_index()?.search(q.view(), k, &p)?.0);
+            self.load_on(backend)?;
+            let loaded = self.loaded.read().map_err(|_| poisoned())?;
+            let on_device = loaded.as_ref().and_then(|(_, l)| l.as_ref());
+            let index = self.cagra_index()?;
+            return Ok(backend.cagra_search(&index, on_device, q.view(), k, &p)?.0);
         }
         if let Engine::IvfPq {
             pq,
