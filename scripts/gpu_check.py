@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -188,8 +189,7 @@ def search_both(art, q, extra=()):
         poison(res)
         gpu = ["--gpu", args.gpu] if dev == "gpu" else []
         r, _ = vb("search", "--index", art, "--queries", q, "--k", 10, *extra, "--out", res, *gpu, quiet=False)
-        note = [l for l in r.stderr.splitlines() if "QPS in search" in l][-1]
-        qps = float(note.split("(")[1].split(" QPS")[0])
+        qps = float(re.findall(r"\(([0-9.]+) QPS in search", r.stderr)[-1])
         outs[dev] = (*results(res), qps)
     return outs
 

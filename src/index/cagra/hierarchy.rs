@@ -15,7 +15,10 @@
 //!    search of width 100, up to `M` neighbours chosen by HNSW's heuristic (a candidate is
 //!    kept only if it is closer to the row than to every one kept before), and reverse links
 //!    re-pruned by the same heuristic when a list overflows. Early insertions, made while a
-//!    level is sparse, leave the long edges that make it navigable. Exact `2M`-NN lists with
+//!    level is sparse, leave the long edges that make it navigable. Rows go in batches of a
+//!    32nd of those already in (at most 2048): a batch's searches run in parallel on the
+//!    levels as the batch found them, then its links are made in order, so the result does
+//!    not depend on the thread count. Exact `2M`-NN lists with
 //!    the same heuristic were measured and rejected: their cross-cluster edges all lead to the
 //!    same few nearby clusters, and recall@10 stayed at 0.48–0.87 on the data above.
 //! 4. Search descends greedily from the first row (the top) level by level, as HNSW does, and
@@ -36,6 +39,7 @@ use crate::distance::dot;
 use crate::synth::Rng;
 use crate::{Metric, Result};
 use ndarray::ArrayView2;
+use rayon::prelude::*;
 
 const NONE: u32 = u32::MAX;
 
@@ -113,39 +117,61 @@ impl Hierarchy {
             .iter()
             .map(|&c| vec![Vec::new(); c as usize])
             .collect();
-        for p in 1..rows.len() {
-            let p32 = p as u32;
-            let mut ep = 0u32;
-            let mut ep_d = dist(p32, 0);
-            for l in (level_of[p] + 1..=top).rev() {
-                let level = &adj[l - 1];
-                (ep, ep_d) = greedy(|x| &level[x as usize], ep, ep_d, &|x| dist(p32, x));
-            }
-            for l in (1..=level_of[p]).rev() {
-                let level = &adj[l - 1];
-                let mut seen = std::collections::HashSet::from([ep]);
-                let found = beam(
-                    |x| &level[x as usize],
-                    (ep, ep_d),
-                    EF_CONSTRUCTION,
-                    usize::MAX,
-                    &mut |x| seen.insert(x),
-                    &|x| dist(p32, x),
-                );
-                (ep_d, ep) = found[0];
-                let chosen = select(&found, m, &dist);
-                for &(_, nb) in &chosen {
-                    let list = &mut adj[l - 1][nb as usize];
-                    list.push(p32);
-                    if list.len() > m {
-                        let mut scored: Vec<(f32, u32)> =
-                            list.iter().map(|&x| (dist(nb, x), x)).collect();
-                        scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                        *list = select(&scored, m, &dist).iter().map(|e| e.1).collect();
+        let mut done = 1;
+        while done < rows.len() {
+            let end = (done + (done / BATCH_DIVISOR).clamp(1, MAX_BATCH)).min(rows.len());
+            // Each row of the batch finds its links on the graph as the rows before the batch
+            // left it (in parallel), then the links are made in order.
+            let frozen = &adj;
+            let plans: Vec<Vec<LevelLinks>> = (done..end)
+                .into_par_iter()
+                .map_init(
+                    || Seen::new(rows.len()),
+                    |seen, p| {
+                        let p32 = p as u32;
+                        let (mut ep, mut ep_d) = (0u32, dist(p32, 0));
+                        for l in (level_of[p] + 1..=top).rev() {
+                            let level = &frozen[l - 1];
+                            (ep, ep_d) =
+                                greedy(|x| &level[x as usize], ep, ep_d, &|x| dist(p32, x));
+                        }
+                        let mut plan = Vec::with_capacity(level_of[p]);
+                        for l in (1..=level_of[p]).rev() {
+                            let level = &frozen[l - 1];
+                            seen.clear();
+                            seen.insert(ep);
+                            let found = beam(
+                                |x| &level[x as usize],
+                                (ep, ep_d),
+                                EF_CONSTRUCTION,
+                                usize::MAX,
+                                &mut |x| seen.insert(x),
+                                &|x| dist(p32, x),
+                            );
+                            (ep_d, ep) = found[0];
+                            plan.push((l, select(&found, m, &dist)));
+                        }
+                        plan
+                    },
+                )
+                .collect();
+            for (p, plan) in (done..end).zip(plans) {
+                let p32 = p as u32;
+                for (l, chosen) in plan {
+                    for &(_, nb) in &chosen {
+                        let list = &mut adj[l - 1][nb as usize];
+                        list.push(p32);
+                        if list.len() > m {
+                            let mut scored: Vec<(f32, u32)> =
+                                list.iter().map(|&x| (dist(nb, x), x)).collect();
+                            scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                            *list = select(&scored, m, &dist).iter().map(|e| e.1).collect();
+                        }
                     }
+                    adj[l - 1][p] = chosen.iter().map(|e| e.1).collect();
                 }
-                adj[l - 1][p] = chosen.iter().map(|e| e.1).collect();
             }
+            done = end;
         }
         let mut graph = Vec::new();
         for level in &adj {
@@ -296,6 +322,49 @@ impl HierarchyView<'_> {
 /// Candidates examined per level when a row is inserted (hnswlib's default `ef_construction`
 /// is 200; upper levels are small and only route).
 const EF_CONSTRUCTION: usize = 100;
+
+/// Rows are inserted in batches of `inserted / BATCH_DIVISOR` (at least 1, at most
+/// [`MAX_BATCH`]): a batch's rows search in parallel, each missing at most a 32nd of the rows
+/// before it, and link in order, so the levels do not depend on the thread count. Measured on
+/// 200k × 128 in 1000 clusters (2 threads): upper levels 2.02 s → 0.96 s, recall@10 at
+/// itopk 16/32/64 0.9527/0.9882/0.9983 → 0.9530/0.9892/0.9977 (divisor 8: 0.74 s, but
+/// 0.9484/0.9835/0.9963).
+const BATCH_DIVISOR: usize = 32;
+const MAX_BATCH: usize = 2048;
+
+/// The links one row chose on one level: (level, (distance, position) best first).
+type LevelLinks = (usize, Vec<(f32, u32)>);
+
+/// A visited set over positions, emptied in O(1) by moving to a new stamp.
+struct Seen {
+    stamps: Vec<u32>,
+    now: u32,
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        Seen {
+            stamps: vec![0; n],
+            now: 1,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.now = self.now.wrapping_add(1);
+        if self.now == 0 {
+            self.stamps.fill(0);
+            self.now = 1;
+        }
+    }
+
+    /// Records `x`; false when it was already there.
+    fn insert(&mut self, x: u32) -> bool {
+        let s = &mut self.stamps[x as usize];
+        let fresh = *s != self.now;
+        *s = self.now;
+        fresh
+    }
+}
 
 /// Greedy walk on one level from `ep` (at distance `ep_d`) while a neighbour is closer;
 /// `neighbors(pos)` lists a position's links (a `u32::MAX` ends the list).
