@@ -23,17 +23,22 @@ ap.add_argument("--work", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--gpu", default="0")
 ap.add_argument("--quick", action="store_true", help="small sizes only")
+ap.add_argument("--only-cagra1m", action="store_true", help="only the CAGRA build and search timings at 1M rows")
 args = ap.parse_args()
 
 SEED = random.randrange(1, 1 << 30)
+build_times = {}
 W = args.work
 rows = []  # (check, result, detail, ok)
 timings = []  # (what, ours, peer, ratio, note)
 failed = False
 
 
+START = time.perf_counter()
+
+
 def say(*a):
-    print(*a, flush=True)
+    print(f"[{time.perf_counter() - START:6.1f} s]", *a, flush=True)
 
 
 def vb(*a, check=True, quiet=True):
@@ -79,108 +84,6 @@ def recall(found, truth, k):
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
 
-say(f"seed {SEED}")
-small = args.quick
-data = {
-    "random": generate("random", 20_000 if small else 100_000, 128, 1, 500 if small else 2000),
-    "clustered": generate("clustered", 50_000 if small else 200_000, 128, 1000, 1000 if small else 5000),
-}
-
-# 1. Exact k-NN: GPU against the CPU backend. Same ids where no near-tie separates them;
-#    distances within fp32 rounding of the scale of the data.
-for name, (base, q) in data.items():
-    x = matrix(base)
-    for metric in ["l2", "ip", "cosine"]:
-        for k in [10, 100]:
-            outs = {}
-            for dev in ["cpu", "gpu"]:
-                out = f"{W}/knn-{name}-{metric}-{k}-{dev}.parquet"
-                poison(out)
-                extra = ["--gpu", args.gpu] if dev == "gpu" else []
-                vb("knn", "--base", base, "--queries", q, "--k", k, "--metric", metric, "--out", out, *extra)
-                outs[dev] = results(out)
-            (ci, cd), (gi, gd) = outs["cpu"], outs["gpu"]
-            same = float(np.mean([a == b for a, b in zip(ci, gi)]))
-            rec = recall(gi, ci, k)
-            cd, gd = np.array(cd, dtype=np.float64), np.array(gd, dtype=np.float64)
-            scale = {"l2": float(np.mean(np.sum(x.astype(np.float64) ** 2, 1))) * 2, "cosine": 2.0,
-                     "ip": float(np.mean(np.linalg.norm(x, axis=1))) ** 2}[metric]
-            err = float(np.max(np.abs(cd - gd))) / scale
-            ok = gd.shape == cd.shape and rec >= 0.999 and err < 1e-5
-            record(f"knn {name} {metric} k={k}", ok, f"recall vs CPU {rec:.5f}",
-                   f"identical lists {same:.4f}, max |Δd|/scale {err:.2e}")
-
-# k at the selection's limit.
-base, q = data["random"]
-outs = {}
-for dev in ["cpu", "gpu"]:
-    out = f"{W}/knn-k1024-{dev}.parquet"
-    poison(out)
-    extra = ["--gpu", args.gpu] if dev == "gpu" else []
-    vb("knn", "--base", base, "--queries", q, "--k", 1024, "--out", out, *extra)
-    outs[dev] = results(out)
-rec = recall(outs["gpu"][0], outs["cpu"][0], 1024)
-record("knn random l2 k=1024", rec >= 0.999, f"recall vs CPU {rec:.5f}")
-r, _ = vb("knn", "--base", base, "--queries", q, "--k", 1025, "--out", f"{W}/x.parquet", "--gpu", args.gpu,
-          check=False)
-record("knn k=1025 on the GPU is refused", r.returncode == 2 and "1024" in r.stderr, f"exit {r.returncode}",
-       r.stderr.strip().splitlines()[-1][:90] if r.stderr.strip() else "")
-
-# TF32 (opt-in): recall against the exact fp32 CPU results.
-for name, (base, q) in data.items():
-    cpu_out = f"{W}/knn-{name}-l2-10-cpu.parquet"
-    out = f"{W}/knn-{name}-tf32.parquet"
-    poison(out)
-    vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", out, "--gpu", args.gpu, "--gpu-precision", "tf32")
-    rec = recall(results(out)[0], results(cpu_out)[0], 10)
-    record(f"knn {name} l2 k=10 --gpu-precision tf32", rec >= 0.95, f"recall vs exact {rec:.5f}",
-           "(opt-in speed mode: recall reported, not exactness)")
-
-# 2. Builds on the GPU against the same build on the CPU: recall of each, CPU search.
-base, q = data["clustered"]
-truth = f"{W}/truth-clustered.parquet"
-vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", truth)
-truth_ids = results(truth)[0]
-n = 50_000 if small else 200_000
-build_times = {}
-for label, build_args, search_args in [
-    ("ivf-pq", ["--index", "ivf-pq", "--n-lists", 256 if small else 1024, "--pq-dim", 64],
-     ["--n-probes", 32]),
-    ("cagra", ["--index", "cagra"], []),
-    ("cagra exact", ["--index", "cagra", "--build-algo", "exact"], []),
-]:
-    recs = {}
-    for dev in ["cpu", "gpu"]:
-        art = f"{W}/{label.replace(' ', '-')}-{dev}.vbx"
-        poison(art)
-        extra = ["--gpu", args.gpu] if dev == "gpu" else []
-        r, secs = vb("build", "--input", base, *build_args, "--out", art, *extra, quiet=False)
-        build_times[(label, dev)] = secs
-        for line in r.stderr.splitlines():
-            if "stages" in line:
-                say(f"  {label} on {dev}: {line.strip()}")
-        res = f"{W}/{label.replace(' ', '-')}-{dev}-res.parquet"
-        poison(res)
-        vb("search", "--index", art, "--queries", q, "--k", 10, *search_args, "--out", res)
-        recs[dev] = recall(results(res)[0], truth_ids, 10)
-        if dev == "gpu":
-            backend = json.loads(vb("info", art, "--json")[0].stdout).get("backend", "?")
-    # Which stored tensors differ between the GPU and the CPU build (the artifact is in the
-    # safetensors layout).
-    from safetensors.numpy import load_file
-
-    tg, tc = (load_file(f"{W}/{label.replace(' ', '-')}-{d}.vbx") for d in ["gpu", "cpu"])
-    differ = sorted(name for name in tc if name not in tg or not np.array_equal(tg[name], tc[name]))
-    say(f"  {label}: tensors differing GPU vs CPU: {differ or 'none'}")
-    if label == "cagra exact":
-        # Deterministic end to end (exact kNN lists, integer pruning): the graph must be the same.
-        record("cagra exact: GPU graph identical to the CPU's", "graph" not in differ,
-               f"{len(tc['graph'])} rows", f"differing tensors: {differ or 'none'}")
-    ok = recs["gpu"] >= recs["cpu"] - 0.02 and backend.startswith("cuda")
-    record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
-           f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")
-
-
 def search_both(art, q, extra=()):
     """Searches art with q on the CPU and on the GPU: {dev: (ids, distances, qps)}."""
     outs = {}
@@ -204,26 +107,128 @@ def compare_search(label, outs, truth_ids):
            f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}")
 
 
-for label in ["cagra", "cagra exact"]:
-    compare_search(f"{label} build, l2", search_both(f"{W}/{label.replace(' ', '-')}-cpu.vbx", q), truth_ids)
-rbase, rq = data["random"]
-for metric in ["ip", "cosine"]:
-    art = f"{W}/cagra-{metric}.vbx"
-    vb("build", "--input", rbase, "--index", "cagra", "--metric", metric, "--out", art, "--gpu", args.gpu)
-    t = f"{W}/truth-{metric}.parquet"
-    vb("knn", "--base", rbase, "--queries", rq, "--k", 10, "--metric", metric, "--out", t, "--gpu", args.gpu)
-    compare_search(f"random data, {metric}", search_both(art, rq), results(t)[0])
-for extra in [["--itopk-size", 256, "--search-width", 4], ["--itopk-size", 16]]:
-    outs = search_both(f"{W}/cagra-cpu.vbx", q, extra)
-    compare_search(f"cagra build, l2, {' '.join(map(str, extra))}", outs, truth_ids)
-r, _ = vb("search", "--index", f"{W}/cagra-cpu.vbx", "--queries", q, "--k", 10, "--itopk-size", 513,
-          "--out", f"{W}/x.parquet", "--gpu", args.gpu, check=False)
-record("CAGRA search --gpu --itopk-size 513 is refused", r.returncode == 2 and "512" in r.stderr,
-       f"exit {r.returncode}")
-r, _ = vb("search", "--index", f"{W}/ivf-pq-gpu.vbx", "--queries", q, "--k", 10, "--out", f"{W}/x.parquet",
-          "--gpu", args.gpu, check=False)
-record("IVF-PQ search --gpu says it is not built", r.returncode == 2 and "not built" in r.stderr,
-       f"exit {r.returncode}")
+say(f"seed {SEED}")
+small = args.quick
+if not args.only_cagra1m:
+    data = {
+        "random": generate("random", 20_000 if small else 100_000, 128, 1, 500 if small else 2000),
+        "clustered": generate("clustered", 50_000 if small else 200_000, 128, 1000, 1000 if small else 5000),
+    }
+
+    # 1. Exact k-NN: GPU against the CPU backend. Same ids where no near-tie separates them;
+    #    distances within fp32 rounding of the scale of the data.
+    for name, (base, q) in data.items():
+        x = matrix(base)
+        for metric in ["l2", "ip", "cosine"]:
+            for k in [10, 100]:
+                outs = {}
+                for dev in ["cpu", "gpu"]:
+                    out = f"{W}/knn-{name}-{metric}-{k}-{dev}.parquet"
+                    poison(out)
+                    extra = ["--gpu", args.gpu] if dev == "gpu" else []
+                    vb("knn", "--base", base, "--queries", q, "--k", k, "--metric", metric, "--out", out, *extra)
+                    outs[dev] = results(out)
+                (ci, cd), (gi, gd) = outs["cpu"], outs["gpu"]
+                same = float(np.mean([a == b for a, b in zip(ci, gi)]))
+                rec = recall(gi, ci, k)
+                cd, gd = np.array(cd, dtype=np.float64), np.array(gd, dtype=np.float64)
+                scale = {"l2": float(np.mean(np.sum(x.astype(np.float64) ** 2, 1))) * 2, "cosine": 2.0,
+                         "ip": float(np.mean(np.linalg.norm(x, axis=1))) ** 2}[metric]
+                err = float(np.max(np.abs(cd - gd))) / scale
+                ok = gd.shape == cd.shape and rec >= 0.999 and err < 1e-5
+                record(f"knn {name} {metric} k={k}", ok, f"recall vs CPU {rec:.5f}",
+                       f"identical lists {same:.4f}, max |Δd|/scale {err:.2e}")
+
+    # k at the selection's limit.
+    base, q = data["random"]
+    outs = {}
+    for dev in ["cpu", "gpu"]:
+        out = f"{W}/knn-k1024-{dev}.parquet"
+        poison(out)
+        extra = ["--gpu", args.gpu] if dev == "gpu" else []
+        vb("knn", "--base", base, "--queries", q, "--k", 1024, "--out", out, *extra)
+        outs[dev] = results(out)
+    rec = recall(outs["gpu"][0], outs["cpu"][0], 1024)
+    record("knn random l2 k=1024", rec >= 0.999, f"recall vs CPU {rec:.5f}")
+    r, _ = vb("knn", "--base", base, "--queries", q, "--k", 1025, "--out", f"{W}/x.parquet", "--gpu", args.gpu,
+              check=False)
+    record("knn k=1025 on the GPU is refused", r.returncode == 2 and "1024" in r.stderr, f"exit {r.returncode}",
+           r.stderr.strip().splitlines()[-1][:90] if r.stderr.strip() else "")
+
+    # TF32 (opt-in): recall against the exact fp32 CPU results.
+    for name, (base, q) in data.items():
+        cpu_out = f"{W}/knn-{name}-l2-10-cpu.parquet"
+        out = f"{W}/knn-{name}-tf32.parquet"
+        poison(out)
+        vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", out, "--gpu", args.gpu, "--gpu-precision", "tf32")
+        rec = recall(results(out)[0], results(cpu_out)[0], 10)
+        record(f"knn {name} l2 k=10 --gpu-precision tf32", rec >= 0.95, f"recall vs exact {rec:.5f}",
+               "(opt-in speed mode: recall reported, not exactness)")
+
+    # 2. Builds on the GPU against the same build on the CPU: recall of each, CPU search.
+    base, q = data["clustered"]
+    truth = f"{W}/truth-clustered.parquet"
+    vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", truth)
+    truth_ids = results(truth)[0]
+    n = 50_000 if small else 200_000
+    for label, build_args, search_args in [
+        ("ivf-pq", ["--index", "ivf-pq", "--n-lists", 256 if small else 1024, "--pq-dim", 64],
+         ["--n-probes", 32]),
+        ("cagra", ["--index", "cagra"], []),
+        ("cagra exact", ["--index", "cagra", "--build-algo", "exact"], []),
+    ]:
+        recs = {}
+        for dev in ["cpu", "gpu"]:
+            art = f"{W}/{label.replace(' ', '-')}-{dev}.vbx"
+            poison(art)
+            extra = ["--gpu", args.gpu] if dev == "gpu" else []
+            r, secs = vb("build", "--input", base, *build_args, "--out", art, *extra, quiet=False)
+            build_times[(label, dev)] = secs
+            for line in r.stderr.splitlines():
+                if "stages" in line:
+                    say(f"  {label} on {dev}: {line.strip()}")
+            res = f"{W}/{label.replace(' ', '-')}-{dev}-res.parquet"
+            poison(res)
+            vb("search", "--index", art, "--queries", q, "--k", 10, *search_args, "--out", res)
+            recs[dev] = recall(results(res)[0], truth_ids, 10)
+            if dev == "gpu":
+                backend = json.loads(vb("info", art, "--json")[0].stdout).get("backend", "?")
+        # Which stored tensors differ between the GPU and the CPU build (the artifact is in the
+        # safetensors layout).
+        from safetensors.numpy import load_file
+
+        tg, tc = (load_file(f"{W}/{label.replace(' ', '-')}-{d}.vbx") for d in ["gpu", "cpu"])
+        differ = sorted(name for name in tc if name not in tg or not np.array_equal(tg[name], tc[name]))
+        say(f"  {label}: tensors differing GPU vs CPU: {differ or 'none'}")
+        if label == "cagra exact":
+            # Deterministic end to end (exact kNN lists, integer pruning): the graph must be the same.
+            record("cagra exact: GPU graph identical to the CPU's", "graph" not in differ,
+                   f"{len(tc['graph'])} rows", f"differing tensors: {differ or 'none'}")
+        ok = recs["gpu"] >= recs["cpu"] - 0.02 and backend.startswith("cuda")
+        record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
+               f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")
+
+
+    for label in ["cagra", "cagra exact"]:
+        compare_search(f"{label} build, l2", search_both(f"{W}/{label.replace(' ', '-')}-cpu.vbx", q), truth_ids)
+    rbase, rq = data["random"]
+    for metric in ["ip", "cosine"]:
+        art = f"{W}/cagra-{metric}.vbx"
+        vb("build", "--input", rbase, "--index", "cagra", "--metric", metric, "--out", art, "--gpu", args.gpu)
+        t = f"{W}/truth-{metric}.parquet"
+        vb("knn", "--base", rbase, "--queries", rq, "--k", 10, "--metric", metric, "--out", t, "--gpu", args.gpu)
+        compare_search(f"random data, {metric}", search_both(art, rq), results(t)[0])
+    for extra in [["--itopk-size", 256, "--search-width", 4], ["--itopk-size", 16]]:
+        outs = search_both(f"{W}/cagra-cpu.vbx", q, extra)
+        compare_search(f"cagra build, l2, {' '.join(map(str, extra))}", outs, truth_ids)
+    r, _ = vb("search", "--index", f"{W}/cagra-cpu.vbx", "--queries", q, "--k", 10, "--itopk-size", 513,
+              "--out", f"{W}/x.parquet", "--gpu", args.gpu, check=False)
+    record("CAGRA search --gpu --itopk-size 513 is refused", r.returncode == 2 and "512" in r.stderr,
+           f"exit {r.returncode}")
+    r, _ = vb("search", "--index", f"{W}/ivf-pq-gpu.vbx", "--queries", q, "--k", 10, "--out", f"{W}/x.parquet",
+              "--gpu", args.gpu, check=False)
+    record("IVF-PQ search --gpu says it is not built", r.returncode == 2 and "not built" in r.stderr,
+           f"exit {r.returncode}")
 
 # 3. Timings. Exact k-NN against PyTorch matmul + topk on the same data, same precision (fp32,
 #    TF32 off on both sides), norms precomputed on both sides.
@@ -253,55 +258,56 @@ peak = 2 * 8192 ** 3 / cuda_median(lambda: m @ m) / 1e9
 del m
 say(f"fp32 matmul ceiling measured: {peak:.0f} GFLOP/s")
 
-shapes = [(100_000, 128, 2000, 10)] if small else [
-    (1_000_000, 128, 10_000, 10), (1_000_000, 128, 10_000, 100), (200_000, 768, 10_000, 10)]
-for n_rows, dim, nq, k in shapes:
-    base, q = generate(f"t{n_rows}x{dim}", n_rows, dim, 1000, nq)
-    r, _ = vb("bench-knn", "--gpu", args.gpu, "--base", base, "--queries", q, "--k", k, "--runs", 5)
-    ours = json.loads(r.stdout.strip().splitlines()[-1])
-    r, _ = vb("bench-knn", "--gpu", args.gpu, "--gpu-precision", "tf32", "--base", base, "--queries", q, "--k", k,
-              "--runs", 5)
-    ours_tf32 = json.loads(r.stdout.strip().splitlines()[-1])
-    r, _ = vb("bench-knn", "--base", base, "--queries", q, "--k", k, "--runs", 1, "--warmup", 0)
-    cpu = json.loads(r.stdout.strip().splitlines()[-1])
-    x_host, q_host = matrix(base), matrix(q)
+if not args.only_cagra1m:
+    shapes = [(100_000, 128, 2000, 10)] if small else [
+        (1_000_000, 128, 10_000, 10), (1_000_000, 128, 10_000, 100), (200_000, 768, 10_000, 10)]
+    for n_rows, dim, nq, k in shapes:
+        base, q = generate(f"t{n_rows}x{dim}", n_rows, dim, 1000, nq)
+        r, _ = vb("bench-knn", "--gpu", args.gpu, "--base", base, "--queries", q, "--k", k, "--runs", 5)
+        ours = json.loads(r.stdout.strip().splitlines()[-1])
+        r, _ = vb("bench-knn", "--gpu", args.gpu, "--gpu-precision", "tf32", "--base", base, "--queries", q, "--k", k,
+                  "--runs", 5)
+        ours_tf32 = json.loads(r.stdout.strip().splitlines()[-1])
+        r, _ = vb("bench-knn", "--base", base, "--queries", q, "--k", k, "--runs", 1, "--warmup", 0)
+        cpu = json.loads(r.stdout.strip().splitlines()[-1])
+        x_host, q_host = matrix(base), matrix(q)
 
-    def torch_knn(x, qq, xn):
-        out = []
-        step = max(1, (1 << 30) // (x.shape[0] * 4))
-        for i in range(0, qq.shape[0], step):
-            s = torch.addmm(xn, qq[i:i + step], x.T, beta=1.0, alpha=-2.0)
-            out.append(torch.topk(s, k, dim=1, largest=False))
-        return out
+        def torch_knn(x, qq, xn):
+            out = []
+            step = max(1, (1 << 30) // (x.shape[0] * 4))
+            for i in range(0, qq.shape[0], step):
+                s = torch.addmm(xn, qq[i:i + step], x.T, beta=1.0, alpha=-2.0)
+                out.append(torch.topk(s, k, dim=1, largest=False))
+            return out
 
-    xd, qd = torch.from_numpy(x_host).to(dev), torch.from_numpy(q_host).to(dev)
-    xn = (xd * xd).sum(1)
-    t_dev = cuda_median(lambda: torch_knn(xd, qd, xn))
+        xd, qd = torch.from_numpy(x_host).to(dev), torch.from_numpy(q_host).to(dev)
+        xn = (xd * xd).sum(1)
+        t_dev = cuda_median(lambda: torch_knn(xd, qd, xn))
 
-    def from_host():
-        x = torch.from_numpy(x_host).to(dev)
-        qq = torch.from_numpy(q_host).to(dev)
-        res = torch_knn(x, qq, xn)
-        return [(v.cpu(), i.cpu()) for v, i in res]
+        def from_host():
+            x = torch.from_numpy(x_host).to(dev)
+            qq = torch.from_numpy(q_host).to(dev)
+            res = torch_knn(x, qq, xn)
+            return [(v.cpu(), i.cpu()) for v, i in res]
 
-    t_host = cuda_median(from_host)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    t_dev_tf32 = cuda_median(lambda: torch_knn(xd, qd, xn))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    del xd, qd, xn
-    torch.cuda.empty_cache()
-    flops = 2 * n_rows * dim * nq
-    what = f"exact {k}-NN {nq} q × {n_rows} × {dim} fp32"
-    timings.append((what + " (data on host)", ours["median_s"], t_host, t_host / ours["median_s"],
-                    f"PyTorch incl. copies; ours {flops / ours['median_s'] / 1e9:.0f} GFLOP/s = "
-                    f"{flops / ours['median_s'] / 1e9 / peak:.0%} of measured fp32 matmul"))
-    timings.append((what + " (PyTorch data already on GPU)", ours["median_s"], t_dev, t_dev / ours["median_s"],
-                    f"PyTorch {flops / t_dev / 1e9:.0f} GFLOP/s"))
-    timings.append((f"exact {k}-NN {nq} q × {n_rows} × {dim} tf32 (PyTorch data on GPU, tf32)",
-                    ours_tf32["median_s"], t_dev_tf32, t_dev_tf32 / ours_tf32["median_s"],
-                    f"ours {flops / ours_tf32['median_s'] / 1e9:.0f} GFLOP/s"))
-    timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
-                    cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
+        t_host = cuda_median(from_host)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        t_dev_tf32 = cuda_median(lambda: torch_knn(xd, qd, xn))
+        torch.backends.cuda.matmul.allow_tf32 = False
+        del xd, qd, xn
+        torch.cuda.empty_cache()
+        flops = 2 * n_rows * dim * nq
+        what = f"exact {k}-NN {nq} q × {n_rows} × {dim} fp32"
+        timings.append((what + " (data on host)", ours["median_s"], t_host, t_host / ours["median_s"],
+                        f"PyTorch incl. copies; ours {flops / ours['median_s'] / 1e9:.0f} GFLOP/s = "
+                        f"{flops / ours['median_s'] / 1e9 / peak:.0%} of measured fp32 matmul"))
+        timings.append((what + " (PyTorch data already on GPU)", ours["median_s"], t_dev, t_dev / ours["median_s"],
+                        f"PyTorch {flops / t_dev / 1e9:.0f} GFLOP/s"))
+        timings.append((f"exact {k}-NN {nq} q × {n_rows} × {dim} tf32 (PyTorch data on GPU, tf32)",
+                        ours_tf32["median_s"], t_dev_tf32, t_dev_tf32 / ours_tf32["median_s"],
+                        f"ours {flops / ours_tf32['median_s'] / 1e9:.0f} GFLOP/s"))
+        timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
+                        cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
 
 # CAGRA at 1M rows: build on GPU and CPU, then batch search on the GPU against the same
 # search on the CPU (all cores) and against PyTorch's exact search, at matched itopk_size.
@@ -311,14 +317,14 @@ if not small:
     vb("knn", "--base", cbase, "--queries", cq, "--k", 10, "--out", ctruth, "--gpu", args.gpu)
     ctruth_ids = results(ctruth)[0]
     arts = {}
-    for dev in ["gpu", "cpu"]:
-        arts[dev] = f"{W}/cagra1m-{dev}.vbx"
-        gpu = ["--gpu", args.gpu] if dev == "gpu" else []
-        r, secs = vb("build", "--input", cbase, "--index", "cagra", "--out", arts[dev], *gpu, quiet=False)
-        build_times[("cagra 1M", dev)] = secs
+    for where in ["gpu", "cpu"]:
+        arts[where] = f"{W}/cagra1m-{where}.vbx"
+        gpu = ["--gpu", args.gpu] if where == "gpu" else []
+        r, secs = vb("build", "--input", cbase, "--index", "cagra", "--out", arts[where], *gpu, quiet=False)
+        build_times[("cagra 1M", where)] = secs
         for line in r.stderr.splitlines():
             if "stages" in line:
-                say(f"  cagra 1M on {dev}: {line.strip()}")
+                say(f"  cagra 1M on {where} ({secs:.2f} s in all): {line.strip()}")
     g, c = build_times[("cagra 1M", "gpu")], build_times[("cagra 1M", "cpu")]
     timings.append(("build cagra 1000000 × 128", g, c, c / g, "our CPU build, same CLI run"))
     xd = torch.from_numpy(matrix(cbase)).to(dev)
@@ -330,12 +336,14 @@ if not small:
             torch.topk(torch.addmm(xn, qd[i:i + 1000], xd.T, beta=1.0, alpha=-2.0), 10, dim=1, largest=False)
 
     t_exact = cuda_median(exact_all, reps=3)
+    say(f"  PyTorch exact 10-NN of 100k queries on 1M rows: {t_exact:.3f} s")
     del xd, qd, xn
     torch.cuda.empty_cache()
     for itopk in [32, 64, 128, 256]:
         outs = search_both(arts["gpu"], cq, ["--itopk-size", itopk])
         rg, rc = recall(outs["gpu"][0], ctruth_ids, 10), recall(outs["cpu"][0], ctruth_ids, 10)
         qg, qc = outs["gpu"][2], outs["cpu"][2]
+        say(f"  CAGRA 1M itopk {itopk}: GPU {qg:.0f} QPS recall {rg:.4f}; CPU {qc:.0f} QPS recall {rc:.4f}")
         timings.append((f"CAGRA search 100k q × 1M × 128 itopk {itopk} (recall GPU {rg:.4f}, CPU {rc:.4f})",
                         1e5 / qg, 1e5 / qc, qg / qc, f"GPU {qg:.0f} QPS vs our CPU {os.cpu_count()} cores"))
         timings.append((f"CAGRA search itopk {itopk} vs PyTorch exact (fp32, data on GPU)", 1e5 / qg, t_exact,
@@ -343,27 +351,28 @@ if not small:
 
 # Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
 # against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).
-for label in ["cagra", "cagra exact", "ivf-pq"]:
-    g, c = build_times[(label, "gpu")], build_times[(label, "cpu")]
-    timings.append((f"build {label} {n} × 128", g, c, c / g, "our CPU build, same CLI run"))
-try:
-    import faiss
+if not args.only_cagra1m:
+    for label in ["cagra", "cagra exact", "ivf-pq"]:
+        g, c = build_times[(label, "gpu")], build_times[(label, "cpu")]
+        timings.append((f"build {label} {n} × 128", g, c, c / g, "our CPU build, same CLI run"))
+    try:
+        import faiss
 
-    x = matrix(data["clustered"][0])
-    nl = 256 if small else 1024
-    fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
-    fidx.do_polysemous_training = False
-    faiss.extract_index_ivf(fidx).cp.niter = 20
-    fidx.pq.cp.niter = 20
-    t = time.perf_counter()
-    fidx.train(x)
-    fidx.add(x)
-    tf = time.perf_counter() - t
-    g = build_times[("ivf-pq", "gpu")]
-    timings.append((f"build ivf-pq IVF{nl},PQ64x8 {n} × 128 vs faiss-cpu", g, tf, tf / g,
-                    f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
-except ImportError:
-    say("faiss not importable: IVF-PQ build not timed against faiss-cpu")
+        x = matrix(data["clustered"][0])
+        nl = 256 if small else 1024
+        fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
+        fidx.do_polysemous_training = False
+        faiss.extract_index_ivf(fidx).cp.niter = 20
+        fidx.pq.cp.niter = 20
+        t = time.perf_counter()
+        fidx.train(x)
+        fidx.add(x)
+        tf = time.perf_counter() - t
+        g = build_times[("ivf-pq", "gpu")]
+        timings.append((f"build ivf-pq IVF{nl},PQ64x8 {n} × 128 vs faiss-cpu", g, tf, tf / g,
+                        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
+    except ImportError:
+        say("faiss not importable: IVF-PQ build not timed against faiss-cpu")
 
 name = torch.cuda.get_device_name(dev)
 say("")
