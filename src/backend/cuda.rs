@@ -31,11 +31,12 @@
 //! block per query, on a copy of the index made once ([`Backend::load_cagra`], [`cagra`]).
 
 mod cagra;
+mod join;
 
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 
 use super::cpu::SMALL_DIM;
-use super::{Backend, Loaded, Queries};
+use super::{Backend, ListJoin, Loaded, Queries};
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
 use crate::search::SearchResults;
@@ -659,11 +660,28 @@ impl Device {
         let stream = self.stream.clone();
         let scores = grown(&stream, &mut self.scratch.scores, rows * cols)?;
         let c_ptr = raw(&stream, scores);
+        self.gemm_into(a_ptr, rows, b_ptr, cols, dim, alpha, c_ptr, cols)?;
+        Ok(c_ptr)
+    }
+
+    /// [`Device::gemm`] into `c_ptr`, row-major with `ldc` floats between rows (≥ cols).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_into(
+        &mut self,
+        a_ptr: u64,
+        rows: usize,
+        b_ptr: u64,
+        cols: usize,
+        dim: usize,
+        alpha: f32,
+        c_ptr: u64,
+        ldc: usize,
+    ) -> Result<()> {
         // cuBLAS is column-major: row-major `b: [cols, dim]` is column-major `[dim, cols]`, so
         // C = op(B)ᵀ·A as column-major `[cols, rows]` is the row-major `[rows, cols]` we want.
         let (alpha, beta) = (alpha, 0.0f32);
         // SAFETY: the three pointers address live device buffers of at least cols·dim,
-        // rows·dim and rows·cols f32, as the shapes passed read and write.
+        // rows·dim and (rows − 1)·ldc + cols f32, as the shapes passed read and write.
         unsafe {
             cudarc::cublas::result::sgemm(
                 *self.blas.handle(),
@@ -679,11 +697,10 @@ impl Device {
                 dim as i32,
                 &beta,
                 c_ptr as *mut f32,
-                cols as i32,
+                ldc as i32,
             )
         }
-        .map_err(|e| gpu_err("cuBLAS SGEMM", e))?;
-        Ok(c_ptr)
+        .map_err(|e| gpu_err("cuBLAS SGEMM", e))
     }
 }
 
@@ -848,6 +865,10 @@ impl Backend for CudaBackend {
             degree: d_out,
             neighbors,
         })
+    }
+
+    fn join_lists(&self, job: &ListJoin<'_>, progress: &(dyn Fn(f64) + Sync)) -> Result<Vec<u32>> {
+        join::join_lists(self, job, progress)
     }
 
     fn load_cagra(&self, index: &CagraIndex<'_>) -> Result<Option<Loaded>> {

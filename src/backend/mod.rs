@@ -41,6 +41,23 @@ impl Queries<'_> {
     }
 }
 
+/// The ivf kNN-graph builder's join ([`Backend::join_lists`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ListJoin<'a> {
+    /// `[n, dim]`.
+    pub data: ArrayView2<'a, f32>,
+    /// `[n]` squared norms (L2; empty otherwise).
+    pub norms: &'a [f32],
+    pub metric: Metric,
+    /// Row numbers grouped by list: list `l` is `members[offsets[l]..offsets[l + 1]]`.
+    pub members: &'a [u32],
+    pub offsets: &'a [usize],
+    /// Each list's probed lists, its own included.
+    pub probes: &'a [Vec<usize>],
+    /// Neighbours kept per row.
+    pub k: usize,
+}
+
 /// The stages an index build or search needs from a compute device.
 pub trait Backend: Sync {
     /// A short name for manifests and logs (`cpu`, `cuda:0`).
@@ -71,6 +88,13 @@ pub trait Backend: Sync {
         knn: &crate::index::cagra::Graph,
         d_out: usize,
     ) -> Result<crate::index::cagra::Graph>;
+
+    /// The CAGRA ivf builder's join: each list's rows against the rows of its probed lists,
+    /// `k` best others per row, `[n, k]` by row (`u32::MAX` where a row has fewer). The CPU
+    /// runs one [`Backend::knn_block`] per list ([`crate::index::cagra::knn_graph::join_lists`]).
+    fn join_lists(&self, job: &ListJoin<'_>, progress: &(dyn Fn(f64) + Sync)) -> Result<Vec<u32>> {
+        crate::index::cagra::knn_graph::join_lists(self, job, progress)
+    }
 
     /// Copies a CAGRA index to the device for [`Backend::cagra_search`], owned by the caller
     /// (the [`crate::Searcher`] keeps it for as long as the index is open). `None`: this

@@ -217,3 +217,40 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
         }
     }
 }
+
+#[test]
+fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if !gpu_present(d) {
+        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+        return;
+    }
+    // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
+    generate_dataset(d, 5000, 32, 40, 10);
+    for (dev, out) in [("cpu", "c.vbx"), ("gpu", "g.vbx")] {
+        let mut args = vec![
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "cagra",
+            "--build-algo",
+            "ivf",
+            "--out",
+            out,
+        ];
+        if dev == "gpu" {
+            args.extend(["--gpu", "0"]);
+        }
+        ok(d, &args);
+    }
+    let graph = |f: &str| {
+        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+        let shape = a.container.tensors["graph"].shape.clone();
+        a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(graph("c.vbx"), graph("g.vbx"));
+}

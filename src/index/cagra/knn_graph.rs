@@ -19,7 +19,7 @@
 //! `‖x‖²` is added back only where a true distance is needed.
 
 use super::Graph;
-use crate::backend::{Backend, Queries};
+use crate::backend::{Backend, ListJoin, Queries};
 use crate::distance::ranking_score;
 use crate::index::kmeans;
 use crate::synth::Rng;
@@ -135,7 +135,7 @@ pub fn ivf(
     p: &IvfJoin,
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<Graph> {
-    let (n, dim) = data.dim();
+    let n = data.nrows();
     // 1. Partition: k-means on a sample, then every row to its nearest centroid.
     let mut rng = Rng::new(p.seed);
     let train_rows = kmeans::sample_indices(n, (p.n_lists * 64).min(n), &mut rng);
@@ -168,8 +168,48 @@ pub fn ivf(
         .into_iter()
         .map(|t| t.into_sorted().iter().map(|nb| nb.row as usize).collect())
         .collect();
-    // 3. Join each list against its probed lists, largest lists first for load balance.
-    let mut order: Vec<usize> = (0..p.n_lists).collect();
+    // 3. Join each list against its probed lists.
+    let job = ListJoin {
+        data,
+        norms,
+        metric,
+        members: &members,
+        offsets: &offsets,
+        probes: &probes,
+        k,
+    };
+    let neighbors = backend.join_lists(&job, &|f| progress(0.9 * f))?;
+    let mut graph = Graph {
+        degree: k,
+        neighbors,
+    };
+    // 4. Neighbours of neighbours fix most boundary misses (and fill short lists).
+    refine(data, norms, metric, &mut graph, 8, false);
+    progress(1.0);
+    Ok(graph)
+}
+
+/// The ivf builder's join, one `knn_block` per list, lists in parallel (largest first, for load
+/// balance): each list's rows are scored against the rows of its probed lists and keep their
+/// `k` best others. Returns `[n, k]` by row, `u32::MAX` where a row has fewer candidates.
+/// This is the CPU's [`Backend::join_lists`] and the oracle of the others.
+pub fn join_lists<B: Backend + ?Sized>(
+    backend: &B,
+    job: &ListJoin<'_>,
+    progress: &(dyn Fn(f64) + Sync),
+) -> Result<Vec<u32>> {
+    let ListJoin {
+        data,
+        norms,
+        metric,
+        members,
+        offsets,
+        probes,
+        k,
+    } = *job;
+    let (n, dim) = data.dim();
+    let n_lists = offsets.len() - 1;
+    let mut order: Vec<usize> = (0..n_lists).collect();
     order.sort_by_key(|&l| std::cmp::Reverse(offsets[l + 1] - offsets[l]));
     let done = std::sync::atomic::AtomicUsize::new(0);
     let lists: Vec<(usize, Vec<u32>)> = order
@@ -206,7 +246,7 @@ pub fn ivf(
             let mut out = vec![u32::MAX; own.len() * k];
             graph_from_topk(topk, k, |i| own[i], |r| base_rows[r as usize], &mut out);
             let finished = done.fetch_add(own.len(), std::sync::atomic::Ordering::Relaxed);
-            progress(0.9 * (finished + own.len()) as f64 / n as f64);
+            progress((finished + own.len()) as f64 / n as f64);
             Ok((l, out))
         })
         .collect::<Result<_>>()?;
@@ -217,14 +257,7 @@ pub fn ivf(
             neighbors[r * k..(r + 1) * k].copy_from_slice(&out[i * k..(i + 1) * k]);
         }
     }
-    let mut graph = Graph {
-        degree: k,
-        neighbors,
-    };
-    // 4. Neighbours of neighbours fix most boundary misses (and fill short lists).
-    refine(data, norms, metric, &mut graph, 8, false);
-    progress(1.0);
-    Ok(graph)
+    Ok(neighbors)
 }
 
 /// One local join: each row scores the first `fan` neighbours of its first `fan` neighbours

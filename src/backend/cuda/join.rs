@@ -1,0 +1,206 @@
+//! The CAGRA ivf builder's join on the GPU ([`Backend::join_lists`](crate::backend::Backend)).
+//!
+//! The rows, put in list order, are copied to the device once. Each list's score tile — its
+//! rows against the rows of its probed lists, side by side — is written by one SGEMM per
+//! probed list (the same `α·Q·Xᵀ` as `knn_block`, `ldc` = the tile's width), and
+//! `select_topk` keeps each row's `k + 1` best columns, ordered by (score, column) as the CPU's
+//! [`TopK`](crate::TopK) orders (score, position). Lists (split by rows when one is too wide)
+//! go in groups whose tiles fit the scratch buffer; a group is one batch of launches and one
+//! copy back, instead of one round trip per list.
+
+use super::{grown, raw, CudaBackend, MAX_GPU_K, SELECT_THREADS};
+use crate::backend::ListJoin;
+use crate::{Error, Metric, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+const NO_ROW: u32 = u32::MAX;
+
+/// `[n, k]` neighbours by row; see the module docs.
+pub(super) fn join_lists(
+    backend: &CudaBackend,
+    job: &ListJoin<'_>,
+    progress: &(dyn Fn(f64) + Sync),
+) -> Result<Vec<u32>> {
+    let (n, dim) = job.data.dim();
+    let k = job.k;
+    let kk = k + 1;
+    if kk > MAX_GPU_K {
+        return Err(Error::Gpu(format!(
+            "kNN graph degree {k}: the GPU selection keeps at most {} neighbours per row",
+            MAX_GPU_K - 1
+        )));
+    }
+    if n == 0 || dim == 0 || k == 0 {
+        return Ok(vec![NO_ROW; n * k]);
+    }
+    let (offsets, members, probes) = (job.offsets, job.members, job.probes);
+    let n_lists = offsets.len() - 1;
+    let size = |l: usize| offsets[l + 1] - offsets[l];
+    let l2 = job.metric == Metric::L2;
+    let alpha = if l2 { -2.0f32 } else { -1.0 };
+    // Rows in list order, and each list's columns (rows of its probed lists) with their norms.
+    let mut sorted = vec![0f32; n * dim];
+    sorted
+        .par_chunks_mut(dim)
+        .zip(members.par_iter())
+        .for_each(|(dst, &r)| {
+            for (d, s) in dst.iter_mut().zip(job.data.row(r as usize)) {
+                *d = *s;
+            }
+        });
+    let mut col_start = vec![0usize; n_lists + 1];
+    for l in 0..n_lists {
+        col_start[l + 1] = col_start[l] + probes[l].iter().map(|&p| size(p)).sum::<usize>();
+    }
+    let col_rows: Vec<u32> = (0..n_lists)
+        .flat_map(|l| {
+            probes[l]
+                .iter()
+                .flat_map(|&p| &members[offsets[p]..offsets[p + 1]])
+        })
+        .copied()
+        .collect();
+    let col_norms: Vec<f32> = match l2 {
+        true => col_rows.iter().map(|&r| job.norms[r as usize]).collect(),
+        false => Vec::new(),
+    };
+    let mut out_col = vec![0u32; n * kk];
+    {
+        let mut dev = backend.lock()?;
+        let stream = dev.stream.clone();
+        let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);
+        let x = stream
+            .clone_htod(&sorted)
+            .map_err(|e| copy("the rows", e))?;
+        let norms = match l2 {
+            true => Some(
+                stream
+                    .clone_htod(&col_norms)
+                    .map_err(|e| copy("the norms", e))?,
+            ),
+            false => None,
+        };
+        let x_ptr = raw(&stream, &x);
+        let norms_ptr = norms.as_ref().map_or(0, |b| raw(&stream, b));
+        let budget = dev.tile_bytes / 4;
+        // Units of work: (list, first row, end row), in list order, so a group's rows are one
+        // contiguous range of `sorted`.
+        let mut units = Vec::new();
+        for l in 0..n_lists {
+            let width = col_start[l + 1] - col_start[l];
+            if width > budget {
+                return Err(Error::Gpu(format!(
+                    "kNN graph: list {l} is joined against {width} rows, more than a score tile holds"
+                )));
+            }
+            let chunk = (budget / width.max(1)).max(1);
+            for r0 in (0..size(l)).step_by(chunk) {
+                units.push((l, r0, (r0 + chunk).min(size(l))));
+            }
+        }
+        let kp = kk.next_power_of_two() as i32;
+        let k_i = kk as i32;
+        let mut u0 = 0;
+        while u0 < units.len() {
+            let mut u1 = u0;
+            let mut used = 0;
+            while u1 < units.len() {
+                let (l, r0, r1) = units[u1];
+                let tile = (r1 - r0) * (col_start[l + 1] - col_start[l]);
+                if u1 > u0 && used + tile > budget {
+                    break;
+                }
+                used += tile;
+                u1 += 1;
+            }
+            let g0 = offsets[units[u0].0] + units[u0].1;
+            let g1 = offsets[units[u1 - 1].0] + units[u1 - 1].2;
+            let s_ptr = raw(&stream, grown(&stream, &mut dev.scratch.scores, used)?);
+            let os_ptr = raw(
+                &stream,
+                grown(&stream, &mut dev.scratch.out_score, (g1 - g0) * kk)?,
+            );
+            let oc_ptr = raw(
+                &stream,
+                grown(&stream, &mut dev.scratch.out_col, (g1 - g0) * kk)?,
+            );
+            let mut off = 0usize;
+            for &(l, r0, r1) in &units[u0..u1] {
+                let width = col_start[l + 1] - col_start[l];
+                let rows = r1 - r0;
+                let first = offsets[l] + r0;
+                let a_ptr = x_ptr + (first * dim * 4) as u64;
+                let mut col = 0;
+                for &p in &probes[l] {
+                    if size(p) > 0 {
+                        let b_ptr = x_ptr + (offsets[p] * dim * 4) as u64;
+                        let c_ptr = s_ptr + ((off + col) * 4) as u64;
+                        dev.gemm_into(a_ptr, rows, b_ptr, size(p), dim, alpha, c_ptr, width)?;
+                    }
+                    col += size(p);
+                }
+                let tile_ptr = s_ptr + (off * 4) as u64;
+                let add_ptr = match l2 {
+                    true => norms_ptr + (col_start[l] * 4) as u64,
+                    false => 0,
+                };
+                let out_at = ((first - g0) * kk * 4) as u64;
+                let (os, oc, no_thresholds) = (os_ptr + out_at, oc_ptr + out_at, 0u64);
+                let (ld, n_i) = (width as i64, width as i32);
+                let cfg = LaunchConfig {
+                    grid_dim: (rows as u32, 1, 1),
+                    block_dim: (SELECT_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut launch = stream.launch_builder(&dev.select_topk);
+                launch
+                    .arg(&tile_ptr)
+                    .arg(&ld)
+                    .arg(&n_i)
+                    .arg(&add_ptr)
+                    .arg(&no_thresholds)
+                    .arg(&k_i)
+                    .arg(&kp)
+                    .arg(&os)
+                    .arg(&oc);
+                // SAFETY: arguments match select_topk's signature; the tile holds rows·width
+                // scores, the norms `width` floats from col_start[l], the outputs rows·kk
+                // slots at this offset; a null threshold pointer means none.
+                unsafe { launch.launch(cfg) }
+                    .map_err(|e| super::gpu_err("launching select_topk", e))?;
+                off += rows * width;
+            }
+            dev.download(|s| &s.out_col, &mut out_col[g0 * kk..g1 * kk])?;
+            stream
+                .synchronize()
+                .map_err(|e| super::gpu_err("running the kNN-graph join", e))?;
+            progress(g1 as f64 / n as f64);
+            u0 = u1;
+        }
+    }
+    // Columns back to rows: each row keeps its first k candidates other than itself.
+    let mut by_position = vec![NO_ROW; n * k];
+    by_position
+        .par_chunks_mut(k)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let l = offsets.partition_point(|&o| o <= i) - 1;
+            let me = members[i];
+            let cols = &col_rows[col_start[l]..col_start[l + 1]];
+            let found = out_col[i * kk..(i + 1) * kk]
+                .iter()
+                .take_while(|&&c| c != NO_ROW)
+                .map(|&c| cols[c as usize])
+                .filter(|&v| v != me);
+            for (slot, v) in dst.iter_mut().zip(found) {
+                *slot = v;
+            }
+        });
+    let mut neighbors = vec![NO_ROW; n * k];
+    for (i, &r) in members.iter().enumerate() {
+        let r = r as usize;
+        neighbors[r * k..(r + 1) * k].copy_from_slice(&by_position[i * k..(i + 1) * k]);
+    }
+    Ok(neighbors)
+}
