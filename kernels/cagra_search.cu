@@ -31,35 +31,76 @@ struct Block {
     const float* q;      // [dim] the query, in shared memory
     float* keys;         // [p] list [0, list) then candidates [list, list + cands), then pads
     unsigned* vals;      // [p] node ids (EXPLORED marks expanded ones), NO_ROW when empty
+    float* merged_keys;  // [list] the merge's output
+    unsigned* merged_vals;
     unsigned* table;     // [table_size] visited rows
     unsigned* parents;   // [max(width, 1)]
     unsigned* fill;      // rows in the table
     unsigned* scored;    // scores computed
     int list, cands, p, table_size;
+    int cands_p2;        // cands rounded up to a power of two; list + cands_p2 <= p
 };
 
 __device__ __forceinline__ bool after(float ka, unsigned va, float kb, unsigned vb) {
     return ka > kb || (ka == kb && (va & ~EXPLORED) > (vb & ~EXPLORED));
 }
 
-// Ascending sort of keys/vals[0, p) by (score, node); p is a power of two.
-__device__ void sort_block(const Block& b) {
-    for (int size = 2; size <= b.p; size <<= 1) {
+// Ascending sort of keys/vals[0, m) by (score, node); m is a power of two.
+__device__ void sort_range(float* keys, unsigned* vals, int m) {
+    for (int size = 2; size <= m; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int t = threadIdx.x; t < b.p / 2; t += blockDim.x) {
+            for (int t = threadIdx.x; t < m / 2; t += blockDim.x) {
                 int i = 2 * t - (t & (stride - 1));
                 int j = i + stride;
                 bool ascending = (i & size) == 0;
-                float ki = b.keys[i], kj = b.keys[j];
-                unsigned vi = b.vals[i], vj = b.vals[j];
+                float ki = keys[i], kj = keys[j];
+                unsigned vi = vals[i], vj = vals[j];
                 if (after(ki, vi, kj, vj) == ascending) {
-                    b.keys[i] = kj; b.keys[j] = ki;
-                    b.vals[i] = vj; b.vals[j] = vi;
+                    keys[i] = kj; keys[j] = ki;
+                    vals[i] = vj; vals[j] = vi;
                 }
             }
             __syncthreads();
         }
     }
+}
+
+// The whole buffer, list and candidates together.
+__device__ void sort_block(const Block& b) { sort_range(b.keys, b.vals, b.p); }
+
+// Merges the candidates into the sorted list, keeping its `list` best: the candidates are
+// sorted on their own (log2(cands_p2) stages instead of log2(p)), then each output slot finds
+// its place by a binary search along the merge path (list entries first on a tie; entries
+// are distinct, except the empty ones). Same result as sort_block.
+__device__ void merge_candidates(const Block& b) {
+    const float* ka = b.keys;
+    const unsigned* va = b.vals;
+    float* kb = b.keys + b.list;
+    unsigned* vb = b.vals + b.list;
+    sort_range(kb, vb, b.cands_p2);
+    const int la = b.list, lb = b.cands_p2;
+    for (int i = threadIdx.x; i < la; i += blockDim.x) {
+        // a: how many of the first i outputs come from the list.
+        int lo = max(0, i - lb), hi = min(i, la);
+        while (lo < hi) {
+            int mid = (lo + hi) >> 1;
+            if (!after(ka[mid], va[mid], kb[i - mid - 1], vb[i - mid - 1])) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        int a = lo, c = i - lo;
+        bool from_list = c >= lb || (a < la && !after(ka[a], va[a], kb[c], vb[c]));
+        b.merged_keys[i] = from_list ? ka[a] : kb[c];
+        b.merged_vals[i] = from_list ? va[a] : vb[c];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < la; i += blockDim.x) {
+        b.keys[i] = b.merged_keys[i];
+        b.vals[i] = b.merged_vals[i];
+    }
+    __syncthreads();
 }
 
 __device__ __forceinline__ unsigned slot_of(unsigned v, unsigned mask) {
@@ -204,7 +245,7 @@ __device__ int beam(const Block& b, const unsigned* __restrict__ adj, int degree
         clear_candidates(b);
         gather(b, parents, adj, degree, nodes, map, true);
         score_candidates(b, parents * degree, vectors, sq_norms, map, dim, team);
-        sort_block(b);
+        merge_candidates(b);
     }
     return steps;
 }
@@ -220,8 +261,9 @@ __device__ int beam(const Block& b, const unsigned* __restrict__ adj, int degree
 // stats:     [2] scores computed and level-0 expansions, summed over queries
 //
 // grid: (nq), block: SEARCH_THREADS; dynamic shared memory, in this order: the query
-// (round_up(dim, 4) floats), keys and vals (p each), the table (table_size), parents
-// (max(width, up_m)); see search_shared_bytes in src/backend/cuda.rs.
+// (round_up(dim, 4) floats), keys and vals (p each), the merge's output (list each), the
+// table (table_size), parents (max(width, 1)); see `layout` in src/backend/cuda/cagra.rs.
+// p >= list + cands_p2, a power of two; cands_p2 >= every candidate count, a power of two.
 extern "C" __global__ void __launch_bounds__(SEARCH_THREADS)
 cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_norms,
              const unsigned* __restrict__ graph, unsigned n, int dim, int degree,
@@ -229,7 +271,7 @@ cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_nor
              const unsigned* __restrict__ up_rows, const unsigned* __restrict__ up_graph,
              const long long* __restrict__ up_offsets, int levels, int up_m,
              unsigned up_nodes, int list, int width, int max_iter, int k, int p,
-             int table_size, int team, float* __restrict__ out_score,
+             int cands_p2, int table_size, int team, float* __restrict__ out_score,
              unsigned* __restrict__ out_row, unsigned long long* __restrict__ stats) {
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     __shared__ unsigned fill, scored;
@@ -244,13 +286,16 @@ cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_nor
     b.q = q;
     b.keys = q + dim4;
     b.vals = reinterpret_cast<unsigned*>(b.keys + p);
-    b.table = b.vals + p;
+    b.merged_keys = reinterpret_cast<float*>(b.vals + p);
+    b.merged_vals = reinterpret_cast<unsigned*>(b.merged_keys + list);
+    b.table = b.merged_vals + list;
     b.parents = b.table + table_size;
     b.fill = &fill;
     b.scored = &scored;
     b.list = list;
     b.cands = p - list;
     b.p = p;
+    b.cands_p2 = cands_p2;
     b.table_size = table_size;
 
     for (int j = threadIdx.x; j < dim; j += blockDim.x) q[j] = queries[qi * dim + j];
@@ -335,7 +380,7 @@ cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_nor
         }
         __syncthreads();
         score_candidates(b, count, vectors, sq_norms, nullptr, dim, team);
-        sort_block(b);
+        merge_candidates(b);
     }
 
     // 2–3. Level 0.

@@ -48,6 +48,8 @@ struct OnDevice {
 struct Layout {
     /// Sort buffer length: the list plus one iteration's candidates, a power of two.
     p: usize,
+    /// Candidate slots, a power of two (they are sorted on their own, then merged).
+    cands_p2: usize,
     table: usize,
     /// Lanes scoring one row.
     team: usize,
@@ -62,10 +64,11 @@ fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<Layou
             "CAGRA search on the GPU keeps itopk_size ≤ {MAX_GPU_ITOPK} and scores ≤ {MAX_GPU_CANDIDATES} candidates per iteration (search_width × graph_degree); asked for {list} and {cands}"
         )));
     }
-    let p = (list + cands).next_power_of_two();
+    let cands_p2 = cands.next_power_of_two();
+    let p = (list + cands_p2).next_power_of_two();
     let table = (2 * (list + cands)).next_power_of_two().max(MIN_TABLE);
     let team = dim.div_ceil(16).next_power_of_two().clamp(2, 32);
-    let shared_bytes = (dim.div_ceil(4) * 4 + 2 * p + table + parents.max(1)) * 4;
+    let shared_bytes = (dim.div_ceil(4) * 4 + 2 * p + 2 * list + table + parents.max(1)) * 4;
     if shared_bytes > MAX_SHARED {
         return Err(Error::Gpu(format!(
             "CAGRA search on the GPU: {dim} dimensions with itopk_size {list} need {shared_bytes} bytes of shared memory per query, more than {MAX_SHARED}; search on the CPU"
@@ -73,6 +76,7 @@ fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<Layou
     }
     Ok(Layout {
         p,
+        cands_p2,
         table,
         team,
         shared_bytes,
@@ -192,8 +196,9 @@ pub(super) fn search(
         max_iter as i32,
         k as i32,
     );
-    let (p_i, table_i, team_i, seeds_i, up_m_i) = (
+    let (p_i, c2_i, table_i, team_i, seeds_i, up_m_i) = (
         shape.p as i32,
+        shape.cands_p2 as i32,
         shape.table as i32,
         shape.team as i32,
         seeds.len() as i32,
@@ -234,6 +239,7 @@ pub(super) fn search(
             .arg(&iter_i)
             .arg(&k_i)
             .arg(&p_i)
+            .arg(&c2_i)
             .arg(&table_i)
             .arg(&team_i)
             .arg(&os_ptr)
@@ -282,8 +288,11 @@ mod tests {
     fn shared_memory_layout_fits_defaults_and_refuses_what_does_not_fit() {
         // Defaults: 128 dims, itopk 64, degree 32 (upper levels M = 16).
         let l = layout(128, 64, 32, 1).unwrap();
-        assert_eq!((l.p, l.table, l.team), (128, 4096, 8));
-        assert_eq!(l.shared_bytes, (128 + 256 + 4096 + 1) * 4);
+        assert_eq!((l.p, l.cands_p2, l.table, l.team), (128, 32, 4096, 8));
+        assert_eq!(l.shared_bytes, (128 + 256 + 128 + 4096 + 1) * 4);
+        // Candidates are padded to a power of two before the buffer is: 100 + 128 → 256.
+        let l = layout(128, 100, 96, 3).unwrap();
+        assert_eq!((l.p, l.cands_p2), (256, 128));
         // The largest setting: 512 + 1024 → 2048 slots, table 4096.
         let l = layout(128, 512, 1024, 16).unwrap();
         assert_eq!((l.p, l.table), (2048, 4096));
