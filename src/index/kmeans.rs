@@ -22,10 +22,13 @@ use crate::backend::Backend;
 use crate::synth::Rng;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 /// Relative objective improvement below which training stops early.
 pub const TOLERANCE: f64 = 1e-4;
 /// Relative nudge when splitting a cluster.
 const SPLIT_EPS: f32 = 1.0 / 1024.0;
+/// Values (rows × dim) from which the centroid update runs on all cores.
+const PARALLEL_UPDATE: usize = 1 << 20;
 
 /// A trained k-means.
 #[derive(Debug, Clone)]
@@ -123,27 +126,50 @@ pub fn sample_indices(n: usize, count: usize, rng: &mut Rng) -> Vec<usize> {
 /// clusters are left where they are.
 fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
     let (k, dim) = centroids.dim();
-    let mut sums = vec![0f64; k * dim];
+    // Rows grouped by centroid (a counting sort keeps row order within a group), then the
+    // centroids summed in parallel: each adds its rows in row order, the same additions as
+    // one pass over the rows, so the result does not depend on the thread count.
     let mut sizes = vec![0u64; k];
-    for (row, &l) in data.rows().into_iter().zip(labels) {
-        let l = l as usize;
-        sizes[l] += 1;
-        for (s, v) in sums[l * dim..(l + 1) * dim].iter_mut().zip(row) {
-            *s += *v as f64;
-        }
+    for &l in labels {
+        sizes[l as usize] += 1;
     }
-    for (c, mut centroid) in centroids.rows_mut().into_iter().enumerate() {
-        if sizes[c] > 0 {
-            let inv = 1.0 / sizes[c] as f64;
-            for (v, s) in centroid.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
-                *v = (s * inv) as f32;
+    let mut start = vec![0usize; k + 1];
+    for c in 0..k {
+        start[c + 1] = start[c] + sizes[c] as usize;
+    }
+    let mut order = vec![0u32; labels.len()];
+    let mut fill = start.clone();
+    for (row, &l) in labels.iter().enumerate() {
+        order[fill[l as usize]] = row as u32;
+        fill[l as usize] += 1;
+    }
+    let Some(flat) = centroids.as_slice_mut() else {
+        return sizes;
+    };
+    let mean = |(c, centroid): (usize, &mut [f32])| {
+        let rows = &order[start[c]..start[c + 1]];
+        if rows.is_empty() {
+            return;
+        }
+        let mut sums = vec![0f64; dim];
+        for &r in rows {
+            for (s, v) in sums.iter_mut().zip(data.row(r as usize)) {
+                *s += *v as f64;
             }
         }
+        let inv = 1.0 / rows.len() as f64;
+        for (v, s) in centroid.iter_mut().zip(&sums) {
+            *v = (s * inv) as f32;
+        }
+    };
+    // Small updates (PQ sub-spaces, trained in parallel already) stay on this thread.
+    match labels.len() * dim >= PARALLEL_UPDATE {
+        true => flat.par_chunks_mut(dim.max(1)).enumerate().for_each(mean),
+        false => flat.chunks_mut(dim.max(1)).enumerate().for_each(mean),
     }
     sizes
 }
 
-/// Re-seeds every empty cluster by splitting a large one; returns how many were re-seeded.
 fn split_empty(centroids: &mut Array2<f32>, sizes: &mut [u64], rng: &mut Rng) -> usize {
     let mut splits = 0;
     for empty in 0..sizes.len() {
