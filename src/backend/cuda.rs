@@ -704,6 +704,48 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Launches `select_topk` (kernels/select.cu) over `rows` score rows of `n` columns, `ld`
+    /// floats apart, at `scores`: `col_add` (0: none) added per column, each row starting from
+    /// its `thresholds` entry (0: none), its best `k` into `out_score` / `out_col` (`rows · k`
+    /// each, best first).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_select(
+        &self,
+        scores: u64,
+        ld: usize,
+        n: usize,
+        rows: usize,
+        col_add: u64,
+        thresholds: u64,
+        k: usize,
+        out_score: u64,
+        out_col: u64,
+    ) -> Result<()> {
+        let (ld, n, k_i, kp_i) = (ld as i64, n as i32, k as i32, k.next_power_of_two() as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.select_topk);
+        launch
+            .arg(&scores)
+            .arg(&ld)
+            .arg(&n)
+            .arg(&col_add)
+            .arg(&thresholds)
+            .arg(&k_i)
+            .arg(&kp_i)
+            .arg(&out_score)
+            .arg(&out_col);
+        // SAFETY: arguments match select_topk's signature; the callers pass buffers of
+        // (rows − 1)·ld + n scores, n column terms, rows thresholds and rows·k outputs.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching select_topk", e))?;
+        Ok(())
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         match self.precision {
@@ -745,7 +787,6 @@ impl Backend for CudaBackend {
             ));
         }
         let alpha = if l2 { -2.0 } else { -1.0 };
-        let kp = k.next_power_of_two();
         let q_host = contiguous(&queries.vectors);
         let x_host = contiguous(&base);
         let tile_rows = (BASE_TILE_BYTES / (dim * 4)).clamp(1, MAX_BASE_TILE);
@@ -779,31 +820,12 @@ impl Backend for CudaBackend {
             for q0 in (0..nq).step_by(q_tile) {
                 let qt = q_tile.min(nq - q0);
                 let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
-                let (ld, n, k_i, kp_i) = (bt as i64, bt as i32, k as i32, kp as i32);
                 let (thr, os, oc) = (
                     thr_ptr + (q0 * 4) as u64,
                     os_ptr + (q0 * k * 4) as u64,
                     oc_ptr + (q0 * k * 4) as u64,
                 );
-                let cfg = LaunchConfig {
-                    grid_dim: (qt as u32, 1, 1),
-                    block_dim: (SELECT_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut launch = stream.launch_builder(&dev.select_topk);
-                launch
-                    .arg(&s_ptr)
-                    .arg(&ld)
-                    .arg(&n)
-                    .arg(&norms_ptr)
-                    .arg(&thr)
-                    .arg(&k_i)
-                    .arg(&kp_i)
-                    .arg(&os)
-                    .arg(&oc);
-                // SAFETY: arguments match select_topk's signature; buffers hold qt·bt scores,
-                // bt norms, qt thresholds and qt·k outputs at these offsets.
-                unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching select_topk", e))?;
+                dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
             }
             // Stage the next tile on the CPU while the GPU works on this one.
             if let Some(&(n0, n1)) = tiles.get(t + 1) {

@@ -8,10 +8,9 @@
 //! go in groups whose tiles fit the scratch buffer; a group is one batch of launches and one
 //! copy back, instead of one round trip per list.
 
-use super::{grown, raw, CudaBackend, MAX_GPU_K, SELECT_THREADS};
+use super::{grown, raw, CudaBackend, MAX_GPU_K};
 use crate::backend::ListJoin;
 use crate::{Error, Metric, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rayon::prelude::*;
 
 const NO_ROW: u32 = u32::MAX;
@@ -99,8 +98,6 @@ pub(super) fn join_lists(
                 units.push((l, r0, (r0 + chunk).min(size(l))));
             }
         }
-        let kp = kk.next_power_of_two() as i32;
-        let k_i = kk as i32;
         let mut u0 = 0;
         while u0 < units.len() {
             let mut u1 = u0;
@@ -146,29 +143,18 @@ pub(super) fn join_lists(
                     false => 0,
                 };
                 let out_at = ((first - g0) * kk * 4) as u64;
-                let (os, oc, no_thresholds) = (os_ptr + out_at, oc_ptr + out_at, 0u64);
-                let (ld, n_i) = (width as i64, width as i32);
-                let cfg = LaunchConfig {
-                    grid_dim: (rows as u32, 1, 1),
-                    block_dim: (SELECT_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut launch = stream.launch_builder(&dev.select_topk);
-                launch
-                    .arg(&tile_ptr)
-                    .arg(&ld)
-                    .arg(&n_i)
-                    .arg(&add_ptr)
-                    .arg(&no_thresholds)
-                    .arg(&k_i)
-                    .arg(&kp)
-                    .arg(&os)
-                    .arg(&oc);
-                // SAFETY: arguments match select_topk's signature; the tile holds rows·width
-                // scores, the norms `width` floats from col_start[l], the outputs rows·kk
-                // slots at this offset; a null threshold pointer means none.
-                unsafe { launch.launch(cfg) }
-                    .map_err(|e| super::gpu_err("launching select_topk", e))?;
+                let no_thresholds = 0;
+                dev.launch_select(
+                    tile_ptr,
+                    width,
+                    width,
+                    rows,
+                    add_ptr,
+                    no_thresholds,
+                    kk,
+                    os_ptr + out_at,
+                    oc_ptr + out_at,
+                )?;
                 off += rows * width;
             }
             dev.download(|s| &s.out_col, &mut out_col[g0 * kk..g1 * kk])?;
