@@ -44,6 +44,14 @@ struct Unit {
     bytes: u64,
 }
 
+/// Bytes of vectors per record batch the Parquet decoder builds. arrow-rs grows a batch's
+/// value buffer page by page (`reserve_exact`), so a large batch is copied over and over into
+/// fresh pages; batches of ~1 MiB stay in memory the allocator reuses, and are gathered into
+/// the caller's batch size. Measured with `vecbuild validate` against 8 MiB record batches
+/// (2 cores, interleaved, medians of 11): 200k × 128 0.175 → 0.135 s, 50k × 768 0.285 →
+/// 0.239 s (pyarrow read_table + to_numpy in the same runs: 0.155 s and 0.316 s).
+const DECODE_BYTES: usize = 1 << 20;
+
 enum Msg {
     Batch(Batch),
     Done(u64),
@@ -374,11 +382,17 @@ impl DecodeCtx<'_> {
         let unit = &self.units[u];
         let plan = &self.plans[unit.file];
         let loc = || Location::file(&plan.path);
+        // Decoded in small record batches, handed on in batches of the caller's size.
+        let out_rows = self.opts.rows_per_batch(self.dim).max(1);
+        let out_values = out_rows * self.dim;
+        let decode_rows = (DECODE_BYTES / (self.dim.max(1) * 4))
+            .clamp(64, out_rows.max(64))
+            .min(out_rows);
         let file = File::open(&plan.path).map_err(|e| Error::io(&plan.path, e))?;
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, plan.meta.clone())
             .with_projection(plan.mask.clone())
             .with_row_groups(vec![unit.row_group])
-            .with_batch_size(self.opts.rows_per_batch(self.dim))
+            .with_batch_size(decode_rows)
             .build()
             .map_err(|e| {
                 Error::input(
@@ -387,6 +401,7 @@ impl DecodeCtx<'_> {
                 )
             })?;
         let mut in_file = unit.first_row_in_file;
+        let mut out: Option<(Vec<f32>, Ids, u64)> = None;
         for batch in reader {
             let batch = batch.map_err(|e| {
                 Error::input(
@@ -399,11 +414,45 @@ impl DecodeCtx<'_> {
             })?;
             let b = self.convert(plan, &batch, in_file)?;
             in_file += batch.num_rows() as u64;
+            let (values, ids, _) = out.get_or_insert_with(|| {
+                (
+                    Vec::with_capacity(out_values),
+                    Ids::empty(b.ids.kind()),
+                    b.first_row,
+                )
+            });
+            values.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+            ids.append(&b.ids)?;
+            // Handed on before the next record batch could take it past the caller's size.
+            if values.len() + decode_rows * self.dim > out_values {
+                if let Some(b) = self.joined(out.take())? {
+                    if !send(Msg::Batch(b)) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        if let Some(b) = self.joined(out.take())? {
             if !send(Msg::Batch(b)) {
                 return Ok(false);
             }
         }
         Ok(send(Msg::Done(unit.bytes)))
+    }
+
+    /// The rows gathered from several record batches as one [`Batch`].
+    fn joined(&self, out: Option<(Vec<f32>, Ids, u64)>) -> Result<Option<Batch>> {
+        let Some((values, ids, first_row)) = out else {
+            return Ok(None);
+        };
+        let rows = values.len() / self.dim.max(1);
+        let vectors = Array2::from_shape_vec((rows, self.dim), values)
+            .map_err(|e| Error::param(e.to_string()))?;
+        Ok(Some(Batch {
+            ids,
+            vectors,
+            first_row,
+        }))
     }
 
     /// Turns a record batch into contiguous checked rows and ids.
