@@ -137,6 +137,24 @@ impl Artifact {
     }
 
     /// The ids, viewed in place.
+    /// Each stored row's row number in the input, where the index stores rows in another order
+    /// (CAGRA); `None`: stored in input order.
+    pub fn input_rows(&self) -> Result<Option<&[u32]>> {
+        if !self.container.tensors.contains_key("input_rows") {
+            return Ok(None);
+        }
+        let n = self.manifest.count as usize;
+        let rows = self.tensor::<u32>("input_rows", DType::U32, &[n])?;
+        if rows.iter().any(|&r| r as usize >= n) {
+            return Err(Error::artifact(
+                self.container.path(),
+                "input_rows",
+                format!("holds a row number ≥ {n}"),
+            ));
+        }
+        Ok(Some(rows))
+    }
+
     pub fn ids(&self) -> Result<IdsView<'_>> {
         let c = &self.container;
         Ok(match self.manifest.id_kind {

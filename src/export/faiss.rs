@@ -188,8 +188,12 @@ fn hnsw_flat(o: &mut Out<'_>, layers: &Layers<'_>, metric: i32) -> Result<()> {
 const METRIC_IP: i32 = 0;
 const METRIC_L2: i32 = 1;
 
-/// faiss ids for the artifact's rows: integer ids as i64, string ids as row numbers.
-fn faiss_ids(ids: IdsView<'_>, path: &Path) -> Result<(Vec<i64>, bool)> {
+/// faiss ids for the artifact's rows: integer ids as i64, string ids as input row numbers.
+fn faiss_ids(
+    ids: IdsView<'_>,
+    input_rows: Option<&[u32]>,
+    path: &Path,
+) -> Result<(Vec<i64>, bool)> {
     match ids {
         IdsView::Int64(v) => Ok((v.to_vec(), false)),
         IdsView::UInt64(v) => v
@@ -205,7 +209,13 @@ fn faiss_ids(ids: IdsView<'_>, path: &Path) -> Result<(Vec<i64>, bool)> {
             })
             .collect::<Result<Vec<_>>>()
             .map(|v| (v, false)),
-        IdsView::Utf8 { .. } => Ok(((0..ids.len() as i64).collect(), true)),
+        IdsView::Utf8 { .. } => Ok((
+            match input_rows {
+                Some(rows) => rows.iter().map(|&r| r as i64).collect(),
+                None => (0..ids.len() as i64).collect(),
+            },
+            true,
+        )),
     }
 }
 
@@ -214,7 +224,7 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
     let m = &artifact.manifest;
     let path = artifact.container.path();
     let (n, dim) = (m.count as usize, m.dim);
-    let (ids, row_number_ids) = faiss_ids(artifact.ids()?, path)?;
+    let (ids, row_number_ids) = faiss_ids(artifact.ids()?, artifact.input_rows()?, path)?;
     let mut file = AtomicFile::create(out)?;
     let mut o = Out {
         w: &mut file,

@@ -57,7 +57,10 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
     let (labels, row_number_labels): (Vec<u64>, bool) = match artifact.ids()? {
         IdsView::Int64(v) => (v.iter().map(|&x| x as u64).collect(), false),
         IdsView::UInt64(v) => (v.to_vec(), false),
-        IdsView::Utf8 { .. } => ((0..n as u64).collect(), true),
+        IdsView::Utf8 { .. } => match artifact.input_rows()? {
+            Some(rows) => (rows.iter().map(|&r| r as u64).collect(), true),
+            None => ((0..n as u64).collect(), true),
+        },
     };
     let mut file = AtomicFile::create(out)?;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);

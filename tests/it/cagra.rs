@@ -58,7 +58,13 @@ fn default_search_reaches_recall_095_for_every_metric() {
             .search(data.queries.view(), 10, &Default::default())
             .unwrap();
         let want = truth(&data.base, &data.queries, metric, 10);
-        let r = recall(got.rows.view(), want.view());
+        // Stored rows are in graph order; the ids (here the input row numbers) map them back.
+        let stored_ids = searcher.ids();
+        let rows = got.rows.mapv(|r| match stored_ids.get(r as usize) {
+            vecbuild::ids::IdRef::Int64(v) => v as u64,
+            other => panic!("unexpected id {other:?}"),
+        });
+        let r = recall(rows.view(), want.view());
         assert!(
             r >= 0.95,
             "recall@10 {r:.4} < 0.95 for {metric} at default search params"
@@ -322,4 +328,79 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn stored_rows_are_the_input_rows_in_graph_order_with_everything_relabelled() {
+    let data = vecbuild::synth::clustered(2_000, 0, 16, 20, 3);
+    let base = data.base.clone();
+    let index = cagra::build(
+        &CpuBackend,
+        base.view(),
+        Metric::L2,
+        &CagraParams::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let dir = tmp();
+    let path = dir.path().join("c.vbx");
+    let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).map(|i| 1000 + i).collect());
+    let mut manifest = manifest(IndexKind::Cagra, Metric::L2, base.nrows(), 16);
+    manifest.params = serde_json::json!({ "cagra": CagraParams::default() });
+    cagra::write(&path, &index, base.view(), &ids, manifest).unwrap();
+    let a = vecbuild::artifact::Artifact::open(&path).unwrap();
+    let n = base.nrows();
+    let input: Vec<usize> = a
+        .input_rows()
+        .unwrap()
+        .expect("a CAGRA artifact records its row order")
+        .iter()
+        .map(|&r| r as usize)
+        .collect();
+    let mut sorted = input.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "a permutation");
+    assert_ne!(
+        input,
+        (0..n).collect::<Vec<_>>(),
+        "graph order, not input order"
+    );
+    let dt = vecbuild::artifact::container::DType::U32;
+    let d = index.graph.degree;
+    let vectors = a
+        .tensor::<f32>(
+            "vectors",
+            vecbuild::artifact::container::DType::F32,
+            &[n, 16],
+        )
+        .unwrap();
+    let graph = a.tensor::<u32>("graph", dt, &[n, d]).unwrap();
+    let stored_ids = a.ids().unwrap();
+    for (i, &r) in input.iter().enumerate() {
+        assert_eq!(
+            &vectors[i * 16..(i + 1) * 16],
+            base.row(r).as_slice().unwrap()
+        );
+        assert_eq!(
+            stored_ids.get(i),
+            vecbuild::ids::IdRef::Int64(1000 + r as i64)
+        );
+        let edges: Vec<u32> = graph[i * d..(i + 1) * d]
+            .iter()
+            .map(|&v| input[v as usize] as u32)
+            .collect();
+        assert_eq!(edges, index.graph.row(r), "row {r}'s edges, relabelled");
+    }
+    let entries = a
+        .tensor::<u32>("graph.entry_points", dt, &[index.entry_points.len()])
+        .unwrap();
+    let back: Vec<u32> = entries.iter().map(|&e| input[e as usize] as u32).collect();
+    assert_eq!(back, index.entry_points);
+    let upper = &index.hierarchy.rows;
+    let stored_upper = a.tensor::<u32>("upper.rows", dt, &[upper.len()]).unwrap();
+    let back: Vec<u32> = stored_upper
+        .iter()
+        .map(|&e| input[e as usize] as u32)
+        .collect();
+    assert_eq!(&back, upper);
 }

@@ -9,7 +9,9 @@
 //! 2. Graph optimisation to `graph_degree` ([`optimize`]): rank-based pruning of detourable
 //!    edges, reverse edges, merge; then, optionally, a connectivity guarantee.
 //! 3. The artifact holds the vectors (searched exactly along the graph), their squared norms
-//!    (L2), the graph and its entry points.
+//!    (L2), the graph and its entry points, with the rows stored in breadth-first order over the
+//!    graph (neighbours near each other in memory; see `reordered`): a stored row's number is
+//!    not its input row number, `input_rows` maps one to the other and `ids` follow the rows.
 //!
 //! Search is in [`crate::search::cagra`].
 //!
@@ -20,6 +22,7 @@
 //! | `graph`             | U32   | `[count, graph_degree]`| out-edges, distinct, no self loops |
 //! | `graph.entry_points`| U32   | `[m]`                  | rows every search starts from (m ≥ 1) |
 //! | `upper.*`           | U32   |                        | the upper levels ([`hierarchy`]); `M = graph_degree / 2` is in the manifest |
+//! | `input_rows`        | U32   | `[count]`              | each stored row's row number in the input |
 //!
 //! Known limits: the build holds the vectors and the kNN graph in memory; graph search needs
 //! random access to the vectors, so the artifact should fit in RAM (or page cache) to serve.
@@ -365,6 +368,10 @@ pub fn write(
             ids.len()
         )));
     }
+    let (order, index, ids) = reordered(index, ids);
+    let index = &index;
+    let ids = &ids;
+    let vectors = vectors.select(ndarray::Axis(0), &order);
     let rows = vectors.as_standard_layout();
     let norms = if manifest.metric == Metric::L2 {
         squared_norms(rows.view())
@@ -395,6 +402,73 @@ pub fn write(
         TensorOut::new("upper.counts", DType::U32, vec![h.counts.len()], &h.counts),
         TensorOut::new("upper.graph", DType::U32, vec![h.graph.len()], &h.graph),
     ]);
+    let input_rows: Vec<u32> = order.iter().map(|&r| r as u32).collect();
+    tensors.push(TensorOut::new(
+        "input_rows",
+        DType::U32,
+        vec![n],
+        &input_rows,
+    ));
     tensors.extend(crate::artifact::ids_tensors(ids));
     crate::artifact::write(path, manifest, &tensors)
+}
+
+/// The order rows are stored in: breadth first over the graph from the entry points (then any
+/// row left), with the index and ids relabelled to it. Neighbours get nearby row numbers, so
+/// a search reads nearby memory: on 200k × 128 in 1000 clusters (2 threads, interleaved runs,
+/// same recall) CPU search QPS went from ~28k to ~49k at itopk 16 and ~21k to ~31k at itopk 32.
+fn reordered(index: &Cagra, ids: &crate::Ids) -> (Vec<usize>, Cagra, crate::Ids) {
+    let n = index.graph.len();
+    let d = index.graph.degree;
+    let mut seen = vec![false; n];
+    let mut order: Vec<usize> = Vec::with_capacity(n);
+    let mut head = 0;
+    let starts = index.entry_points.iter().map(|&e| e as usize).chain(0..n);
+    for s in starts {
+        if s >= n || seen[s] {
+            continue;
+        }
+        seen[s] = true;
+        order.push(s);
+        while head < order.len() {
+            let u = order[head];
+            head += 1;
+            for &v in index.graph.row(u) {
+                if (v as usize) < n && !seen[v as usize] {
+                    seen[v as usize] = true;
+                    order.push(v as usize);
+                }
+            }
+        }
+    }
+    let mut new_of = vec![0u32; n];
+    for (new, &old) in order.iter().enumerate() {
+        new_of[old] = new as u32;
+    }
+    let map = |v: u32| {
+        if (v as usize) < n {
+            new_of[v as usize]
+        } else {
+            v
+        }
+    };
+    let mut neighbors = Vec::with_capacity(n * d);
+    for &old in &order {
+        neighbors.extend(index.graph.row(old).iter().map(|&v| map(v)));
+    }
+    let mut hierarchy = index.hierarchy.clone();
+    for r in hierarchy.rows.iter_mut() {
+        *r = map(*r);
+    }
+    let out = Cagra {
+        graph: Graph {
+            degree: d,
+            neighbors,
+        },
+        entry_points: index.entry_points.iter().map(|&e| map(e)).collect(),
+        hierarchy,
+        stats: index.stats.clone(),
+    };
+    let ids = ids.take(order.iter().copied());
+    (order, out, ids)
 }
