@@ -3,7 +3,9 @@ recall vecbuild's own search reaches.
 
 usage: hnsw_checks.py DIR
 DIR holds q.npy (queries), t.parquet (exact neighbours), r.parquet (vecbuild's results at
-itopk_size 64), c.hnsw and c.faiss (the exports, L2, ids = row numbers) and dim.txt.
+itopk_size 64), c.hnsw and c.faiss (the exports, L2, ids = input row numbers) and dim.txt.
+The artifact stores rows in graph order, so the faiss export wraps its IndexHNSWFlat in an
+IndexIDMap that turns stored rows back into ids.
 """
 import sys
 
@@ -28,8 +30,10 @@ h.load_index(f"{d}/c.hnsw")
 h.set_ef(64)
 labels, _ = h.knn_query(queries, k=10)
 f = faiss.read_index(f"{d}/c.faiss")
-assert type(f).__name__ == "IndexHNSWFlat", type(f).__name__
-f.hnsw.efSearch = 64
+assert type(f).__name__ == "IndexIDMap", type(f).__name__
+inner = faiss.downcast_index(f.index)
+assert type(inner).__name__ == "IndexHNSWFlat", type(inner).__name__
+inner.hnsw.efSearch = 64
 _, ids = f.search(queries, 10)
 for name, r in [("hnswlib", recall(labels.tolist())), ("faiss", recall(ids.tolist()))]:
     print(f"{name}: recall@10 {r:.4f} at ef 64; vecbuild {ours:.4f} at itopk_size 64")

@@ -9,9 +9,10 @@ use vecbuild::artifact::Artifact;
 /// `--format faiss` writes a file `faiss.read_index` loads: flat indexes as IndexFlat (in an
 /// IndexIDMap when ids are not row numbers), IVF-PQ as IndexIVFPQ (the PQ part; raw vectors
 /// kept by --refine are not exported), CAGRA as IndexHNSWFlat (level 0 the CAGRA graph, upper
-/// levels the artifact's). Cosine indexes need normalised queries: flat and CAGRA ones export as
-/// inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String ids
-/// become row numbers.
+/// levels the artifact's) in an IndexIDMap (CAGRA stores rows in graph order, so ids are never
+/// the stored row numbers). Cosine indexes need normalised queries: flat and CAGRA ones export
+/// as inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String ids
+/// become input row numbers.
 ///
 /// `--format hnswlib` (CAGRA only) writes a file stock hnswlib loads with
 /// `hnswlib.Index(space, dim).load_index(path)`, the space printed on export (`l2`, `ip` or
