@@ -10,6 +10,15 @@ fn gpu_present(dir: &Path) -> bool {
     ok(dir, &["doctor"]).contains("kernels compiled by NVRTC and loaded")
 }
 
+/// True (and says so) where there is no usable GPU: the GPU tests then have nothing to check.
+fn skip_without_gpu(dir: &Path) -> bool {
+    let skip = !gpu_present(dir);
+    if skip {
+        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+    }
+    skip
+}
+
 #[test]
 fn kernels_compile_for_sm80_and_sm90_without_spills() {
     let dir = tmp();
@@ -115,8 +124,7 @@ fn gpu_without_a_usable_device_is_a_clear_error_that_writes_nothing() {
 fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if !gpu_present(d) {
-        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+    if skip_without_gpu(d) {
         return;
     }
     generate_dataset(d, 5000, 32, 20, 200);
@@ -161,8 +169,7 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
 fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if !gpu_present(d) {
-        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+    if skip_without_gpu(d) {
         return;
     }
     generate_dataset(d, 6000, 48, 30, 300);
@@ -222,8 +229,7 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
 fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if !gpu_present(d) {
-        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+    if skip_without_gpu(d) {
         return;
     }
     // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
