@@ -31,6 +31,21 @@ fn check_invariants(g: &Graph, n: usize, what: &str) {
     }
 }
 
+/// Builds a CAGRA index with the default parameters on the CPU and writes its artifact.
+fn build_and_write(
+    path: &std::path::Path,
+    base: ndarray::ArrayView2<'_, f32>,
+    metric: Metric,
+    ids: &vecbuild::Ids,
+) -> cagra::Cagra {
+    let params = CagraParams::default();
+    let index = cagra::build(&CpuBackend, base, metric, &params, &|_, _| {}).unwrap();
+    let mut manifest = manifest(IndexKind::Cagra, metric, base.nrows(), base.ncols());
+    manifest.params = serde_json::json!({ "cagra": params });
+    cagra::write(path, &index, base, ids, manifest).unwrap();
+    index
+}
+
 #[test]
 fn default_search_reaches_recall_095_for_every_metric() {
     let data = vecbuild::synth::clustered(12_000, 300, 32, 40, 5);
@@ -39,20 +54,10 @@ fn default_search_reaches_recall_095_for_every_metric() {
         if metric.normalizes() {
             vecbuild::metric::normalize_rows(base.view_mut());
         }
-        let index = cagra::build(
-            &CpuBackend,
-            base.view(),
-            metric,
-            &CagraParams::default(),
-            &|_, _| {},
-        )
-        .unwrap();
         let dir = tmp();
         let path = dir.path().join("c.vbx");
         let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).collect());
-        let mut manifest = manifest(IndexKind::Cagra, metric, base.nrows(), 32);
-        manifest.params = serde_json::json!({ "cagra": CagraParams::default() });
-        cagra::write(&path, &index, base.view(), &ids, manifest).unwrap();
+        build_and_write(&path, base.view(), metric, &ids);
         let searcher = vecbuild::Searcher::open(&path).unwrap();
         let got = searcher
             .search(data.queries.view(), 10, &Default::default())
@@ -334,20 +339,10 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
 fn stored_rows_are_the_input_rows_in_graph_order_with_everything_relabelled() {
     let data = vecbuild::synth::clustered(2_000, 0, 16, 20, 3);
     let base = data.base.clone();
-    let index = cagra::build(
-        &CpuBackend,
-        base.view(),
-        Metric::L2,
-        &CagraParams::default(),
-        &|_, _| {},
-    )
-    .unwrap();
     let dir = tmp();
     let path = dir.path().join("c.vbx");
     let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).map(|i| 1000 + i).collect());
-    let mut manifest = manifest(IndexKind::Cagra, Metric::L2, base.nrows(), 16);
-    manifest.params = serde_json::json!({ "cagra": CagraParams::default() });
-    cagra::write(&path, &index, base.view(), &ids, manifest).unwrap();
+    let index = build_and_write(&path, base.view(), Metric::L2, &ids);
     let a = vecbuild::artifact::Artifact::open(&path).unwrap();
     let n = base.nrows();
     let input: Vec<usize> = a
