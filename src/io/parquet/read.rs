@@ -17,7 +17,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayViewMut2};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use std::fs::File;
@@ -401,7 +401,10 @@ impl DecodeCtx<'_> {
                 )
             })?;
         let mut in_file = unit.first_row_in_file;
-        let mut out: Option<(Vec<f32>, Ids, u64)> = None;
+        // The batch being gathered: checked rows, their ids, its first global row.
+        let mut values: Vec<f32> = Vec::new();
+        let mut ids: Option<Ids> = None;
+        let mut first_row = plan.first_row + in_file;
         for batch in reader {
             let batch = batch.map_err(|e| {
                 Error::input(
@@ -412,28 +415,25 @@ impl DecodeCtx<'_> {
                     ),
                 )
             })?;
-            let b = self.convert(plan, &batch, in_file)?;
+            if values.capacity() == 0 {
+                values.reserve_exact(out_values);
+            }
+            let batch_ids = self.convert_into(plan, &batch, in_file, &mut values)?;
+            Ids::accumulate(&mut ids, batch_ids)?;
             in_file += batch.num_rows() as u64;
-            let (values, ids, _) = out.get_or_insert_with(|| {
-                (
-                    Vec::with_capacity(out_values),
-                    Ids::empty(b.ids.kind()),
-                    b.first_row,
-                )
-            });
-            values.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
-            ids.append(&b.ids)?;
             // Handed on before the next record batch could take it past the caller's size.
             if values.len() + decode_rows * self.dim > out_values {
-                if let Some(b) = self.joined(out.take())? {
+                if let Some(all) = ids.take() {
+                    let b = self.joined(std::mem::take(&mut values), all, first_row)?;
+                    first_row = plan.first_row + in_file;
                     if !send(Msg::Batch(b)) {
                         return Ok(false);
                     }
                 }
             }
         }
-        if let Some(b) = self.joined(out.take())? {
-            if !send(Msg::Batch(b)) {
+        if let Some(all) = ids {
+            if !send(Msg::Batch(self.joined(values, all, first_row)?)) {
                 return Ok(false);
             }
         }
@@ -441,22 +441,26 @@ impl DecodeCtx<'_> {
     }
 
     /// The rows gathered from several record batches as one [`Batch`].
-    fn joined(&self, out: Option<(Vec<f32>, Ids, u64)>) -> Result<Option<Batch>> {
-        let Some((values, ids, first_row)) = out else {
-            return Ok(None);
-        };
+    fn joined(&self, values: Vec<f32>, ids: Ids, first_row: u64) -> Result<Batch> {
         let rows = values.len() / self.dim.max(1);
         let vectors = Array2::from_shape_vec((rows, self.dim), values)
             .map_err(|e| Error::param(e.to_string()))?;
-        Ok(Some(Batch {
+        Ok(Batch {
             ids,
             vectors,
             first_row,
-        }))
+        })
     }
 
-    /// Turns a record batch into contiguous checked rows and ids.
-    fn convert(&self, plan: &FilePlan, batch: &RecordBatch, in_file: u64) -> Result<Batch> {
+    /// Appends a record batch's rows, checked (and normalised when asked), to `values`;
+    /// returns their ids.
+    fn convert_into(
+        &self,
+        plan: &FilePlan,
+        batch: &RecordBatch,
+        in_file: u64,
+        values: &mut Vec<f32>,
+    ) -> Result<Ids> {
         let global = plan.first_row + in_file;
         let n = batch.num_rows();
         let col = batch.column_by_name(&plan.vector).ok_or_else(|| {
@@ -470,18 +474,19 @@ impl DecodeCtx<'_> {
                 .with_row(global + i as u64, in_file + i as u64)
                 .with_column(&plan.vector)
         };
-        let data = list_to_rows(col, self.dim, &at)?;
-        let mut vectors =
-            Array2::from_shape_vec((n, self.dim), data).map_err(|e| Error::param(e.to_string()))?;
+        let start = values.len();
+        append_rows(col, self.dim, &at, values)?;
+        let rows = ArrayViewMut2::from_shape((n, self.dim), &mut values[start..])
+            .map_err(|e| Error::param(e.to_string()))?;
         check_rows(
-            vectors.view_mut(),
+            rows,
             self.opts.normalize,
             &plan.path,
             Some(&plan.vector),
             global,
             in_file,
         )?;
-        let ids = match &plan.id {
+        match &plan.id {
             Some(name) => {
                 let col = batch.column_by_name(name).ok_or_else(|| {
                     Error::input(
@@ -493,20 +498,21 @@ impl DecodeCtx<'_> {
                     Location::file(&plan.path)
                         .with_row(global + i as u64, in_file + i as u64)
                         .with_column(name)
-                })?
+                })
             }
-            None => Ids::row_numbers(global, n),
-        };
-        Ok(Batch {
-            ids,
-            vectors,
-            first_row: global,
-        })
+            None => Ok(Ids::row_numbers(global, n)),
+        }
     }
 }
 
-/// Copies a list-of-floats column into `[n × dim]` f32s, rejecting nulls and ragged rows.
-fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> Result<Vec<f32>> {
+/// Appends a list-of-floats column to `out` as `[n × dim]` f32s, rejecting nulls and ragged
+/// rows.
+fn append_rows(
+    col: &ArrayRef,
+    dim: usize,
+    at: &dyn Fn(usize) -> Location,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     let n = col.len();
     if let Some(nulls) = col.nulls() {
         if let Some(i) = (0..n).find(|&i| nulls.is_null(i)) {
@@ -555,22 +561,26 @@ fn list_to_rows(col: &ArrayRef, dim: usize, at: &dyn Fn(usize) -> Location) -> R
             ));
         }
     }
-    let out: Vec<f32> = match values.data_type() {
-        DataType::Float32 => values.as_primitive::<Float32Type>().values()[span].to_vec(),
-        DataType::Float64 => values.as_primitive::<Float64Type>().values()[span]
-            .iter()
-            .map(|x| *x as f32)
-            .collect(),
-        DataType::Float16 => values.as_primitive::<Float16Type>().values()[span]
-            .iter()
-            .map(|x| x.to_f32())
-            .collect(),
+    match values.data_type() {
+        DataType::Float32 => {
+            out.extend_from_slice(&values.as_primitive::<Float32Type>().values()[span])
+        }
+        DataType::Float64 => out.extend(
+            values.as_primitive::<Float64Type>().values()[span]
+                .iter()
+                .map(|x| *x as f32),
+        ),
+        DataType::Float16 => out.extend(
+            values.as_primitive::<Float16Type>().values()[span]
+                .iter()
+                .map(|x| x.to_f32()),
+        ),
         other => {
             return Err(Error::input(
                 at(0),
                 format!("vector elements have type {other}; expected floats"),
             ))
         }
-    };
-    Ok(out)
+    }
+    Ok(())
 }
