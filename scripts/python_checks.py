@@ -25,6 +25,18 @@ assert ids == [f"id-{i}" for i in range(len(base))], "ids differ"
 with safe_open(f"{d}/base.vbx", framework="numpy") as f:
     manifest = json.loads(f.metadata()["vecbuild.manifest"])
 assert manifest["kind"] == "flat" and manifest["count"] == len(base) and manifest["dim"] == base.shape[1]
+# Every tensor starts on a 64-byte boundary of the file; zero `__pad<i>` tensors fill the gaps.
+with open(f"{d}/base.vbx", "rb") as f:
+    header_len = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(header_len))
+for name, info in header.items():
+    if name == "__metadata__":
+        continue
+    begin, end = info["data_offsets"]
+    if name.startswith("__pad"):
+        assert not t[name].any() and end - begin < 64, (name, info)
+    else:
+        assert (8 + header_len + begin) % 64 == 0, (name, info)
 
 # 2. pyarrow reads the results file in the documented schema.
 r = pq.read_table(f"{d}/results.parquet")

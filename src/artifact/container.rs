@@ -8,8 +8,10 @@
 //!
 //! The header maps each tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}`
 //! (offsets relative to the start of the data) and holds string metadata under
-//! `__metadata__`. Tensors are laid out widest element type first, so every tensor starts
-//! aligned to its element size and can be viewed in place from the memory map.
+//! `__metadata__`. Every tensor starts on a 64-byte boundary (a cache line), so it can be viewed
+//! in place from the memory map and a row of 64·k bytes spans k cache lines, not k + 1; the
+//! gaps are filled by zero `U8` tensors named `__pad<i>` (safetensors allows no holes), which
+//! opening ignores. Tensors are laid out widest element type first.
 //!
 //! Opening checks every length and offset with checked arithmetic and names the tensor that is
 //! wrong; checksums are verified by the caller ([`super::Artifact::open`]), which knows them from the
@@ -25,8 +27,10 @@ use std::path::{Path, PathBuf};
 
 /// Largest header accepted on open (the safetensors limit).
 const MAX_HEADER: u64 = 100 << 20;
-/// Alignment of the start of the data.
+/// Alignment of the start of the data and of every tensor.
 const DATA_ALIGN: usize = 64;
+/// Names of the padding tensors between aligned tensors.
+const PAD_PREFIX: &str = "__pad";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -90,14 +94,42 @@ impl<'a> TensorOut<'a> {
     }
 }
 
-/// Writes a container atomically. Tensors are reordered widest element first.
+/// Writes a container atomically. Tensors are reordered widest element first, each starting
+/// on a 64-byte boundary.
 pub fn write(
     path: &Path,
     metadata: &BTreeMap<String, String>,
     tensors: &[TensorOut<'_>],
 ) -> Result<()> {
-    let mut order: Vec<&TensorOut<'_>> = tensors.iter().collect();
-    order.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then(a.name.cmp(b.name)));
+    let mut sorted: Vec<&TensorOut<'_>> = tensors.iter().collect();
+    sorted.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then(a.name.cmp(b.name)));
+    // The gap before each tensor that puts it on a boundary, filled by a padding tensor.
+    static ZEROS: [u8; DATA_ALIGN] = [0; DATA_ALIGN];
+    let mut gaps = Vec::with_capacity(sorted.len());
+    let mut offset = 0usize;
+    for t in &sorted {
+        let gap = offset.next_multiple_of(DATA_ALIGN) - offset;
+        gaps.push(gap);
+        offset += gap + t.bytes.len();
+    }
+    let names: Vec<String> = (0..gaps.len())
+        .map(|i| format!("{PAD_PREFIX}{i}"))
+        .collect();
+    let pads: Vec<TensorOut<'_>> = gaps
+        .iter()
+        .zip(&names)
+        .map(|(&gap, name)| TensorOut::new(name, DType::U8, vec![gap], &ZEROS[..gap]))
+        .collect();
+    let order: Vec<&TensorOut<'_>> = sorted
+        .iter()
+        .zip(&pads)
+        .flat_map(|(&t, pad)| {
+            (!pad.bytes.is_empty())
+                .then_some(pad)
+                .into_iter()
+                .chain([t])
+        })
+        .collect();
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0usize;
@@ -197,6 +229,9 @@ impl Container {
                         .ok_or_else(|| bad("header", format!("metadata `{k}` is not a string")))?;
                     metadata.insert(k.clone(), v.to_string());
                 }
+                continue;
+            }
+            if name.starts_with(PAD_PREFIX) {
                 continue;
             }
             let info = parse_tensor(value, data_start, map.len()).map_err(|why| bad(name, why))?;

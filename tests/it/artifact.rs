@@ -189,3 +189,48 @@ fn unknown_files_are_not_artifacts() {
     std::fs::write(&p, b"\x10\0\0\0\0\0\0\0{\"a\":1}         ").unwrap();
     assert!(matches!(Searcher::open(&p), Err(Error::Artifact { .. })));
 }
+
+#[test]
+fn every_tensor_starts_on_a_cache_line_and_padding_stays_out_of_sight() {
+    let dir = tmp();
+    let p = dir.path().join("pad.vbx");
+    let (a, b, c) = ([1u32, 2, 3], [7u8; 5], [0.5f32; 33]);
+    container::write(
+        &p,
+        &BTreeMap::new(),
+        &[
+            TensorOut::new("a", DType::U32, vec![3], &a),
+            TensorOut::new("b", DType::U8, vec![5], &b),
+            TensorOut::new("c", DType::F32, vec![33], &c),
+        ],
+    )
+    .unwrap();
+    let opened = container::Container::open(&p).unwrap();
+    let names: Vec<&str> = opened.tensors.keys().map(|s| s.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    for t in opened.tensors.values() {
+        assert_eq!(t.range.start % 64, 0, "{t:?}");
+    }
+    assert_eq!(opened.slice::<u32>("a", DType::U32).unwrap().0, a);
+    assert_eq!(opened.slice::<u8>("b", DType::U8).unwrap().0, b);
+    assert_eq!(opened.slice::<f32>("c", DType::F32).unwrap().0, c);
+    // The file is still safetensors-shaped: tensors and padding cover the data with no hole.
+    let bytes = std::fs::read(&p).unwrap();
+    let h = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + h]).unwrap();
+    let mut spans: Vec<(u64, u64)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| {
+            (
+                v["data_offsets"][0].as_u64().unwrap(),
+                v["data_offsets"][1].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(spans[0].0, 0);
+    assert!(spans.windows(2).all(|w| w[0].1 == w[1].0), "{spans:?}");
+    assert_eq!(spans.last().unwrap().1 as usize, bytes.len() - 8 - h);
+}
