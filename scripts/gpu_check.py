@@ -90,7 +90,8 @@ def search_both(art, q, extra=()):
     for dev in ["cpu", "gpu"]:
         res = f"{W}/s-{dev}.parquet"
         poison(res)
-        gpu = ["--gpu", args.gpu] if dev == "gpu" else []
+        # The GPU walks the graph on the f32 vectors: the CPU does the same to be its oracle.
+        gpu = ["--gpu", args.gpu] if dev == "gpu" else ["--exact-walk"]
         r, _ = vb("search", "--index", art, "--queries", q, "--k", 10, *extra, "--out", res, *gpu, quiet=False)
         qps = float(re.findall(r"\(([0-9.]+) QPS in search", r.stderr)[-1])
         outs[dev] = (*results(res), qps)

@@ -84,6 +84,13 @@ pub struct CagraArgs {
     /// Skip the step that rewires the graph so every row is reachable from the entry points.
     #[arg(long)]
     pub no_connectivity: bool,
+
+    /// What search walks the graph on: `sq8` stores 8-bit codes of every row beside the vectors
+    /// (a quarter of their size; the search scores codes along the graph and re-ranks its final
+    /// list by exact distance: 1.1–1.2× the CPU QPS for ≈ 0.001 less recall@10 on 128-d data),
+    /// `none` stores the f32 vectors only.
+    #[arg(long, value_name = "CODES", default_value = "sq8", value_parser = ["sq8", "none"])]
+    pub search_codes: String,
 }
 
 impl CagraArgs {
@@ -92,6 +99,7 @@ impl CagraArgs {
             || self.intermediate_graph_degree.is_some()
             || self.build_algo != "auto"
             || self.no_connectivity
+            || self.search_codes != "sq8"
     }
 
     fn resolve(&self, seed: u64) -> vecbuild::Result<CagraParams> {
@@ -104,6 +112,7 @@ impl CagraArgs {
             nn_descent_niter: self.nn_descent_niter,
             guarantee_connectivity: !self.no_connectivity,
             seed,
+            search_codes: self.search_codes.parse()?,
         })
     }
 }
@@ -336,7 +345,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
                 (summary.rows as usize, summary.dim),
                 data.as_slice(),
             )?;
-            vecbuild::index::cagra::write(&args.out, index, vectors, &ids, manifest)?
+            let codes = cagra_params.search_codes;
+            vecbuild::index::cagra::write(&args.out, index, vectors, &ids, codes, manifest)?
         }
     }
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);

@@ -71,6 +71,12 @@ pub struct SearchArgs {
     #[arg(long, value_name = "N")]
     pub max_iterations: Option<usize>,
 
+    /// CAGRA: walk the graph on the f32 vectors even where the index stores 8-bit codes
+    /// (slower; the final list is re-ranked by exact distance either way). The GPU search
+    /// always walks on the vectors.
+    #[arg(long)]
+    pub exact_walk: bool,
+
     #[command(flatten)]
     pub columns: ColumnArgs,
 }
@@ -121,6 +127,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
                 itopk_size: args.itopk_size,
                 search_width: args.search_width,
                 max_iterations: args.max_iterations,
+                exact_walk: args.exact_walk,
             };
             let results = searcher.search_on(&*backend, queries.view(), args.k, &params)?;
             search_time += t.elapsed();

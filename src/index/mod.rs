@@ -5,3 +5,4 @@ pub mod flat;
 pub mod ivf_pq;
 pub mod kmeans;
 pub mod pq;
+pub mod sq8;

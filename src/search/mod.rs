@@ -23,6 +23,7 @@ use crate::backend::{Backend, CpuBackend, Loaded};
 use crate::ids::IdsView;
 use crate::index::cagra::hierarchy::HierarchyView;
 use crate::index::pq::ProductQuantizer;
+use crate::index::sq8::Sq8View;
 use crate::metric::squared_norms;
 use crate::{Error, Metric, Result};
 use cagra::{CagraIndex, CagraSearchParams};
@@ -51,6 +52,10 @@ pub struct SearchParams {
     pub search_width: Option<usize>,
     /// CAGRA: most expansions per query (0 = automatic).
     pub max_iterations: Option<usize>,
+    /// CAGRA: walk the graph on the `f32` vectors even where the artifact stores 8-bit codes
+    /// (the final list is re-ranked by exact distance either way). The GPU search always walks
+    /// on the vectors.
+    pub exact_walk: bool,
 }
 
 /// Lists probed when neither the caller nor the artifact says (cuVS's default).
@@ -198,7 +203,10 @@ impl Searcher {
             self.load_on(backend)?;
             let loaded = self.loaded.read().map_err(|_| poisoned())?;
             let on_device = loaded.as_ref().and_then(|(_, l)| l.as_ref());
-            let index = self.cagra_index()?;
+            let mut index = self.cagra_index()?;
+            if params.exact_walk {
+                index.codes = None;
+            }
             return Ok(backend.cagra_search(&index, on_device, q.view(), k, &p)?.0);
         }
         if let Engine::IvfPq {
@@ -297,6 +305,7 @@ impl Searcher {
             entry_points: a.tensor::<u32>("graph.entry_points", DType::U32, &[entries])?,
             random_seeds: true,
             hierarchy: hierarchy_view(a)?,
+            codes: codes_view(a)?,
         })
     }
 
@@ -392,7 +401,30 @@ fn open_cagra(a: &Artifact) -> Result<Engine> {
     if let Some(h) = hierarchy_view(a)? {
         h.check(n).map_err(|why| bad("upper.graph", why))?;
     }
+    if let Some(c) = codes_view(a)? {
+        let bad_range = |v: &f32| !v.is_finite();
+        if c.min.iter().any(bad_range) || c.scale.iter().any(|v| bad_range(v) || *v < 0.0) {
+            return Err(bad(
+                "codes.scale",
+                "holds a non-finite or negative range".into(),
+            ));
+        }
+    }
     Ok(Engine::Cagra { degree, entries })
+}
+
+/// A CAGRA artifact's 8-bit codes, when it has them (shapes checked).
+pub fn codes_view(a: &Artifact) -> Result<Option<Sq8View<'_>>> {
+    if !a.container.tensors.contains_key("codes") {
+        return Ok(None);
+    }
+    let m = &a.manifest;
+    let (n, dim) = (m.count as usize, m.dim);
+    Ok(Some(Sq8View {
+        codes: a.tensor::<u8>("codes", DType::U8, &[n, dim])?,
+        min: a.tensor::<f32>("codes.min", DType::F32, &[dim])?,
+        scale: a.tensor::<f32>("codes.scale", DType::F32, &[dim])?,
+    }))
 }
 
 /// A CAGRA artifact's upper levels, when it has them; `M` is half the recorded graph degree.

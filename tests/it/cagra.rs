@@ -4,7 +4,7 @@
 use crate::common::*;
 use vecbuild::artifact::IndexKind;
 use vecbuild::backend::CpuBackend;
-use vecbuild::index::cagra::{self, optimize, BuildAlgo, CagraParams, Graph};
+use vecbuild::index::cagra::{self, optimize, BuildAlgo, CagraParams, Graph, SearchCodes};
 use vecbuild::search::cagra::{CagraIndex, CagraSearchParams};
 use vecbuild::Metric;
 
@@ -31,18 +31,18 @@ fn check_invariants(g: &Graph, n: usize, what: &str) {
     }
 }
 
-/// Builds a CAGRA index with the default parameters on the CPU and writes its artifact.
+/// Builds a CAGRA index with `params` on the CPU and writes its artifact.
 fn build_and_write(
     path: &std::path::Path,
     base: ndarray::ArrayView2<'_, f32>,
     metric: Metric,
     ids: &vecbuild::Ids,
+    params: &CagraParams,
 ) -> cagra::Cagra {
-    let params = CagraParams::default();
-    let index = cagra::build(&CpuBackend, base, metric, &params, &|_, _| {}).unwrap();
+    let index = cagra::build(&CpuBackend, base, metric, params, &|_, _| {}).unwrap();
     let mut manifest = manifest(IndexKind::Cagra, metric, base.nrows(), base.ncols());
     manifest.params = serde_json::json!({ "cagra": params });
-    cagra::write(path, &index, base, ids, manifest).unwrap();
+    cagra::write(path, &index, base, ids, params.search_codes, manifest).unwrap();
     index
 }
 
@@ -57,7 +57,7 @@ fn default_search_reaches_recall_095_for_every_metric() {
         let dir = tmp();
         let path = dir.path().join("c.vbx");
         let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).collect());
-        build_and_write(&path, base.view(), metric, &ids);
+        build_and_write(&path, base.view(), metric, &ids, &CagraParams::default());
         let searcher = vecbuild::Searcher::open(&path).unwrap();
         let got = searcher
             .search(data.queries.view(), 10, &Default::default())
@@ -144,6 +144,7 @@ fn optimisation_improves_recall_per_visited_row_over_the_raw_knn_graph() {
             degree,
             entry_points: &entry,
             random_seeds: true,
+            codes: None,
             hierarchy: None,
         };
         let p = CagraSearchParams {
@@ -216,6 +217,26 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
     );
     let r = eval_json(d)["recall"].as_f64().unwrap();
     assert!(r >= 0.95, "CLI recall@10 {r:.4} < 0.95");
+    ok(
+        d,
+        &[
+            "search",
+            "--index",
+            "c.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "10",
+            "--exact-walk",
+            "--out",
+            "r.parquet",
+        ],
+    );
+    let exact = eval_json(d)["recall"].as_f64().unwrap();
+    assert!(
+        exact >= 0.95 && (exact - r).abs() <= 0.01,
+        "recall@10 walking on codes {r:.4}, on vectors {exact:.4}"
+    );
     let table = ok(d, &["tune", "--index", "c.vbx", "--target-recall", "0.9"]);
     assert!(table.contains("← chosen"), "{table}");
     let m: serde_json::Value = serde_json::from_str(&ok(d, &["info", "c.vbx", "--json"])).unwrap();
@@ -231,7 +252,8 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
             > 0.9
     );
 
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
+        (&["--search-codes", "pq"], "possible values: sq8, none"),
         (
             &["--graph-degree", "64", "--intermediate-graph-degree", "32"],
             "exceeds intermediate_graph_degree",
@@ -342,7 +364,13 @@ fn stored_rows_are_the_input_rows_in_graph_order_with_everything_relabelled() {
     let dir = tmp();
     let path = dir.path().join("c.vbx");
     let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).map(|i| 1000 + i).collect());
-    let index = build_and_write(&path, base.view(), Metric::L2, &ids);
+    let index = build_and_write(
+        &path,
+        base.view(),
+        Metric::L2,
+        &ids,
+        &CagraParams::default(),
+    );
     let a = vecbuild::artifact::Artifact::open(&path).unwrap();
     let n = base.nrows();
     let input: Vec<usize> = a
@@ -398,4 +426,87 @@ fn stored_rows_are_the_input_rows_in_graph_order_with_everything_relabelled() {
         .map(|&e| input[e as usize] as u32)
         .collect();
     assert_eq!(&back, upper);
+    // Upper-level rows are stored first, in hierarchy position order.
+    assert!(stored_upper
+        .iter()
+        .enumerate()
+        .all(|(i, &r)| r as usize == i));
+}
+
+#[test]
+fn the_search_walks_on_sq8_codes_and_exact_walk_matches_an_index_without_them() {
+    let data = vecbuild::synth::clustered(6_000, 300, 32, 30, 21);
+    let base = data.base.view();
+    let dir = tmp();
+    let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).collect());
+    let none = CagraParams {
+        search_codes: SearchCodes::None,
+        ..Default::default()
+    };
+    let (with, without) = (dir.path().join("sq8.vbx"), dir.path().join("none.vbx"));
+    build_and_write(&with, base, Metric::L2, &ids, &CagraParams::default());
+    build_and_write(&without, base, Metric::L2, &ids, &none);
+    let a = vecbuild::artifact::Artifact::open(&with).unwrap();
+    let codes = a
+        .tensor::<u8>(
+            "codes",
+            vecbuild::artifact::container::DType::U8,
+            &[6_000, 32],
+        )
+        .unwrap();
+    assert!(codes.iter().any(|&c| c > 0) && codes.iter().any(|&c| c < 255));
+    let b = vecbuild::artifact::Artifact::open(&without).unwrap();
+    assert!(!b.container.tensors.contains_key("codes"));
+    let (sq8, plain) = (
+        vecbuild::Searcher::open(&with).unwrap(),
+        vecbuild::Searcher::open(&without).unwrap(),
+    );
+    let q = data.queries.view();
+    let walked = sq8.search(q, 10, &Default::default()).unwrap();
+    let exact = vecbuild::SearchParams {
+        exact_walk: true,
+        ..Default::default()
+    };
+    // The same graph: walking on the vectors is the search of the index without codes.
+    assert_eq!(
+        sq8.search(q, 10, &exact).unwrap(),
+        plain.search(q, 10, &Default::default()).unwrap()
+    );
+    let want = truth(&data.base, &data.queries, Metric::L2, 10);
+    let input_of = |r: &vecbuild::SearchResults, s: &vecbuild::Searcher| {
+        r.rows.mapv(|row| match s.ids().get(row as usize) {
+            vecbuild::ids::IdRef::Int64(v) => v as u64,
+            other => panic!("unexpected id {other:?}"),
+        })
+    };
+    let plain_r = plain.search(q, 10, &Default::default()).unwrap();
+    let (r_codes, r_plain) = (
+        recall(input_of(&walked, &sq8).view(), want.view()),
+        recall(input_of(&plain_r, &plain).view(), want.view()),
+    );
+    assert!(
+        r_codes >= 0.95 && r_codes >= r_plain - 0.01,
+        "recall@10 walking on codes {r_codes:.4}, on vectors {r_plain:.4}"
+    );
+    // Distances are exact (re-ranked on the vectors), not the codes' approximations.
+    let rows = input_of(&walked, &sq8);
+    for (i, (found, dist)) in rows
+        .outer_iter()
+        .zip(walked.distances.outer_iter())
+        .enumerate()
+    {
+        for (&r, &d) in found.iter().zip(dist.iter()) {
+            let exact: f32 = data
+                .queries
+                .row(i)
+                .iter()
+                .zip(data.base.row(r as usize))
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
+            assert!(
+                (d - exact).abs() <= 1e-3 * exact.max(1.0),
+                "query {i}: {d} vs {exact}"
+            );
+        }
+    }
 }

@@ -197,7 +197,11 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
             "--k",
             "10",
         ];
-        ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
+        // The GPU walks the graph on the f32 vectors: the CPU does the same to be its oracle.
+        ok(
+            d,
+            &[&search[..], &["--exact-walk", "--out", "cpu.parquet"]].concat(),
+        );
         let gpu = ok(
             d,
             &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),

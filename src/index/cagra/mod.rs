@@ -8,10 +8,11 @@
 //!    search is measured on a sample of rows and recorded in the manifest.
 //! 2. Graph optimisation to `graph_degree` ([`optimize`]): rank-based pruning of detourable
 //!    edges, reverse edges, merge; then, optionally, a connectivity guarantee.
-//! 3. The artifact holds the vectors (searched exactly along the graph), their squared norms
-//!    (L2), the graph and its entry points, with the rows stored in breadth-first order over the
-//!    graph (neighbours near each other in memory; see `reordered`): a stored row's number is
-//!    not its input row number, `input_rows` maps one to the other and `ids` follow the rows.
+//! 3. The artifact holds the vectors, their squared norms (L2), 8-bit codes of them that the
+//!    search walks the graph on (`search_codes`), the graph and its entry points, with the rows
+//!    stored upper-level rows first, then breadth first over the graph (neighbours near each
+//!    other in memory; see `reordered`): a stored row's number is not its input row number,
+//!    `input_rows` maps one to the other and `ids` follow the rows.
 //!
 //! Search is in [`crate::search::cagra`].
 //!
@@ -23,6 +24,8 @@
 //! | `graph.entry_points`| U32   | `[m]`                  | rows every search starts from (m ≥ 1) |
 //! | `upper.*`           | U32   |                        | the upper levels ([`hierarchy`]); `M = graph_degree / 2` is in the manifest |
 //! | `input_rows`        | U32   | `[count]`              | each stored row's row number in the input |
+//! | `codes`             | U8    | `[count, dim]`         | 8-bit codes of `vectors` ([`crate::index::sq8`]; absent with `search_codes = none`) |
+//! | `codes.min`, `codes.scale` | F32 | `[dim]`         | each dimension's code range: `x̂ = min + scale · code` |
 //!
 //! Known limits: the build holds the vectors and the kNN graph in memory; graph search needs
 //! random access to the vectors, so the artifact should fit in RAM (or page cache) to serve.
@@ -33,6 +36,7 @@ pub mod optimize;
 
 use crate::artifact::container::{DType, TensorOut};
 use crate::backend::Backend;
+use crate::index::sq8::Sq8;
 use crate::metric::squared_norms;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
@@ -94,6 +98,33 @@ impl std::str::FromStr for BuildAlgo {
     }
 }
 
+/// What the search walks the graph on, stored beside the `f32` vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchCodes {
+    /// Nothing: the search scores `f32` vectors (artifacts written before codes existed).
+    #[default]
+    None,
+    /// 8-bit scalar codes ([`crate::index::sq8`]), a quarter of the vectors' bytes; the search
+    /// re-ranks its final list by exact distance.
+    Sq8,
+}
+
+impl std::str::FromStr for SearchCodes {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "none" => SearchCodes::None,
+            "sq8" => SearchCodes::Sq8,
+            other => {
+                return Err(Error::param(format!(
+                    "search codes {other:?}: expected sq8 or none"
+                )))
+            }
+        })
+    }
+}
+
 /// The exact kNN graph is chosen automatically while `2·N²·dim` stays below this (about two
 /// seconds of GEMM on two cores).
 pub const EXACT_MAX_FLOPS: f64 = 2.5e11;
@@ -116,6 +147,10 @@ pub struct CagraParams {
     /// Rewire so every row is reachable from the entry points (see [`optimize`]).
     pub guarantee_connectivity: bool,
     pub seed: u64,
+    /// Codes stored for the search to walk on. Default 8-bit ([`SearchCodes::Sq8`]): on
+    /// 200k × 128 CPU search QPS at recall@10 ≈ 0.95–0.99 rose 1.1–1.2× for −0.001 recall (medians of interleaved runs).
+    #[serde(default)]
+    pub search_codes: SearchCodes,
 }
 
 impl Default for CagraParams {
@@ -127,6 +162,7 @@ impl Default for CagraParams {
             nn_descent_niter: 20,
             guarantee_connectivity: true,
             seed: 42,
+            search_codes: SearchCodes::Sq8,
         }
     }
 }
@@ -350,13 +386,14 @@ fn fill_short_rows(graph: &mut Graph, knn: &Graph) {
     }
 }
 
-/// Writes a CAGRA artifact of `vectors: [n, dim]` (unit rows for cosine); `manifest` carries
-/// everything but the checksums.
+/// Writes a CAGRA artifact of `vectors: [n, dim]` (unit rows for cosine), with `codes` of them
+/// for the search; `manifest` carries everything but the checksums.
 pub fn write(
     path: &std::path::Path,
     index: &Cagra,
     vectors: ArrayView2<'_, f32>,
     ids: &crate::Ids,
+    codes: SearchCodes,
     manifest: crate::artifact::Manifest,
 ) -> Result<()> {
     let (n, dim) = vectors.dim();
@@ -395,6 +432,18 @@ pub fn write(
     ];
     if manifest.metric == Metric::L2 {
         tensors.push(TensorOut::new("sq_norms", DType::F32, vec![n], &norms));
+    }
+    let sq8 = (codes == SearchCodes::Sq8).then(|| {
+        let q = Sq8::train(rows.view());
+        let codes = q.encode(rows.view());
+        (q, codes)
+    });
+    if let Some((q, codes)) = &sq8 {
+        tensors.extend([
+            TensorOut::new("codes", DType::U8, vec![n, dim], codes),
+            TensorOut::new("codes.min", DType::F32, vec![dim], &q.min),
+            TensorOut::new("codes.scale", DType::F32, vec![dim], &q.scale),
+        ]);
     }
     let h = &index.hierarchy;
     tensors.extend([

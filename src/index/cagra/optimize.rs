@@ -274,6 +274,7 @@ fn nearest_reachable(
         degree: graph.degree,
         entry_points: entries,
         random_seeds: false,
+        codes: None,
         hierarchy: None,
     };
     let params = CagraSearchParams {
