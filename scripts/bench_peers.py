@@ -200,7 +200,8 @@ if not args.skip_ivf_pq:
             rows.append((f"IVF-PQ QPS at recall@10 >= {target}", str(qa), str(qb), float("nan"), curves[b][0]))
 
 # 4. CAGRA against HNSW: build time (graph construction on data in memory: our kNN-graph and
-#    optimisation stages vs hnswlib add_items / faiss HNSW add) and recall@10 / QPS curves.
+#    optimisation stages vs hnswlib add_items / faiss HNSW add) and recall@10 / QPS curves
+#    (medians of interleaved runs).
 if not args.skip_cagra:
     import hnswlib
 
@@ -243,23 +244,21 @@ if not args.skip_cagra:
     rows.append(("graph build (same)", f"{ours_b2:.2f} s", f"{faiss_b:.2f} s", faiss_b / ours_b2,
                  "faiss IndexHNSWFlat M=32 efC=200"))
 
-    def ours_cagra_curve():
-        points = []
-        for itopk in [16, 24, 32, 48, 64, 128]:
-            r = vb_run("search", "--index", cagra_art, "--queries", args.queries, "--k", str(args.k), "--itopk-size",
-                       str(itopk), "--out", res)
-            secs = float(re.search(r"in ([0-9.]+) s \(", r.stderr).group(1))
-            points.append((itopk, 1, recall4(pq.read_table(res).column("neighbors").to_pylist()), nq / secs))
-        return points
+    # Recall@10 / QPS curves. Every point is the median QPS of `repeats` runs, the three
+    # searchers taking turns within each round so drift in machine speed hits all alike.
+    def ours_cagra_point(itopk):
+        r = vb_run("search", "--index", cagra_art, "--queries", args.queries, "--k", str(args.k), "--itopk-size",
+                   str(itopk), "--out", res)
+        secs = float(re.search(r"in ([0-9.]+) s \(", r.stderr).group(1))
+        return recall4(pq.read_table(res).column("neighbors").to_pylist()), nq / secs
 
-    def hnsw_curve(search):
-        points = []
-        for ef in [10, 16, 24, 32, 48, 64, 128]:
+    def hnsw_point(search):
+        def point(ef):
             t = time.perf_counter()
             found = search(ef)
             secs = time.perf_counter() - t
-            points.append((ef, 1, recall4(id_of_row[np.asarray(found)].tolist()), nq / secs))
-        return points
+            return recall4(id_of_row[np.asarray(found)].tolist()), nq / secs
+        return point
 
     def hnswlib_search(ef):
         hnsw[16].set_ef(max(ef, args.k))
@@ -269,9 +268,16 @@ if not args.skip_cagra:
         hnsw["faiss"].hnsw.efSearch = max(ef, args.k)
         return hnsw["faiss"].search(queries, args.k)[1]
 
-    g_curves = [("vecbuild CAGRA (itopk_size)", ours_cagra_curve()),
-                ("hnswlib M=16 (ef)", hnsw_curve(hnswlib_search)),
-                ("faiss HNSW32 (efSearch)", hnsw_curve(faiss_hnsw_search))]
+    series = [("vecbuild CAGRA (itopk_size)", ours_cagra_point, [16, 24, 32, 48, 64, 128]),
+              ("hnswlib M=16 (ef)", hnsw_point(hnswlib_search), [10, 16, 24, 32, 48, 64, 128]),
+              ("faiss HNSW32 (efSearch)", hnsw_point(faiss_hnsw_search), [10, 16, 24, 32, 48, 64, 128])]
+    samples = {(name, p): [] for name, _, params in series for p in params}
+    for _ in range(args.repeats):
+        for name, point, params in series:
+            for p in params:
+                samples[(name, p)].append(point(p))
+    g_curves = [(name, [(p, 1, samples[(name, p)][0][0], statistics.median(q for _, q in samples[(name, p)]))
+                        for p in params]) for name, _, params in series]
     curves.extend(g_curves)
 
     def best_qps(points, target):
