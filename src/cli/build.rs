@@ -72,8 +72,9 @@ pub struct CagraArgs {
     pub intermediate_graph_degree: Option<usize>,
 
     /// How the kNN graph is built: `exact` (all pairs, GEMM), `ivf` (k-means lists, each joined
-    /// exactly with its nearest lists, then a neighbour-of-neighbour pass), `nn-descent`, or
-    /// `auto` (exact while 2·N²·dim ≤ 2.5e11 flops, else ivf).
+    /// exactly with as many nearest lists as hold 90 % of a row sample's true neighbours, then a
+    /// neighbour-of-neighbour pass), `nn-descent`, or `auto` (exact while 2·N²·dim ≤ 2.5e11
+    /// flops, else ivf, or exact where ivf would need more than a quarter of the lists).
     #[arg(long, value_name = "ALGO", default_value = "auto", value_parser = ["auto", "exact", "ivf", "nn-descent"])]
     pub build_algo: String,
 

@@ -510,3 +510,42 @@ fn the_search_walks_on_sq8_codes_and_exact_walk_matches_an_index_without_them() 
         }
     }
 }
+
+#[test]
+fn inner_product_graphs_reach_every_row_from_one_entry_point() {
+    // Uniform positive rows: their inner-product neighbours are the few largest-norm rows, so a
+    // graph of them leaves many rows unreachable (1,803 entry points here, each scored by every
+    // query, before graphs were built on lifted rows). Built on lifted rows it is a proximity
+    // graph.
+    let mut rng = vecbuild::synth::Rng::new(17);
+    let base = ndarray::Array2::from_shape_fn((20_000, 64), |_| rng.uniform() as f32);
+    let queries = ndarray::Array2::from_shape_fn((100, 64), |_| rng.uniform() as f32);
+    let dir = tmp();
+    let path = dir.path().join("ip.vbx");
+    let ids = vecbuild::Ids::Int64((0..20_000).collect());
+    let index = build_and_write(
+        &path,
+        base.view(),
+        Metric::InnerProduct,
+        &ids,
+        &CagraParams::default(),
+    );
+    assert_eq!(
+        index.entry_points.len(),
+        1,
+        "{:?}",
+        &index.entry_points[..10.min(index.entry_points.len())]
+    );
+    check_invariants(&index.graph, 20_000, "inner product");
+    let searcher = vecbuild::Searcher::open(&path).unwrap();
+    let got = searcher
+        .search(queries.view(), 10, &Default::default())
+        .unwrap();
+    let rows = got.rows.mapv(|r| match searcher.ids().get(r as usize) {
+        vecbuild::ids::IdRef::Int64(v) => v as u64,
+        other => panic!("unexpected id {other:?}"),
+    });
+    let want = truth(&base, &queries, Metric::InnerProduct, 10);
+    let r = recall(rows.view(), want.view());
+    assert!(r >= 0.95, "inner-product recall@10 {r:.4}");
+}

@@ -8,8 +8,11 @@
 //!   [`IVF_LIST_ROWS`]; the rows of each list are scored exactly (one `knn_block`) against
 //!   the rows of the `n_probes` lists whose centroids are nearest to their own list's
 //!   centroid — an IVF-Flat search of every row with exact distances, batched per list so it
-//!   runs as GEMMs. Rows near a list boundary can miss neighbours in lists their centroid did
-//!   not probe; one neighbour-of-neighbour pass ([`refine`]) recovers most of them.
+//!   runs as GEMMs. `n_probes` is the fewest lists holding [`COVERAGE_TARGET`] of a row
+//!   sample's true neighbours ([`IvfPartition::probes_for`]): 4 of 781 on 200k clustered rows,
+//!   192 of 390 on 100k rows of one 128-d Gaussian, where neighbours spread over the space.
+//!   Rows near a list boundary can miss neighbours in lists their centroid did not probe; one
+//!   neighbour-of-neighbour pass ([`refine`]) recovers most of them.
 //! - **nn-descent** ([`nn_descent`]): Dong et al., "Efficient k-nearest neighbor graph
 //!   construction for generic similarity measures" (WWW 2011): from a random graph, repeat
 //!   local joins (each row scores the neighbours and reverse neighbours of its neighbours)
@@ -104,14 +107,19 @@ pub fn exact(
 pub struct IvfJoin {
     /// Lists (k-means clusters).
     pub n_lists: usize,
-    /// Lists each list's rows are scored against (its own included).
+    /// Lists each list's rows are scored against (its own included): at least the automatic
+    /// count, more where the sample shows the data needs them (see [`IvfPartition::probes_for`]).
     pub n_probes: usize,
     pub seed: u64,
+    /// Share of the sample rows' true neighbours that lie in the lists probed for them, before
+    /// the neighbour-of-neighbour pass.
+    #[serde(default)]
+    pub coverage: f64,
 }
 
 impl IvfJoin {
     /// Lists of about [`IVF_LIST_ROWS`] rows; enough probes that each row sees about
-    /// `max(24·k, 4096)` candidates.
+    /// `max(8·k, 1024)` candidates (the least [`IvfPartition::probes_for`] picks).
     pub fn auto(n: usize, k: usize, seed: u64) -> Self {
         let n_lists = (n / IVF_LIST_ROWS).max(1);
         let want = (8 * k).max(1024);
@@ -120,62 +128,186 @@ impl IvfJoin {
             n_lists,
             n_probes,
             seed,
+            coverage: 0.0,
         }
     }
 }
 
-/// Approximate kNN graph by an IVF partition joined list against nearby lists, then one
-/// [`refine`] pass. See the module docs.
+/// Share of true neighbours the probed lists should hold: the neighbour-of-neighbour pass
+/// then lifts the graph's recall to about 0.95.
+pub const COVERAGE_TARGET: f64 = 0.9;
+/// Most probes ranked per list (bounds memory at `n_lists × MAX_PROBES`).
+const MAX_PROBES: usize = 256;
+
+/// Some rows' exact `k` nearest other rows: what the approximate builders are measured (and
+/// the ivf builder's probes chosen) against.
+pub struct SampleTruth {
+    pub rows: Vec<usize>,
+    /// `[rows.len()][≤ k]`, best first.
+    pub neighbors: Vec<Vec<u32>>,
+}
+
+impl SampleTruth {
+    /// The exact `k` nearest other rows of each of `rows`.
+    pub fn new(
+        backend: &dyn Backend,
+        data: ArrayView2<'_, f32>,
+        norms: &[f32],
+        metric: Metric,
+        k: usize,
+        rows: Vec<usize>,
+    ) -> Result<Self> {
+        let q = data.select(Axis(0), &rows);
+        let q_norms: Vec<f32> = match metric {
+            Metric::L2 => rows.iter().map(|&r| norms[r]).collect(),
+            _ => Vec::new(),
+        };
+        let mut topk: Vec<TopK> = rows.iter().map(|_| TopK::new(k + 1)).collect();
+        let queries = Queries {
+            vectors: q.view(),
+            sq_norms: &q_norms,
+            metric,
+        };
+        backend.knn_block(queries, data, norms, 0, &mut topk)?;
+        let neighbors = topk
+            .into_iter()
+            .zip(&rows)
+            .map(|(t, &r)| {
+                let sorted = t.into_sorted();
+                let others = sorted.iter().filter(|nb| nb.row as usize != r);
+                others.take(k).map(|nb| nb.row as u32).collect()
+            })
+            .collect();
+        Ok(SampleTruth { rows, neighbors })
+    }
+
+    /// Share of the true neighbours `graph` holds.
+    pub fn recall(&self, graph: &Graph) -> f64 {
+        let mut found = 0usize;
+        let mut total = 0usize;
+        for (&r, truth) in self.rows.iter().zip(&self.neighbors) {
+            let row = graph.row(r);
+            found += truth.iter().filter(|v| row.contains(v)).count();
+            total += truth.len();
+        }
+        found as f64 / total.max(1) as f64
+    }
+}
+
+/// The ivf builder's partition: k-means lists and, for each list, the other lists ranked by
+/// centroid distance.
+pub struct IvfPartition {
+    labels: Vec<u32>,
+    members: Vec<u32>,
+    offsets: Vec<usize>,
+    /// `[n_lists][≤ MAX_PROBES]`, nearest first (the list itself first).
+    ranked: Vec<Vec<usize>>,
+}
+
+impl IvfPartition {
+    /// k-means on a sample, then every row to its nearest centroid.
+    pub fn new(backend: &dyn Backend, data: ArrayView2<'_, f32>, p: &IvfJoin) -> Result<Self> {
+        let n = data.nrows();
+        let mut rng = Rng::new(p.seed);
+        let train_rows = kmeans::sample_indices(n, (p.n_lists * 64).min(n), &mut rng);
+        let sample = data.select(Axis(0), &train_rows);
+        let km = kmeans::train(backend, sample.view(), p.n_lists, 10, p.seed, None)?;
+        let (labels, _) = kmeans::assign(backend, data, km.centroids.view())?;
+        let mut offsets = vec![0usize; p.n_lists + 1];
+        for &l in &labels {
+            offsets[l as usize + 1] += 1;
+        }
+        for l in 0..p.n_lists {
+            offsets[l + 1] += offsets[l];
+        }
+        let mut members = vec![0u32; n];
+        let mut fill = offsets.clone();
+        for (row, &l) in labels.iter().enumerate() {
+            members[fill[l as usize]] = row as u32;
+            fill[l as usize] += 1;
+        }
+        let centroid_norms = crate::metric::squared_norms(km.centroids.view());
+        let depth = p.n_lists.min(MAX_PROBES.max(p.n_probes));
+        let mut probe_topk: Vec<TopK> = (0..p.n_lists).map(|_| TopK::new(depth)).collect();
+        let cq = Queries {
+            vectors: km.centroids.view(),
+            sq_norms: &centroid_norms,
+            metric: Metric::L2,
+        };
+        backend.knn_block(cq, km.centroids.view(), &centroid_norms, 0, &mut probe_topk)?;
+        let ranked = probe_topk
+            .into_iter()
+            .map(|t| t.into_sorted().iter().map(|nb| nb.row as usize).collect())
+            .collect();
+        Ok(IvfPartition {
+            labels,
+            members,
+            offsets,
+            ranked,
+        })
+    }
+
+    /// Probes each list's nearest `probes` lists (itself included) from now on.
+    pub fn keep_probes(&mut self, probes: usize) {
+        for r in self.ranked.iter_mut() {
+            r.truncate(probes);
+        }
+    }
+
+    /// The fewest probes, at least `least`, whose lists hold [`COVERAGE_TARGET`] of the
+    /// sample's true neighbours, and the share they hold; where the ranked lists never reach
+    /// the target, all of them.
+    pub fn probes_for(&self, truth: &SampleTruth, least: usize) -> (usize, f64) {
+        let depth = self.ranked.first().map_or(0, |r| r.len());
+        // hits[p]: true neighbours in the list ranked p-th for their row's list.
+        let mut hits = vec![0usize; depth + 1];
+        let mut total = 0usize;
+        let mut rank_of = vec![usize::MAX; self.ranked.len()];
+        for (&r, nbrs) in truth.rows.iter().zip(&truth.neighbors) {
+            let own = &self.ranked[self.labels[r] as usize];
+            for (i, &l) in own.iter().enumerate() {
+                rank_of[l] = i;
+            }
+            for &v in nbrs {
+                let rank = rank_of[self.labels[v as usize] as usize];
+                hits[rank.min(depth)] += 1;
+            }
+            total += nbrs.len();
+            for &l in own {
+                rank_of[l] = usize::MAX;
+            }
+        }
+        let total = total.max(1) as f64;
+        let mut covered = 0usize;
+        for (p, &h) in hits.iter().enumerate().take(depth) {
+            covered += h;
+            let share = covered as f64 / total;
+            if p + 1 >= least && share >= COVERAGE_TARGET {
+                return (p + 1, share);
+            }
+        }
+        (depth, hits[..depth].iter().sum::<usize>() as f64 / total)
+    }
+}
+
+/// Approximate kNN graph by an IVF partition, each list joined against the lists it probes
+/// ([`IvfPartition::keep_probes`]), then one [`refine`] pass. See the module docs.
 pub fn ivf(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
     norms: &[f32],
     metric: Metric,
     k: usize,
-    p: &IvfJoin,
+    part: &IvfPartition,
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<Graph> {
-    let n = data.nrows();
-    // 1. Partition: k-means on a sample, then every row to its nearest centroid.
-    let mut rng = Rng::new(p.seed);
-    let train_rows = kmeans::sample_indices(n, (p.n_lists * 64).min(n), &mut rng);
-    let sample = data.select(Axis(0), &train_rows);
-    let km = kmeans::train(backend, sample.view(), p.n_lists, 10, p.seed, None)?;
-    let (labels, _) = kmeans::assign(backend, data, km.centroids.view())?;
-    let mut offsets = vec![0usize; p.n_lists + 1];
-    for &l in &labels {
-        offsets[l as usize + 1] += 1;
-    }
-    for l in 0..p.n_lists {
-        offsets[l + 1] += offsets[l];
-    }
-    let mut members = vec![0u32; n];
-    let mut fill = offsets.clone();
-    for (row, &l) in labels.iter().enumerate() {
-        members[fill[l as usize]] = row as u32;
-        fill[l as usize] += 1;
-    }
-    // 2. Each list's nearest lists by centroid.
-    let centroid_norms = crate::metric::squared_norms(km.centroids.view());
-    let mut probe_topk: Vec<TopK> = (0..p.n_lists).map(|_| TopK::new(p.n_probes)).collect();
-    let cq = Queries {
-        vectors: km.centroids.view(),
-        sq_norms: &centroid_norms,
-        metric: Metric::L2,
-    };
-    backend.knn_block(cq, km.centroids.view(), &centroid_norms, 0, &mut probe_topk)?;
-    let probes: Vec<Vec<usize>> = probe_topk
-        .into_iter()
-        .map(|t| t.into_sorted().iter().map(|nb| nb.row as usize).collect())
-        .collect();
-    // 3. Join each list against its probed lists.
     let job = ListJoin {
         data,
         norms,
         metric,
-        members: &members,
-        offsets: &offsets,
-        probes: &probes,
+        members: &part.members,
+        offsets: &part.offsets,
+        probes: &part.ranked,
         k,
     };
     let neighbors = backend.join_lists(&job, &|f| progress(0.9 * f))?;
@@ -183,7 +315,7 @@ pub fn ivf(
         degree: k,
         neighbors,
     };
-    // 4. Neighbours of neighbours fix most boundary misses (and fill short lists).
+    // Neighbours of neighbours fix most boundary misses (and fill short lists).
     refine(data, norms, metric, &mut graph, 8, false);
     progress(1.0);
     Ok(graph)
@@ -402,41 +534,41 @@ pub fn nn_descent(
     Ok((graph, iters))
 }
 
-/// Recall of `graph` against the exact `degree` nearest neighbours of `sample` rows (the
-/// fraction of true neighbours found), as the manifest reports it.
-pub fn sample_recall(
-    backend: &dyn Backend,
-    data: ArrayView2<'_, f32>,
-    norms: &[f32],
-    metric: Metric,
-    graph: &Graph,
-    sample: &[usize],
-) -> Result<f64> {
-    let k = graph.degree;
-    let q = data.select(Axis(0), sample);
-    let q_norms: Vec<f32> = if metric == Metric::L2 {
-        sample.iter().map(|&r| norms[r]).collect()
-    } else {
-        Vec::new()
-    };
-    let mut topk: Vec<TopK> = sample.iter().map(|_| TopK::new(k + 1)).collect();
-    let queries = Queries {
-        vectors: q.view(),
-        sq_norms: &q_norms,
-        metric,
-    };
-    backend.knn_block(queries, data, norms, 0, &mut topk)?;
-    let mut found = 0usize;
-    for (t, &r) in topk.into_iter().zip(sample) {
-        let truth: Vec<u32> = t
-            .into_sorted()
-            .iter()
-            .filter(|nb| nb.row as usize != r)
-            .take(k)
-            .map(|nb| nb.row as u32)
-            .collect();
-        let row = graph.row(r);
-        found += truth.iter().filter(|v| row.contains(v)).count();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+
+    /// The probes `probes_for` picks for `data` split into 16 lists, with the coverage.
+    fn probes(data: ArrayView2<'_, f32>) -> (usize, f64) {
+        let norms = crate::metric::squared_norms(data);
+        let p = IvfJoin {
+            n_lists: 16,
+            n_probes: 1,
+            seed: 5,
+            coverage: 0.0,
+        };
+        let part = IvfPartition::new(&CpuBackend, data, &p).unwrap();
+        let rows: Vec<usize> = (0..data.nrows()).step_by(40).collect();
+        let truth = SampleTruth::new(&CpuBackend, data, &norms, Metric::L2, 16, rows).unwrap();
+        part.probes_for(&truth, 2)
     }
-    Ok(found as f64 / (sample.len() * k).max(1) as f64)
+
+    #[test]
+    fn probes_follow_how_spread_the_neighbours_are() {
+        // Sixteen separated clusters: a row's neighbours share its list.
+        let clustered = crate::synth::clustered(4_000, 0, 32, 16, 3).base;
+        let (p, coverage) = probes(clustered.view());
+        assert!(
+            p == 2 && coverage >= COVERAGE_TARGET,
+            "{p} probes, {coverage}"
+        );
+        // One 32-d Gaussian: neighbours spread over many lists.
+        let blob = crate::synth::clustered(4_000, 0, 32, 1, 3).base;
+        let (p, coverage) = probes(blob.view());
+        assert!(
+            p > 4 && coverage >= COVERAGE_TARGET,
+            "{p} probes, {coverage}"
+        );
+    }
 }

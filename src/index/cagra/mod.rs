@@ -5,7 +5,10 @@
 //! Build:
 //! 1. A kNN graph with `intermediate_graph_degree` neighbours per row ([`knn_graph`]): exact
 //!    for small N, else the ivf join or NN-descent (`build_algo`). Its recall against exact
-//!    search is measured on a sample of rows and recorded in the manifest.
+//!    search is measured on a sample of rows and recorded in the manifest; the same sample
+//!    sets the ivf join's probes, and `auto` builds the exact graph when the join would have
+//!    to probe more than a quarter of the lists. Inner-product indexes are built on rows
+//!    lifted to L2 (see `build`), where the graph is a proximity graph.
 //! 2. Graph optimisation to `graph_degree` ([`optimize`]): rank-based pruning of detourable
 //!    edges, reverse edges, merge; then, optionally, a connectivity guarantee.
 //! 3. The artifact holds the vectors, their squared norms (L2), 8-bit codes of them that the
@@ -41,7 +44,7 @@ use crate::metric::squared_norms;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
 use hierarchy::Hierarchy;
-use knn_graph::IvfJoin;
+use knn_graph::{IvfJoin, IvfPartition, SampleTruth};
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -212,11 +215,13 @@ impl CagraParams {
 /// What the build measured, for the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CagraStats {
-    /// The kNN-graph builder that ran.
+    /// The kNN-graph builder that ran (`exact` where `auto` found the data too spread for
+    /// the ivf join: `ivf` then records the probes and coverage it would have needed).
     pub build_algo: BuildAlgo,
     pub ivf: Option<IvfJoin>,
     pub nn_descent_iters: Option<usize>,
-    /// Recall of the kNN graph against exact search on [`RECALL_SAMPLE`] rows (1.0 for exact).
+    /// Recall of the kNN graph against exact search on [`RECALL_SAMPLE`] rows (1.0 for exact;
+    /// for inner product, of the lifted rows' L2 neighbours).
     pub knn_graph_recall: f64,
     pub knn_graph_seconds: f64,
     /// Everything after the kNN graph: the three parts below and the rest.
@@ -253,6 +258,18 @@ pub fn build(
 ) -> Result<Cagra> {
     let (n, dim) = data.dim();
     params.validate(n)?;
+    if metric == Metric::InnerProduct {
+        // Maximum inner product search as nearest-neighbour search (Bachrach et al., "Speeding
+        // up the Xbox recommender system using a Euclidean transformation for inner-product
+        // spaces", RecSys 2014): with `x' = [x, √(M² − ‖x‖²)]` (M the largest norm) and
+        // `q' = [q, 0]`, `‖q' − x'‖² = ‖q‖² + M² − 2q·x`, so for each query L2 order on the
+        // lifted rows is inner-product order on the rows. The graph is built on the lifted
+        // rows, where neighbourhoods are local; an inner-product kNN graph points every row
+        // at the few largest-norm rows and leaves most rows unreachable. The search walks it
+        // with inner-product scores, the same order.
+        let lifted = lift_for_inner_product(data);
+        return build(backend, lifted.view(), Metric::L2, params, progress);
+    }
     let data = data.as_standard_layout();
     let norms = if metric == Metric::L2 {
         squared_norms(data.view())
@@ -260,24 +277,56 @@ pub fn build(
         Vec::new()
     };
     let k = params.intermediate_graph_degree;
-    let algo = params.resolve_algo(n, dim);
+    let mut algo = params.resolve_algo(n, dim);
     let started = Instant::now();
+    // The approximate builders are measured against (and the ivf probes chosen by) the exact
+    // neighbours of a sample of rows.
+    let truth = match algo {
+        BuildAlgo::Exact => None,
+        _ => {
+            progress("knn graph sample", 0.0);
+            let mut rng = Rng::new(params.seed ^ 0x5eed);
+            let rows = crate::index::kmeans::sample_indices(n, RECALL_SAMPLE, &mut rng);
+            Some(SampleTruth::new(
+                backend,
+                data.view(),
+                &norms,
+                metric,
+                k,
+                rows,
+            )?)
+        }
+    };
     let mut ivf = None;
     let mut nn_descent_iters = None;
-    let knn = match algo {
-        BuildAlgo::Exact | BuildAlgo::Auto => {
-            knn_graph::exact(backend, data.view(), &norms, metric, k, &|f| {
-                progress("knn graph (exact)", f)
-            })?
-        }
-        BuildAlgo::Ivf => {
-            let p = IvfJoin::auto(n, k, params.seed);
+    let exact = |label: &str| {
+        knn_graph::exact(backend, data.view(), &norms, metric, k, &|f| {
+            progress(label, f)
+        })
+    };
+    let knn = match (algo, &truth) {
+        (BuildAlgo::Ivf, Some(truth)) => {
+            let mut p = IvfJoin::auto(n, k, params.seed);
+            progress("knn graph (ivf)", 0.0);
+            let mut part = IvfPartition::new(backend, data.view(), &p)?;
+            (p.n_probes, p.coverage) = part.probes_for(truth, p.n_probes);
+            part.keep_probes(p.n_probes);
             ivf = Some(p);
-            knn_graph::ivf(backend, data.view(), &norms, metric, k, &p, &|f| {
-                progress("knn graph (ivf)", f)
-            })?
+            if params.build_algo == BuildAlgo::Auto
+                && (p.coverage < knn_graph::COVERAGE_TARGET || p.n_probes * 4 > p.n_lists)
+            {
+                // Neighbours spread over many lists (high intrinsic dimension): a join that
+                // holds them scores a quarter or more of all pairs, and the exact builder does
+                // all of them faster (GEMM tiles, no gathers) for a better graph.
+                algo = BuildAlgo::Exact;
+                exact("knn graph (exact: data too spread for the ivf join)")?
+            } else {
+                knn_graph::ivf(backend, data.view(), &norms, metric, k, &part, &|f| {
+                    progress("knn graph (ivf)", f)
+                })?
+            }
         }
-        BuildAlgo::NnDescent => {
+        (BuildAlgo::NnDescent, _) => {
             let p = knn_graph::NnDescent {
                 max_iters: params.nn_descent_niter,
                 delta: 0.001,
@@ -289,15 +338,12 @@ pub fn build(
             nn_descent_iters = Some(iters);
             g
         }
+        _ => exact("knn graph (exact)")?,
     };
     let knn_graph_seconds = started.elapsed().as_secs_f64();
-    let knn_graph_recall = if algo == BuildAlgo::Exact {
-        1.0
-    } else {
-        progress("knn graph recall", 0.0);
-        let mut rng = Rng::new(params.seed ^ 0x5eed);
-        let sample = crate::index::kmeans::sample_indices(n, RECALL_SAMPLE, &mut rng);
-        knn_graph::sample_recall(backend, data.view(), &norms, metric, &knn, &sample)?
+    let knn_graph_recall = match (&truth, algo) {
+        (Some(truth), BuildAlgo::Ivf | BuildAlgo::NnDescent) => truth.recall(&knn),
+        _ => 1.0,
     };
     let started = Instant::now();
     progress("optimizing graph", 0.0);
@@ -342,6 +388,19 @@ pub fn build(
             rewired_edges,
         },
     })
+}
+
+/// `[x, √(M² − ‖x‖²)]` for every row `x` of `data`, `M` the largest row norm.
+fn lift_for_inner_product(data: ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
+    let (n, dim) = data.dim();
+    let norms = squared_norms(data);
+    let max = norms.iter().copied().fold(0f32, f32::max);
+    let mut lifted = ndarray::Array2::<f32>::zeros((n, dim + 1));
+    for ((mut out, row), &sq) in lifted.rows_mut().into_iter().zip(data.rows()).zip(&norms) {
+        out.slice_mut(ndarray::s![..dim]).assign(&row);
+        out[dim] = (max - sq).max(0.0).sqrt();
+    }
+    lifted
 }
 
 /// The row closest to the mean of all rows (by the metric's ranking score): a central start.
