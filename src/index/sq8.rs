@@ -4,7 +4,7 @@
 //! dimension gets scale 0 and code 0).
 //!
 //! CAGRA search walks the graph on these codes (a quarter of the bytes of `f32` rows, so four
-//! times as many rows per cache line fetched) and re-ranks what it keeps by exact distance.
+//! times as many rows stay in cache) and re-ranks what it keeps by exact distance.
 //! Scoring a code reads nothing but the code row: L2 is `‖(q − min) − scale∘c‖²` in full, inner
 //! product `q·x̂ = q·min + (q∘scale)·c`; see [`Sq8Query`].
 

@@ -16,8 +16,8 @@
 //!    the first `k` rows of itopk are the answer (ties to the smaller row).
 //!
 //! Where the index has 8-bit codes of its rows ([`crate::index::sq8`]), steps 1–3 score codes
-//! (a quarter of the bytes per row, so a quarter of the memory traffic, the bound on this
-//! search) and itopk is re-ranked by exact distance before the first `k` are taken.
+//! (a quarter of the bytes per row, so four times as many rows stay in cache; this search
+//! waits on memory) and itopk is re-ranked by exact distance before the first `k` are taken.
 //!
 //! `max_iterations = 0` means automatic, as in cuVS: `itopk_size / search_width` plus the hops
 //! a graph of this degree needs to span N rows, `⌈log_{max(2, degree/2)} N⌉`.
