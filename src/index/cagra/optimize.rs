@@ -27,8 +27,11 @@ use rayon::prelude::*;
 /// Slot value for "no edge" in intermediate lists (never in a finished graph).
 pub const NONE: u32 = u32::MAX;
 
+/// Rows of the kNN graph fetched ahead of the one being read.
+const PREFETCH_AHEAD: usize = 4;
+
 /// Detour counts of one row's edges: `counts[r]` for the edge at rank `r`. `map` is scratch: an
-/// open-addressing table from row to rank, sized to a power of two ≥ 2·d_in.
+/// open-addressing table from row to rank, sized to a power of two ≥ 4·d_in.
 fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u32]) {
     let d = knn.degree;
     let mask = map.len() - 1;
@@ -43,12 +46,23 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
         map[s] = (b, rank as u32);
     }
     counts[..d].fill(0);
-    // Routes A→D→B need r_AD < r_AB, so D ranges over all but the last edge.
+    // Routes A→D→B need r_AD < r_AB, so D ranges over all but the last edge; and
+    // r_DB < r_AB ≤ d − 1, so B over all but D's last edge.
+    let fetch = |v: u32| {
+        if v != NONE {
+            crate::distance::prefetch(knn.row(v as usize), d * 4);
+        }
+    };
+    list.iter().take(PREFETCH_AHEAD).for_each(|&v| fetch(v));
     for (r_ad, &dnode) in list.iter().enumerate().take(d.saturating_sub(1)) {
+        if let Some(&ahead) = list.get(r_ad + PREFETCH_AHEAD) {
+            fetch(ahead);
+        }
         if dnode == NONE {
             continue;
         }
-        for (r_db, &b) in knn.row(dnode as usize).iter().enumerate() {
+        let routes = knn.row(dnode as usize).iter().take(d.saturating_sub(1));
+        for (r_db, &b) in routes.enumerate() {
             if b == NONE {
                 continue;
             }
@@ -70,7 +84,8 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
 /// Step 1: the `d_out` edges of each row with the fewest detourable routes.
 pub fn prune(knn: &Graph, d_out: usize) -> Graph {
     let d = knn.degree;
-    let table = (2 * d).next_power_of_two().max(16);
+    // A quarter full: most lookups miss (B not in A's list) and stop at the first empty slot.
+    let table = (4 * d).next_power_of_two().max(16);
     let mut neighbors = vec![NONE; knn.len() * d_out];
     neighbors.par_chunks_mut(d_out).enumerate().for_each_init(
         || {
