@@ -119,12 +119,31 @@ pub fn l2_u8_portable(u: &[f32], s: &[f32], c: &[u8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn l2_u8_avx2(u: &[f32], s: &[f32], c: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
     let n = u.len().min(s.len()).min(c.len());
     let (pu, ps, pc) = (u.as_ptr(), s.as_ptr(), c.as_ptr());
     // SAFETY (all steps): j + 8 ≤ n keeps every 8-float load in `u` and `s` and every 8-byte
     // load in `c`, which hold at least n elements.
-    let step = |j: usize, acc: __m256| l2_u8_step(pu.add(j), ps.add(j), pc.add(j), acc);
+    let (mut sum, tail) = sum_steps(n, |j, acc| l2_u8_step(pu.add(j), ps.add(j), pc.add(j), acc));
+    for i in tail..n {
+        let d = u[i] - s[i] * c[i] as f32;
+        sum += d * d;
+    }
+    sum
+}
+
+/// Runs `step(j, acc)` for `j = 0, 8, 16, …` while `j + 8 ≤ n`, over four accumulators (32
+/// lanes a round), and returns the sum of all lanes and where the scalar tail starts.
+///
+/// # Safety
+/// AVX2 and FMA; `step` must be safe to call for every such `j`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn sum_steps(
+    n: usize,
+    step: impl Fn(usize, std::arch::x86_64::__m256) -> std::arch::x86_64::__m256,
+) -> (f32, usize) {
+    use std::arch::x86_64::*;
     let mut a = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
@@ -137,16 +156,8 @@ pub unsafe fn l2_u8_avx2(u: &[f32], s: &[f32], c: &[u8]) -> f32 {
         a[0] = step(i, a[0]);
         i += 8;
     }
-    let mut sum = hsum(_mm256_add_ps(
-        _mm256_add_ps(a[0], a[1]),
-        _mm256_add_ps(a[2], a[3]),
-    ));
-    while i < n {
-        let d = u[i] - s[i] * c[i] as f32;
-        sum += d * d;
-        i += 1;
-    }
-    sum
+    let lanes = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+    (hsum(lanes), i)
 }
 
 /// `acc + (u[0..8] − s[0..8]∘c[0..8])²`.
@@ -177,31 +188,13 @@ unsafe fn l2_u8_step(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_u8_avx2(q: &[f32], c: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
     let n = q.len().min(c.len());
     let (pq, pc) = (q.as_ptr(), c.as_ptr());
     // SAFETY (all steps): j + 8 ≤ n keeps every 8-float load in `q` and every 8-byte load in
     // `c`, which hold at least n elements.
-    let step = |j: usize, acc: __m256| u8_step(pq.add(j), pc.add(j), acc);
-    let mut a = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (l, acc) in a.iter_mut().enumerate() {
-            *acc = step(i + 8 * l, *acc);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        a[0] = step(i, a[0]);
-        i += 8;
-    }
-    let mut sum = hsum(_mm256_add_ps(
-        _mm256_add_ps(a[0], a[1]),
-        _mm256_add_ps(a[2], a[3]),
-    ));
-    while i < n {
+    let (mut sum, tail) = sum_steps(n, |j, acc| u8_step(pq.add(j), pc.add(j), acc));
+    for i in tail..n {
         sum += q[i] * c[i] as f32;
-        i += 1;
     }
     sum
 }
