@@ -201,37 +201,21 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
             "c.vbx",
         ],
     );
-    ok(
-        d,
-        &[
-            "search",
-            "--index",
-            "c.vbx",
-            "--queries",
-            "q.parquet",
-            "--k",
-            "10",
-            "--out",
-            "r.parquet",
-        ],
-    );
+    let search = [
+        "search",
+        "--index",
+        "c.vbx",
+        "--queries",
+        "q.parquet",
+        "--k",
+        "10",
+        "--out",
+        "r.parquet",
+    ];
+    ok(d, &search);
     let r = eval_json(d)["recall"].as_f64().unwrap();
     assert!(r >= 0.95, "CLI recall@10 {r:.4} < 0.95");
-    ok(
-        d,
-        &[
-            "search",
-            "--index",
-            "c.vbx",
-            "--queries",
-            "q.parquet",
-            "--k",
-            "10",
-            "--exact-walk",
-            "--out",
-            "r.parquet",
-        ],
-    );
+    ok(d, &[&search[..], &["--exact-walk"]].concat());
     let exact = eval_json(d)["recall"].as_f64().unwrap();
     assert!(
         exact >= 0.95 && (exact - r).abs() <= 0.01,
