@@ -151,7 +151,8 @@ pub struct CagraParams {
     pub guarantee_connectivity: bool,
     pub seed: u64,
     /// Codes stored for the search to walk on. Default 8-bit ([`SearchCodes::Sq8`]): on
-    /// 200k × 128 CPU search QPS at recall@10 ≈ 0.95–0.99 rose 1.1–1.2× for −0.001 recall (medians of interleaved runs).
+    /// 200k × 128 CPU search QPS at recall@10 ≈ 0.95–0.99 rose 1.1–1.2× for −0.001 recall
+    /// (medians of interleaved runs).
     #[serde(default)]
     pub search_codes: SearchCodes,
 }
@@ -266,7 +267,8 @@ pub fn build(
         // lifted rows is inner-product order on the rows. The graph is built on the lifted
         // rows, where neighbourhoods are local; an inner-product kNN graph points every row
         // at the few largest-norm rows and leaves most rows unreachable. The search walks it
-        // with inner-product scores, the same order.
+        // with inner-product scores, the same order. The lifted copy of the rows is held for
+        // the build.
         let lifted = lift_for_inner_product(data);
         return build(backend, lifted.view(), Metric::L2, params, progress);
     }
