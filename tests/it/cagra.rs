@@ -316,22 +316,7 @@ fn cli_builds_searches_tunes_and_explains_bad_parameters() {
     );
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("need --index cagra"), "{}", out.stderr);
-    let out = run(
-        d,
-        &[
-            "search",
-            "--index",
-            "c.vbx",
-            "--queries",
-            "q.parquet",
-            "--k",
-            "10",
-            "--itopk-size",
-            "5",
-            "--out",
-            "r2.parquet",
-        ],
-    );
+    let out = run(d, &[&search[..], &["--itopk-size", "5"]].concat());
     assert_eq!(out.code, 2);
     assert!(
         out.stderr
