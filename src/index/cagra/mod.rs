@@ -406,24 +406,50 @@ fn lift_for_inner_product(data: ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
 }
 
 /// The row closest to the mean of all rows (by the metric's ranking score): a central start.
+/// Rows are summed in f64 a block at a time in parallel and the blocks added in order, so the
+/// mean does not depend on the thread count; ties go to the smaller row.
 fn nearest_to_mean(data: ArrayView2<'_, f32>, norms: &[f32], metric: Metric) -> u32 {
-    let n = data.nrows().max(1) as f32;
-    let mean: Vec<f32> = data
-        .columns()
-        .into_iter()
-        .map(|c| c.iter().sum::<f32>() / n)
-        .collect();
-    let flat = data.as_slice().unwrap_or(&[]);
+    use rayon::prelude::*;
+    const BLOCK_ROWS: usize = 4096;
     let dim = data.ncols().max(1);
-    let mut best = (f32::INFINITY, 0u32);
-    for (i, x) in flat.chunks_exact(dim).enumerate() {
-        let s =
-            crate::distance::ranking_score(metric, &mean, x, norms.get(i).copied().unwrap_or(0.0));
-        if s < best.0 {
-            best = (s, i as u32);
+    let flat = data.as_slice().unwrap_or(&[]);
+    let blocks: Vec<Vec<f64>> = flat
+        .par_chunks(BLOCK_ROWS * dim)
+        .map(|block| {
+            let mut sums = vec![0f64; dim];
+            for row in block.chunks_exact(dim) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += *v as f64;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0f64; dim];
+    for block in &blocks {
+        for (s, b) in sums.iter_mut().zip(block) {
+            *s += b;
         }
     }
-    best.1
+    let n = data.nrows().max(1) as f64;
+    let mean: Vec<f32> = sums.iter().map(|s| (s / n) as f32).collect();
+    flat.par_chunks_exact(dim)
+        .enumerate()
+        .map(|(i, x)| {
+            let norm = norms.get(i).copied().unwrap_or(0.0);
+            (
+                crate::distance::ranking_score(metric, &mean, x, norm),
+                i as u32,
+            )
+        })
+        .reduce(
+            || (f32::INFINITY, 0),
+            |a, b| match a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)) {
+                std::cmp::Ordering::Greater => b,
+                _ => a,
+            },
+        )
+        .1
 }
 
 /// Fills any empty slot (a row whose merged list came up short) from its kNN list, so every
