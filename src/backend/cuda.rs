@@ -32,6 +32,7 @@
 
 mod cagra;
 mod join;
+mod kmeans;
 
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 
@@ -58,6 +59,7 @@ pub const KERNELS: &[(&str, &str)] = &[
         "cagra_search.cu",
         include_str!("../../kernels/cagra_search.cu"),
     ),
+    ("kmeans.cu", include_str!("../../kernels/kmeans.cu")),
 ];
 
 /// Each kernel function and the file that defines it.
@@ -67,6 +69,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "assign_small"),
     ("cagra.cu", "prune_graph"),
     ("cagra_search.cu", "cagra_search"),
+    ("kmeans.cu", "centroid_means"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -359,6 +362,7 @@ struct Device {
     assign_small: CudaFunction,
     prune_graph: CudaFunction,
     cagra_search: CudaFunction,
+    centroid_means: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -463,6 +467,7 @@ impl CudaBackend {
                 assign_small: load("assign_small")?,
                 prune_graph: load("prune_graph")?,
                 cagra_search: load("cagra_search")?,
+                centroid_means: load("centroid_means")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
                 tile_bytes,
@@ -491,24 +496,7 @@ impl CudaBackend {
         let c_ptr = dev.upload(|s| &mut s.base, c_host)?;
         let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, n)?);
         let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, n)?);
-        let (rows, k_i, dim_i) = (n as i64, kc as i32, dim as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: (kc * dim * 4) as u32,
-        };
-        let mut launch = stream.launch_builder(&dev.assign_small);
-        launch
-            .arg(&x_ptr)
-            .arg(&c_ptr)
-            .arg(&rows)
-            .arg(&k_i)
-            .arg(&dim_i)
-            .arg(&oc_ptr)
-            .arg(&os_ptr);
-        // SAFETY: arguments match assign_small's signature; buffers hold n·dim rows, kc·dim
-        // centroids (≤ 48 KiB of shared memory) and n outputs.
-        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching assign_small", e))?;
+        dev.nearest_small(x_ptr, n, c_ptr, kc, dim, oc_ptr, os_ptr)?;
         let mut labels = vec![0u32; n];
         let mut dists = vec![0f32; n];
         dev.download(|s| &s.out_col, &mut labels)?;
@@ -524,6 +512,12 @@ impl CudaBackend {
             .lock()
             .map_err(|_| Error::Gpu("an earlier GPU call panicked".into()))
     }
+}
+
+/// Whether assignment to `kc` centroids of `dim` floats takes `assign_small` (direct
+/// differences, centroids in 48 KiB of shared memory) rather than a GEMM.
+fn assigns_small(dim: usize, kc: usize) -> bool {
+    dim <= SMALL_DIM && kc * dim * 4 <= 48 << 10
 }
 
 fn contiguous<'a>(x: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {
@@ -705,6 +699,83 @@ impl Device {
 }
 
 impl Device {
+    /// Rows per GEMM tile when assigning `n` rows to `kc` centroids.
+    fn assign_tile_rows(&self, kc: usize, n: usize) -> usize {
+        (self.tile_bytes / (kc * 4)).clamp(1, n.max(1))
+    }
+
+    /// Nearest of `kc` centroids at `c_ptr` (squared norms at `cn_ptr`) for `rows` rows at
+    /// `x_ptr`: one GEMM into the score buffer, then `argmin_rows` writes each row's centroid
+    /// and its score `‖c‖² − 2·x·c` to `out_col` / `out_score`.
+    #[allow(clippy::too_many_arguments)]
+    fn nearest_by_gemm(
+        &mut self,
+        x_ptr: u64,
+        rows: usize,
+        c_ptr: u64,
+        cn_ptr: u64,
+        kc: usize,
+        dim: usize,
+        out_col: u64,
+        out_score: u64,
+    ) -> Result<()> {
+        let s_ptr = self.gemm(x_ptr, rows, c_ptr, kc, dim, -2.0)?;
+        let (ld, n_cols, n_rows) = (kc as i64, kc as i32, rows as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.argmin_rows);
+        launch
+            .arg(&s_ptr)
+            .arg(&ld)
+            .arg(&n_cols)
+            .arg(&n_rows)
+            .arg(&cn_ptr)
+            .arg(&out_col)
+            .arg(&out_score);
+        // SAFETY: arguments match argmin_rows' signature; buffers hold rows·kc scores, kc
+        // norms and rows outputs.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching argmin_rows", e))?;
+        Ok(())
+    }
+
+    /// Nearest of `kc` centroids at `c_ptr` for `rows` rows at `x_ptr` by direct squared
+    /// differences (`assign_small`: `dim ≤ SMALL_DIM`, `kc · dim` floats ≤ 48 KiB), into
+    /// `out_col` / `out_score` (the squared distance).
+    #[allow(clippy::too_many_arguments)]
+    fn nearest_small(
+        &self,
+        x_ptr: u64,
+        rows: usize,
+        c_ptr: u64,
+        kc: usize,
+        dim: usize,
+        out_col: u64,
+        out_score: u64,
+    ) -> Result<()> {
+        let (n_rows, k_i, dim_i) = (rows as i64, kc as i32, dim as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (kc * dim * 4) as u32,
+        };
+        let mut launch = self.stream.launch_builder(&self.assign_small);
+        launch
+            .arg(&x_ptr)
+            .arg(&c_ptr)
+            .arg(&n_rows)
+            .arg(&k_i)
+            .arg(&dim_i)
+            .arg(&out_col)
+            .arg(&out_score);
+        // SAFETY: arguments match assign_small's signature; buffers hold rows·dim rows, kc·dim
+        // centroids (≤ 48 KiB of shared memory) and rows outputs.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching assign_small", e))?;
+        Ok(())
+    }
+
     /// Launches `select_topk` (kernels/select.cu) over `rows` score rows of `n` columns, `ld`
     /// floats apart, at `scores`: `col_add` (0: none) added per column, each row starting from
     /// its `thresholds` entry (0: none), its best `k` into `out_score` / `out_col` (`rows · k`
@@ -908,6 +979,13 @@ impl Backend for CudaBackend {
         cagra::search(self, index, loaded, queries, k, p)
     }
 
+    fn lloyd<'a>(
+        &'a self,
+        data: ArrayView2<'a, f32>,
+    ) -> Result<Option<Box<dyn crate::backend::Lloyd + 'a>>> {
+        kmeans::DeviceLloyd::hold(self, data)
+    }
+
     fn assign_nearest(
         &self,
         data: ArrayView2<'_, f32>,
@@ -928,7 +1006,7 @@ impl Backend for CudaBackend {
         }
         let c_host = contiguous(&centroids);
         let x_host = contiguous(&data);
-        if dim <= SMALL_DIM && kc * dim * 4 <= 48 << 10 {
+        if assigns_small(dim, kc) {
             return self.assign_small(&x_host, &c_host, n, kc, dim);
         }
         let c_norms = squared_norms(centroids);
@@ -938,34 +1016,16 @@ impl Backend for CudaBackend {
         let stream = dev.stream.clone();
         let c_ptr = dev.upload(|s| &mut s.base, &c_host)?;
         let cn_ptr = dev.upload(|s| &mut s.norms, &c_norms)?;
-        let r_tile = (dev.tile_bytes / (kc * 4)).clamp(1, n.max(1));
+        let r_tile = dev.assign_tile_rows(kc, n);
         let mut col = Vec::new();
         let mut score = Vec::new();
         for r0 in (0..n).step_by(r_tile) {
             let r1 = (r0 + r_tile).min(n);
             let rt = r1 - r0;
             let x_ptr = dev.upload(|s| &mut s.queries, &x_host[r0 * dim..r1 * dim])?;
-            let s_ptr = dev.gemm(x_ptr, rt, c_ptr, kc, dim, -2.0)?;
             let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, rt)?);
             let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, rt)?);
-            let (ld, n_cols, rows) = (kc as i64, kc as i32, rt as i64);
-            let cfg = LaunchConfig {
-                grid_dim: (rt.div_ceil(8) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = stream.launch_builder(&dev.argmin_rows);
-            launch
-                .arg(&s_ptr)
-                .arg(&ld)
-                .arg(&n_cols)
-                .arg(&rows)
-                .arg(&cn_ptr)
-                .arg(&oc_ptr)
-                .arg(&os_ptr);
-            // SAFETY: arguments match argmin_rows' signature; buffers hold rt·kc scores, kc
-            // norms and rt outputs.
-            unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching argmin_rows", e))?;
+            dev.nearest_by_gemm(x_ptr, rt, c_ptr, cn_ptr, kc, dim, oc_ptr, os_ptr)?;
             col.resize(rt, 0u32);
             score.resize(rt, 0f32);
             dev.download(|s| &s.out_col, &mut col)?;

@@ -11,7 +11,7 @@ pub mod cuda;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
 use crate::search::SearchResults;
 use crate::{Metric, Result, TopK};
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
 
 /// An index copied to a device by [`Backend::load_cagra`]: only the backend that made it
 /// knows what it holds.
@@ -56,6 +56,20 @@ pub struct ListJoin<'a> {
     pub probes: &'a [Vec<usize>],
     /// Neighbours kept per row.
     pub k: usize,
+}
+
+/// Rows a backend holds across the iterations of Lloyd's k-means ([`Backend::lloyd`]), so a
+/// GPU copies them to the device once instead of once per iteration.
+pub trait Lloyd {
+    /// One iteration: each held row to its nearest centroid (as [`Backend::assign_nearest`]),
+    /// then each centroid with rows moved to their mean, summed in f64 in row order and
+    /// multiplied by `1 / size` (centroids without rows stay where they are). Returns the
+    /// cluster sizes and the assignment's objective: the squared distances added in row order
+    /// in f64.
+    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)>;
+
+    /// Cluster sizes of the held rows' nearest-centroid assignment.
+    fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>>;
 }
 
 /// The stages an index build or search needs from a compute device.
@@ -115,6 +129,13 @@ pub trait Backend: Sync {
         p: &CagraSearchParams,
     ) -> Result<(SearchResults, SearchStats)> {
         index.search(queries, k, p)
+    }
+
+    /// Holds `data: [n, dim]` for k-means iterations ([`Lloyd`]) where this backend keeps
+    /// rows apart from the host (a GPU, when they fit in its memory). `None`: iterate with
+    /// [`Backend::assign_nearest`] on the rows where they lie (the CPU).
+    fn lloyd<'a>(&'a self, _data: ArrayView2<'a, f32>) -> Result<Option<Box<dyn Lloyd + 'a>>> {
+        Ok(None)
     }
 
     /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):

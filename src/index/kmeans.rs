@@ -18,7 +18,7 @@
 //! Known limits: Lloyd's algorithm finds a local optimum; training data is held in memory (the
 //! caller samples it).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Lloyd};
 use crate::synth::Rng;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
@@ -74,17 +74,18 @@ pub fn train(
     for (c, row) in sample_indices(n, k, &mut rng).into_iter().enumerate() {
         centroids.row_mut(c).assign(&data.row(row));
     }
+    let mut lloyd: Box<dyn Lloyd + '_> = match backend.lloyd(data)? {
+        Some(held) => held,
+        None => Box::new(HostLloyd { backend, data }),
+    };
     let mut objective = Vec::with_capacity(n_iters);
-    let mut sizes = vec![0u64; k];
     let mut splits = 0;
     for iter in 0..n_iters.max(1) {
-        let (labels, dists) = assign(backend, data, centroids.view())?;
-        let current: f64 = dists.iter().map(|&d| d as f64).sum();
+        let (mut sizes, current) = lloyd.step(&mut centroids)?;
         let converged = objective
             .last()
             .is_some_and(|&prev: &f64| prev - current >= 0.0 && prev - current <= TOLERANCE * prev);
         objective.push(current);
-        sizes = update(data, &labels, &mut centroids);
         let split = split_empty(&mut centroids, &mut sizes, &mut rng);
         splits += split;
         if let Some(p) = progress {
@@ -95,11 +96,7 @@ pub fn train(
         }
     }
     // Sizes of the final centroids.
-    let (labels, _) = assign(backend, data, centroids.view())?;
-    sizes = vec![0u64; k];
-    for &l in &labels {
-        sizes[l as usize] += 1;
-    }
+    let sizes = lloyd.sizes(centroids.view())?;
     Ok(KMeans {
         centroids,
         sizes,
@@ -122,13 +119,36 @@ pub fn sample_indices(n: usize, count: usize, rng: &mut Rng) -> Vec<usize> {
         .collect()
 }
 
-/// Moves each centroid to the mean of its rows; returns the cluster sizes. Centroids of empty
-/// clusters are left where they are.
-fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
-    let (k, dim) = centroids.dim();
-    // Rows grouped by centroid (a counting sort keeps row order within a group), then the
-    // centroids summed in parallel: each adds its rows in row order, the same additions as
-    // one pass over the rows, so the result does not depend on the thread count.
+/// Lloyd iterations on rows where they lie, by [`Backend::assign_nearest`] and [`update`].
+struct HostLloyd<'a> {
+    backend: &'a dyn Backend,
+    data: ArrayView2<'a, f32>,
+}
+
+impl Lloyd for HostLloyd<'_> {
+    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)> {
+        let (labels, dists) = assign(self.backend, self.data, centroids.view())?;
+        let objective: f64 = dists.iter().map(|&d| d as f64).sum();
+        Ok((update(self.data, &labels, centroids), objective))
+    }
+
+    fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>> {
+        let (labels, _) = assign(self.backend, self.data, centroids)?;
+        Ok(group_by_label(&labels, centroids.nrows()).sizes)
+    }
+}
+
+/// Rows grouped by their label (a counting sort, so row order is kept within a group).
+pub struct Groups {
+    /// Rows per label.
+    pub sizes: Vec<u64>,
+    /// Label `c`'s rows are `order[start[c]..start[c + 1]]`.
+    pub start: Vec<usize>,
+    pub order: Vec<u32>,
+}
+
+/// Groups rows `0..labels.len()` by label (each `< k`).
+pub fn group_by_label(labels: &[u32], k: usize) -> Groups {
     let mut sizes = vec![0u64; k];
     for &l in labels {
         sizes[l as usize] += 1;
@@ -143,6 +163,25 @@ fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>
         order[fill[l as usize]] = row as u32;
         fill[l as usize] += 1;
     }
+    Groups {
+        sizes,
+        start,
+        order,
+    }
+}
+
+/// Moves each centroid to the mean of its rows; returns the cluster sizes. Centroids of empty
+/// clusters are left where they are.
+fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
+    let (k, dim) = centroids.dim();
+    // Rows grouped by centroid, then the centroids summed in parallel: each adds its rows in
+    // row order, the same additions as one pass over the rows, so the result does not depend
+    // on the thread count.
+    let Groups {
+        sizes,
+        start,
+        order,
+    } = group_by_label(labels, k);
     let Some(flat) = centroids.as_slice_mut() else {
         return sizes;
     };
@@ -162,7 +201,7 @@ fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>
             *v = (s * inv) as f32;
         }
     };
-    // Small updates (PQ sub-spaces, trained in parallel already) stay on this thread.
+    // Small updates (PQ sub-spaces) stay on this thread.
     match labels.len() * dim >= PARALLEL_UPDATE {
         true => flat.par_chunks_mut(dim.max(1)).enumerate().for_each(mean),
         false => flat.chunks_mut(dim.max(1)).enumerate().for_each(mean),

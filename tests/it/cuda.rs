@@ -42,6 +42,7 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "assign_small",
             "prune_graph",
             "cagra_search",
+            "centroid_means",
         ] {
             let line = out
                 .stdout
@@ -263,4 +264,53 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
             .to_vec()
     };
     assert_eq!(graph("c.vbx"), graph("g.vbx"));
+}
+
+#[test]
+fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if skip_without_gpu(d) {
+        return;
+    }
+    // k-means with the rows held on the GPU (coarse: GEMM path; PQ sub-spaces: direct path),
+    // centroids moved by the update kernel: every tensor must be the CPU's, bit for bit.
+    generate_dataset(d, 6000, 48, 30, 10);
+    for (dev, out) in [("cpu", "c.vbx"), ("gpu", "g.vbx")] {
+        let mut args = vec![
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--n-lists",
+            "64",
+            "--out",
+            out,
+        ];
+        if dev == "gpu" {
+            args.extend(["--gpu", "0"]);
+        }
+        ok(d, &args);
+    }
+    let tensors = |f: &str| {
+        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+        a.container
+            .all_bytes()
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let (cpu, gpu) = (tensors("c.vbx"), tensors("g.vbx"));
+    assert!(
+        cpu.iter().any(|(n, _)| n.contains("centroids")),
+        "no centroids"
+    );
+    assert_eq!(cpu.len(), gpu.len());
+    for ((name, a), (other, b)) in cpu.iter().zip(&gpu) {
+        assert_eq!(name, other);
+        assert!(
+            a == b,
+            "tensor {name} differs between the CPU and GPU builds"
+        );
+    }
 }
