@@ -10,10 +10,11 @@
 //!    first), B records A, up to `d_out` per row: rows that nobody kept gain in-edges.
 //! 3. **Merge.** Each row keeps its first `d_out / 2` pruned edges, then takes its reverse
 //!    edges in order, then its remaining pruned edges, skipping duplicates, up to `d_out`.
-//! 4. **Connectivity** (optional): rows not reachable from the entry point by a breadth-first
+//! 4. **Connectivity** (optional): rows not reachable from the entry point by a depth-first
 //!    walk get an in-edge from their nearest reachable row in the kNN graph, which gives up its
-//!    last edge (preferring one whose target has other in-edges); after a few rounds, rows still
-//!    unreachable become extra entry points, so every row is reachable from the entry points.
+//!    last edge that is not on the walk's tree (preferring one whose target has other
+//!    in-edges), so nothing reached before is cut off; one pass, and every row is reachable
+//!    from the entry points.
 //!
 //! The graph is stored as `u32 [N, d_out]`; every slot holds a distinct row other than the
 //! row itself.
@@ -26,6 +27,9 @@ use rayon::prelude::*;
 
 /// Slot value for "no edge" in intermediate lists (never in a finished graph).
 pub const NONE: u32 = u32::MAX;
+
+/// Candidates the connectivity step's beam search offers for an island's in-edge.
+const NEAREST_REACHABLE: usize = 8;
 
 /// Rows of the kNN graph fetched ahead of the one being read.
 const PREFETCH_AHEAD: usize = 4;
@@ -160,31 +164,25 @@ pub fn merge(pruned: &Graph, reverse: &[Vec<u32>]) -> Graph {
 
 /// Rows reachable from `entries` by following edges.
 pub fn reachable(graph: &Graph, entries: &[u32]) -> Vec<bool> {
-    let n = graph.len();
-    let mut seen = vec![false; n];
-    let mut stack: Vec<u32> = Vec::new();
+    let mut seen = vec![false; graph.len()];
+    let mut parent = vec![NONE; graph.len()];
     for &e in entries {
-        if (e as usize) < n && !seen[e as usize] {
-            seen[e as usize] = true;
-            stack.push(e);
-        }
-    }
-    while let Some(u) = stack.pop() {
-        for &v in graph.row(u as usize) {
-            if v != NONE && !seen[v as usize] {
-                seen[v as usize] = true;
-                stack.push(v);
-            }
+        if (e as usize) < graph.len() && !seen[e as usize] {
+            mark_from(graph, e, &mut seen, &mut parent);
         }
     }
     seen
 }
 
 /// Step 4: makes every row reachable from the returned entry points (which start with
-/// `entry`). An unreachable row `u` gets an in-edge from the nearest reachable row: the first
-/// reachable one in its kNN list, else the best a beam search from the entry points finds
-/// (islands: clusters whose kNN lists never leave them). Returns the entry points and the
-/// number of edges rewired.
+/// `entry`), in one pass. A depth-first walk from the entry spans a tree of the reachable rows
+/// (`parent`). Each row `u` the walk missed, in row order, gets an in-edge from a reachable row
+/// `r`: the first reachable one in its kNN list, else the nearest a beam search from the entry
+/// finds (islands: clusters whose kNN lists never leave them); the walk then goes on from `u`.
+/// The slot `r` gives up never holds a tree edge, so no row the walk reached can be cut off:
+/// preferably one whose target keeps another in-edge, else any non-tree edge not written here.
+/// A row that no reachable row can take (every slot a tree edge) becomes an entry point.
+/// Returns the entry points and the number of edges rewired.
 pub fn guarantee_connectivity(
     graph: &mut Graph,
     knn: &Graph,
@@ -197,82 +195,97 @@ pub fn guarantee_connectivity(
     let d = graph.degree;
     let mut entries = vec![entry];
     let mut rewired = 0;
+    let mut seen = vec![false; n];
+    let mut parent = vec![NONE; n];
+    if (entry as usize) < n {
+        mark_from(graph, entry, &mut seen, &mut parent);
+    }
+    if seen.iter().all(|&s| s) {
+        return (entries, rewired);
+    }
     let mut in_degree = vec![0u32; n];
     for &v in &graph.neighbors {
         if v != NONE {
             in_degree[v as usize] += 1;
         }
     }
-    // Slots this step wrote; never given up again, so one link cannot undo another.
-    let mut linked = vec![false; n * d];
-    for _round in 0..4 {
-        let mut seen = reachable(graph, &entries);
-        if seen.iter().all(|&s| s) {
-            return (entries, rewired);
+    for u in 0..n {
+        if seen[u] {
+            continue;
         }
-        for u in 0..n {
-            if seen[u] {
-                continue;
-            }
-            let r = match knn.row(u).iter().find(|&&r| r != NONE && seen[r as usize]) {
-                Some(&r) => r,
-                None => match nearest_reachable(graph, &entries, data, norms, metric, u) {
-                    Some(r) => r,
-                    None => continue,
-                },
-            };
+        // Reachable rows of its kNN list, best first, else the beam search's nearest; the
+        // first of them with a slot to give up takes it.
+        let slot_in = |r: u32| {
             let base = r as usize * d;
-            let row = &mut graph.neighbors[base..base + d];
-            if !row.contains(&(u as u32)) {
-                // Give up the last edge whose target keeps another in-edge, else the last
-                // edge not written here.
-                let free = |s: &usize| !linked[base + *s];
-                let Some(slot) = (0..d)
-                    .rev()
-                    .filter(free)
-                    .find(|&s| row[s] == NONE || in_degree[row[s] as usize] > 1)
-                    .or_else(|| (0..d).rev().find(free))
-                else {
-                    continue;
-                };
-                linked[base + slot] = true;
-                if row[slot] != NONE {
-                    in_degree[row[slot] as usize] -= 1;
+            let row = &graph.neighbors[base..base + d];
+            // An edge written here is a tree edge too (`parent[u] = r` below).
+            let free = |s: &usize| row[*s] == NONE || parent[row[*s] as usize] != r;
+            (0..d)
+                .rev()
+                .filter(free)
+                .find(|&s| row[s] == NONE || in_degree[row[s] as usize] > 1)
+                .or_else(|| (0..d).rev().find(free))
+                .map(|s| (r, base + s))
+        };
+        let mut near = knn
+            .row(u)
+            .iter()
+            .copied()
+            .filter(|&r| r != NONE && seen[r as usize]);
+        let slot = match near.find_map(slot_in) {
+            Some(found) => Some(found),
+            None => nearest_reachable(graph, &entries, data, norms, metric, u)
+                .into_iter()
+                .find_map(slot_in),
+        };
+        match slot {
+            Some((r, at)) => {
+                let old = graph.neighbors[at];
+                if old != NONE {
+                    in_degree[old as usize] -= 1;
                 }
-                row[slot] = u as u32;
+                graph.neighbors[at] = u as u32;
                 in_degree[u] += 1;
                 rewired += 1;
+                parent[u] = r;
             }
-            mark_from(graph, u as u32, &mut seen);
+            None => entries.push(u as u32),
         }
-    }
-    // Whatever rewiring could not reach becomes an entry point.
-    let mut seen = reachable(graph, &entries);
-    for u in 0..n {
-        if !seen[u] {
-            entries.push(u as u32);
-            mark_from(graph, u as u32, &mut seen);
-        }
+        mark_from(graph, u as u32, &mut seen, &mut parent);
     }
     (entries, rewired)
 }
 
-/// Marks everything reachable from `start` (itself included).
-fn mark_from(graph: &Graph, start: u32, seen: &mut [bool]) {
+/// Marks everything reachable from `start` (itself included) that is not yet `seen` by a
+/// depth-first walk, recording for each newly seen row the row it was first reached from. A
+/// row is marked when the walk steps onto it (not when it is put on the stack), so the tree
+/// has about one child per row and leaves most of every row's edges off the tree.
+fn mark_from(graph: &Graph, start: u32, seen: &mut [bool], parent: &mut [u32]) {
     seen[start as usize] = true;
-    let mut stack = vec![start];
-    while let Some(x) = stack.pop() {
-        for &v in graph.row(x as usize) {
-            if v != NONE && !seen[v as usize] {
+    // (row, next slot to look at).
+    let mut stack = vec![(start, 0usize)];
+    while let Some((x, slot)) = stack.last_mut() {
+        let row = graph.row(*x as usize);
+        match row[*slot..]
+            .iter()
+            .position(|&v| v != NONE && !seen[v as usize])
+        {
+            Some(i) => {
+                let v = row[*slot + i];
+                *slot += i + 1;
                 seen[v as usize] = true;
-                stack.push(v);
+                parent[v as usize] = *x;
+                stack.push((v, 0));
+            }
+            None => {
+                stack.pop();
             }
         }
     }
 }
 
-/// The row nearest to row `u` that a beam search from the entry points reaches (so a
-/// reachable row), other than `u`.
+/// The rows nearest to row `u` (up to [`NEAREST_REACHABLE`], best first) that a beam search
+/// from the entry points reaches (so reachable rows), other than `u`.
 fn nearest_reachable(
     graph: &Graph,
     entries: &[u32],
@@ -280,7 +293,7 @@ fn nearest_reachable(
     norms: &[f32],
     metric: Metric,
     u: usize,
-) -> Option<u32> {
+) -> Vec<u32> {
     let index = CagraIndex {
         metric,
         vectors: data,
@@ -298,12 +311,15 @@ fn nearest_reachable(
         max_iterations: 0,
     };
     let q = data.slice(ndarray::s![u..u + 1, ..]);
-    let (found, _) = index.search(q, 2, &params).ok()?;
+    let Ok((found, _)) = index.search(q, NEAREST_REACHABLE + 1, &params) else {
+        return Vec::new();
+    };
     found
         .rows
         .iter()
-        .find(|&&r| r != crate::search::NO_NEIGHBOR && r as usize != u)
+        .filter(|&&r| r != crate::search::NO_NEIGHBOR && r as usize != u)
         .map(|&r| r as u32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -376,5 +392,52 @@ mod tests {
             guarantee_connectivity(&mut g, &knn, 0, data.view(), &norms, Metric::L2);
         assert!(reachable(&g, &entries).iter().all(|&s| s));
         assert!(rewired >= 1 || entries.len() > 1);
+    }
+
+    #[test]
+    fn connectivity_links_every_island_once_from_one_entry_point() {
+        // 40 clusters of 20 rows, far apart on a line: every kNN list stays in its cluster, so
+        // each cluster is an island. Each needs an in-edge (a second one where the first row
+        // linked does not reach its whole cluster: the graph is directed), and the edges given
+        // up for them must never cut off a row reached before, so the entry point stays alone.
+        let (clusters, size, deg) = (40usize, 20usize, 6usize);
+        let n = clusters * size;
+        let mut rng = crate::synth::Rng::new(7);
+        let data = ndarray::Array2::<f32>::from_shape_fn((n, 2), |(i, j)| {
+            let centre = if j == 0 {
+                (i / size) as f32 * 100.0
+            } else {
+                0.0
+            };
+            centre + rng.below(1000) as f32 / 100.0
+        });
+        let norms = crate::metric::squared_norms(data.view());
+        let dist = |a: usize, b: usize| {
+            let (x, y) = (data.row(a), data.row(b));
+            (x[0] - y[0]).powi(2) + (x[1] - y[1]).powi(2)
+        };
+        let mut knn = Vec::with_capacity(n * deg);
+        for a in 0..n {
+            let c = a / size;
+            let mut others: Vec<usize> = (c * size..(c + 1) * size).filter(|&b| b != a).collect();
+            others.sort_by(|&x, &y| dist(a, x).total_cmp(&dist(a, y)).then(x.cmp(&y)));
+            knn.extend(others[..deg].iter().map(|&b| b as u32));
+        }
+        let knn = Graph {
+            degree: deg,
+            neighbors: knn,
+        };
+        let mut g = knn.clone();
+        let (entries, rewired) =
+            guarantee_connectivity(&mut g, &knn, 0, data.view(), &norms, Metric::L2);
+        assert_eq!(entries, vec![0]);
+        assert!((clusters - 1..2 * clusters).contains(&rewired), "{rewired}");
+        assert!(reachable(&g, &entries).iter().all(|&s| s));
+        for (a, row) in g.neighbors.chunks(deg).enumerate() {
+            assert!(
+                row.iter().all(|&v| v != NONE && v as usize != a),
+                "row {a}: {row:?}"
+            );
+        }
     }
 }
