@@ -31,6 +31,7 @@ build_times = {}
 W = args.work
 rows = []  # (check, result, detail, ok)
 timings = []  # (what, ours, peer, ratio, note)
+memory = {}  # device memory: the dry run's prediction against what nvidia-smi saw
 failed = False
 
 
@@ -49,6 +50,21 @@ def vb(*a, check=True, quiet=True):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr}")
     return r, secs
+
+
+class DeviceMemoryWatch:
+    """Largest memory.used nvidia-smi reports (every 100 ms) above what was used when started."""
+
+    def __init__(self):
+        q = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", str(args.gpu)]
+        self.idle = int(subprocess.run(q, capture_output=True, text=True).stdout.split()[0])
+        self.proc = subprocess.Popen(q + ["-lms", "100"], stdout=subprocess.PIPE, text=True)
+
+    def stop(self):
+        self.proc.terminate()
+        out, _ = self.proc.communicate()
+        seen = [int(v) for v in out.split() if v.isdigit()]
+        return max(seen, default=self.idle) - self.idle
 
 
 def poison(path):
@@ -321,7 +337,16 @@ if not small:
     for where in ["gpu", "cpu"]:
         arts[where] = f"{W}/cagra1m-{where}.vbx"
         gpu = ["--gpu", args.gpu] if where == "gpu" else []
+        if where == "gpu":
+            plan, _ = vb("build", "--input", cbase, "--index", "cagra", "--out", arts[where], *gpu, "--dry-run")
+            predicted = [line for line in plan.stdout.splitlines() if line.startswith("peak device memory")]
+            watch = DeviceMemoryWatch()
         r, secs = vb("build", "--input", cbase, "--index", "cagra", "--out", arts[where], *gpu, quiet=False)
+        if where == "gpu":
+            used = watch.stop()
+            say(f"  device memory, cagra 1M: build --dry-run says {predicted[0] if predicted else '(nothing)'}; "
+                f"nvidia-smi saw {used} MiB above idle at most (CUDA context and cuBLAS included)")
+            memory["cagra 1M"] = {"dry_run": predicted, "nvidia_smi_peak_mib_above_idle": used}
         build_times[("cagra 1M", where)] = secs
         for line in r.stderr.splitlines():
             if "stages" in line:
@@ -386,6 +411,7 @@ say(f"{'timing (median)':64} {'ours s':>9} {'peer s':>9} {'peer/ours':>9}  note"
 for w, a, b, ratio, note in timings:
     say(f"{w:64} {a:9.4f} {b:9.4f} {ratio:9.2f}  {note}")
 with open(os.path.join(args.out, "gpu-check.json"), "w") as f:
-    json.dump({"device": name, "seed": SEED, "checks": rows, "timings": timings, "fp32_peak_gflops": peak}, f,
+    json.dump({"device": name, "seed": SEED, "checks": rows, "timings": timings, "fp32_peak_gflops": peak,
+               "memory": memory}, f,
               indent=1)
 sys.exit(1 if failed else 0)

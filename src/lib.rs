@@ -26,3 +26,4 @@ pub mod synth;
 pub use search::{SearchParams, SearchResults, Searcher};
 #[cfg(feature = "parquet")]
 pub mod eval;
+pub mod plan;

@@ -78,15 +78,6 @@ pub const MAX_GPU_K: usize = 1024;
 /// Threads per block of `select_topk` (`SELECT_THREADS` in kernels/select.cu).
 const SELECT_THREADS: u32 = 256;
 
-/// Scratch for one score tile is at most this much, or a quarter of free memory if less.
-const MAX_TILE_BYTES: usize = 2 << 30;
-
-/// Base rows per GEMM tile: at most this many, and at most [`BASE_TILE_BYTES`] of vectors, so
-/// a score tile holds thousands of query rows (enough selection blocks to fill the GPU) and a
-/// staged tile copies in a few milliseconds.
-const MAX_BASE_TILE: usize = 1 << 17;
-const BASE_TILE_BYTES: usize = 64 << 20;
-
 /// The arithmetic of the GPU's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -457,7 +448,7 @@ impl CudaBackend {
                 .remove(name)
                 .ok_or_else(|| Error::Gpu(format!("kernel {name} not loaded")))
         };
-        let tile_bytes = (info.free_bytes / 4).clamp(64 << 20, MAX_TILE_BYTES);
+        let tile_bytes = super::tile_bytes(info.free_bytes);
         Ok(CudaBackend {
             device: Mutex::new(Device {
                 stream,
@@ -829,6 +820,14 @@ impl Backend for CudaBackend {
         Some(self.info.name.clone())
     }
 
+    fn device_memory(&self) -> Option<super::DeviceMemory> {
+        Some(super::DeviceMemory {
+            free_bytes: self.info.free_bytes,
+            total_bytes: self.info.total_bytes,
+            tile_bytes: super::tile_bytes(self.info.free_bytes),
+        })
+    }
+
     fn knn_block(
         &self,
         queries: Queries<'_>,
@@ -860,7 +859,7 @@ impl Backend for CudaBackend {
         let alpha = if l2 { -2.0 } else { -1.0 };
         let q_host = contiguous(&queries.vectors);
         let x_host = contiguous(&base);
-        let tile_rows = (BASE_TILE_BYTES / (dim * 4)).clamp(1, MAX_BASE_TILE);
+        let tile_rows = super::base_tile_rows(dim);
         let tiles: Vec<(usize, usize)> = (0..nb)
             .step_by(tile_rows)
             .map(|b0| (b0, (b0 + tile_rows).min(nb)))

@@ -19,6 +19,35 @@ pub type Loaded = Box<dyn std::any::Any + Send + Sync>;
 
 pub use cpu::CpuBackend;
 
+/// Largest score tile a GPU backend allocates.
+pub const MAX_TILE_BYTES: usize = 2 << 30;
+
+/// Base rows per GEMM tile of a GPU's exact k-NN: at most [`MAX_BASE_TILE`], and at most
+/// [`BASE_TILE_BYTES`] of vectors, so a score tile holds thousands of query rows (enough
+/// selection blocks to fill the GPU) and a staged tile copies in a few milliseconds.
+pub const MAX_BASE_TILE: usize = 1 << 17;
+pub const BASE_TILE_BYTES: usize = 64 << 20;
+
+/// The score-tile size a GPU backend picks from the free device memory it finds on opening:
+/// a quarter of it, between 64 MiB and [`MAX_TILE_BYTES`].
+pub fn tile_bytes(free_bytes: usize) -> usize {
+    (free_bytes / 4).clamp(64 << 20, MAX_TILE_BYTES)
+}
+
+/// Base rows per GEMM tile of a GPU's exact k-NN over rows of `dim` floats.
+pub fn base_tile_rows(dim: usize) -> usize {
+    (BASE_TILE_BYTES / (dim.max(1) * 4)).clamp(1, MAX_BASE_TILE)
+}
+
+/// Device memory as a backend found it on opening the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free_bytes: usize,
+    pub total_bytes: usize,
+    /// The score-tile size chosen from `free_bytes` ([`tile_bytes`]).
+    pub tile_bytes: usize,
+}
+
 /// A block of queries prepared for a metric: normalised for cosine, with squared norms for L2.
 #[derive(Debug, Clone, Copy)]
 pub struct Queries<'a> {
@@ -79,6 +108,11 @@ pub trait Backend: Sync {
 
     /// The device's own name (`NVIDIA H100 80GB HBM3`), for a GPU.
     fn device_name(&self) -> Option<String> {
+        None
+    }
+
+    /// The device's memory when this backend opened it, for a GPU.
+    fn device_memory(&self) -> Option<DeviceMemory> {
         None
     }
 

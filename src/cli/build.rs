@@ -50,6 +50,12 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub columns: ColumnArgs,
 
+    /// Read and check the inputs, choose the parameters and print the memory the build would
+    /// hold at each stage (host, and with --gpu the device: its free memory sets the score
+    /// tiles); build and write nothing (--out is still required).
+    #[arg(long)]
+    pub dry_run: bool,
+
     #[command(flatten)]
     pub ivf_pq: IvfPqArgs,
 
@@ -241,6 +247,9 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
     let backend = open_backend(&args.gpu)?;
     let backend: &dyn Backend = &*backend;
+    if args.dry_run {
+        return dry_run(backend, &args, kind, &cagra_params, ui);
+    }
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());
     let mut ids: Option<Ids> = None;
@@ -260,9 +269,16 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             }
         }
         _ => {
+            let files = vecbuild::io::resolve_inputs(&args.input)?;
+            let n = vecbuild::io::count_rows(&files)? as usize;
             let mut data: Vec<f32> = Vec::new();
             let summary = read_with_progress(ui, "reading", &args.input, opts, &mut |b: Batch| {
                 Ids::accumulate(&mut ids, b.ids)?;
+                if data.capacity() == 0 {
+                    // All rows at once, from the metadata's count: no doubling while reading
+                    // (a count the allocator refuses is left to ordinary growth).
+                    let _ = data.try_reserve_exact(n.saturating_mul(b.vectors.ncols()));
+                }
                 data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
                 Ok(())
             })?;
@@ -363,6 +379,144 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--dry-run`: one checking pass over the inputs (nothing kept but the ids, for the duplicate
+/// check), the parameters the build would choose, and its memory plan on stdout.
+fn dry_run(
+    backend: &dyn Backend,
+    args: &BuildArgs,
+    kind: IndexKind,
+    cagra_params: &CagraParams,
+    ui: &Ui,
+) -> anyhow::Result<()> {
+    let mut ids: Option<Ids> = None;
+    let opts = args.columns.options(args.metric.normalizes());
+    // The reader's own memory is measured on this pass: what the process's peak rose by, less
+    // the ids it keeps (Linux; elsewhere 0, and the plan says so).
+    let before = resident_kib("VmRSS");
+    let summary = read_with_progress(ui, "checking", &args.input, opts, &mut |b: Batch| {
+        Ids::accumulate(&mut ids, b.ids)?;
+        Ok(())
+    })?;
+    let ids_bytes = ids.as_ref().map_or(0, |i| i.len() as u64 * 8);
+    let reader_bytes = match (before, resident_kib("VmHWM")) {
+        (Some(b), Some(peak)) => (peak.saturating_sub(b) * 1024).saturating_sub(ids_bytes),
+        _ => 0,
+    };
+    check_ids(args, &ids, &summary)?;
+    let (n, dim) = (summary.rows as usize, summary.dim);
+    let mut out = vec![format!(
+        "dry run: {n} rows × {dim} dims ({}) read and checked in {} file(s); nothing built or written",
+        args.metric,
+        summary.files.len()
+    )];
+    let ivf_pq;
+    let build = match kind {
+        IndexKind::Flat => {
+            out.push("index: flat".into());
+            vecbuild::plan::Build::Flat
+        }
+        IndexKind::IvfPq => {
+            let (p, reason) = args.ivf_pq.resolve(n, dim)?;
+            out.push(format!(
+                "index: ivf-pq, n_lists {}, pq_dim {}, pq_bits {}{} ({reason})",
+                p.n_lists,
+                p.pq_dim,
+                p.pq_bits,
+                if p.refine { ", refine" } else { "" }
+            ));
+            ivf_pq = p;
+            vecbuild::plan::Build::IvfPq(&ivf_pq)
+        }
+        IndexKind::Cagra => {
+            cagra_params.validate(n)?;
+            let algo = cagra_params.resolve_algo(n, dim);
+            out.push(format!(
+                "index: cagra, graph_degree {}, intermediate_graph_degree {}, kNN graph by {}",
+                cagra_params.graph_degree,
+                cagra_params.intermediate_graph_degree,
+                serde_json::to_value(algo)?.as_str().unwrap_or("?")
+            ));
+            vecbuild::plan::Build::Cagra(cagra_params)
+        }
+    };
+    let memory = backend.device_memory();
+    let human = vecbuild::plan::human;
+    if let Some(m) = memory {
+        out.push(format!(
+            "device: {} ({}), {} free of {} when opened, score tiles of {}",
+            backend.name(),
+            backend.device_name().unwrap_or_default(),
+            human(m.free_bytes as u64),
+            human(m.total_bytes as u64),
+            human(m.tile_bytes as u64)
+        ));
+    }
+    let tile = memory.map(|m| m.tile_bytes as u64);
+    let input = vecbuild::plan::Input {
+        rows: n as u64,
+        dim: dim as u64,
+        metric: args.metric,
+        reader_bytes,
+    };
+    let plan = vecbuild::plan::plan(build, input, tile);
+    out.push(format!("{:<28} {:>11} {:>11}", "stage", "host", "device"));
+    for s in &plan.stages {
+        let device = match memory {
+            Some(_) => human(s.device_bytes()),
+            None => "-".into(),
+        };
+        out.push(format!(
+            "{:<28} {:>11} {:>11}",
+            s.name,
+            human(s.host_bytes()),
+            device
+        ));
+        let parts = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(what, b)| format!("{what} {}", human(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!("  host: {}", parts(&s.host)));
+        if memory.is_some() {
+            out.push(format!("  device: {}", parts(&s.device)));
+        }
+    }
+    let (stage, host) = plan.host_peak();
+    out.push(format!("peak host memory: {} ({stage})", human(host)));
+    if let Some(m) = memory {
+        let (stage, device) = plan.device_peak();
+        let fits = if device as usize <= m.free_bytes {
+            "fits"
+        } else {
+            "does NOT fit"
+        };
+        out.push(format!(
+            "peak device memory: {} ({stage}) — {fits} in the {} free",
+            human(device),
+            human(m.free_bytes as u64)
+        ));
+    }
+    for a in &plan.assumptions {
+        out.push(format!("assumed: {a}"));
+    }
+    if before.is_none() {
+        out.push(
+            "not counted: the reader's buffers (measured from /proc/self/status, not found here)"
+                .into(),
+        );
+    }
+    println!("{}", out.join("\n"));
+    Ok(())
+}
+
+/// A `Vm…:` line of /proc/self/status in KiB (`VmRSS` resident now, `VmHWM` the peak so far).
+fn resident_kib(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Rejects duplicate ids unless --allow-duplicate-ids.
 fn check_ids(args: &BuildArgs, ids: &Option<Ids>, summary: &InputSummary) -> vecbuild::Result<()> {
     match ids {
@@ -454,6 +608,7 @@ fn build_ivf_pq(
         if plan.is_none() {
             let (p, reason) = args.ivf_pq.resolve(n, b.vectors.ncols())?;
             let rows = ivf_pq::training_rows(n, &p);
+            let _ = sample.try_reserve_exact(rows.len().saturating_mul(b.vectors.ncols()));
             plan = Some((p, reason, rows));
         }
         let rows = plan.as_ref().map(|p| &p.2[..]).unwrap_or(&[]);

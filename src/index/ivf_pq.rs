@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// Rows used to train the product quantizer (256 per codeword at 8 bits, as faiss caps it).
 pub const PQ_TRAIN_ROWS: usize = 65_536;
 /// Rows encoded per chunk.
-const ENCODE_CHUNK: usize = 65_536;
+pub const ENCODE_CHUNK: usize = 65_536;
 
 /// IVF-PQ build parameters (names as in cuVS and faiss).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -305,3 +305,86 @@ fn dash_q_means_quiet_in_every_command() {
         assert!(out.stderr.is_empty(), "{args:?} printed: {}", out.stderr);
     }
 }
+
+#[test]
+fn dry_run_plans_each_build_and_writes_nothing() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 3000, 16, 20, 10);
+    let before = listing(d);
+    for index in ["flat", "ivf-pq", "cagra"] {
+        let out = ok(
+            d,
+            &[
+                "build",
+                "--input",
+                "b.parquet",
+                "--index",
+                index,
+                "--out",
+                "x.vbx",
+                "--dry-run",
+            ],
+        );
+        assert_eq!(listing(d), before, "a dry run wrote something");
+        assert!(
+            out.contains("3000 rows × 16 dims (l2) read and checked"),
+            "{out}"
+        );
+        assert!(out.contains(&format!("index: {index}")), "{out}");
+        assert!(out.contains("peak host memory: "), "{out}");
+        // The vectors (3000 × 16 × 4 bytes = 187.5 KiB) are listed where a build holds them.
+        if index != "ivf-pq" {
+            assert!(out.contains("vectors 188 KiB"), "{out}");
+        }
+        // No device column without --gpu.
+        assert!(!out.contains("peak device memory"), "{out}");
+    }
+    // The parameters printed are the ones the build then records.
+    let out = ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--out",
+            "x.vbx",
+            "--dry-run",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--out",
+            "i.vbx",
+        ],
+    );
+    let a = vecbuild::artifact::Artifact::open(d.join("i.vbx")).unwrap();
+    let p = &a.manifest.params["ivf_pq"];
+    let planned = format!("n_lists {}, pq_dim {},", p["n_lists"], p["pq_dim"]);
+    assert!(out.contains(&planned), "{planned} not in {out}");
+    // Bad input fails the dry run as it would fail the build.
+    std::fs::write(d.join("bad.parquet"), b"not parquet").unwrap();
+    let bad = run(
+        d,
+        &[
+            "build",
+            "--input",
+            "bad.parquet",
+            "--index",
+            "flat",
+            "--out",
+            "y.vbx",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("bad.parquet"), "{}", bad.stderr);
+}

@@ -1,0 +1,472 @@
+//! What a build will hold in memory, before it runs (`vecbuild build --dry-run`).
+//!
+//! Each stage of a build is listed with the large buffers it holds at its peak: host memory for
+//! every build, device memory for a GPU build. The sizes follow the code's allocations term by
+//! term (the rows, graphs, samples, codes, score tiles), leaving out what is small next to them
+//! (per-list bookkeeping, one read batch). Two terms depend on the data and are assumed:
+//!
+//! - the ivf kNN-graph join's columns (each list is joined with `P` lists, `P` chosen from a
+//!   sample at run time): the plan takes [`IvfJoin::auto`](crate::index::cagra::knn_graph::IvfJoin)'s
+//!   starting `P`, and says so;
+//! - string ids: taken at 8 bytes a row, as integer ids.
+//!
+//! Device buffers of the score tiles are sized by the backend from the free memory it found
+//! when it opened the device (`tile_bytes`), so a plan for a GPU needs that figure. The CUDA
+//! context, the loaded kernels and cuBLAS' workspace are not counted: they are taken before
+//! `tile_bytes` is read.
+
+use crate::backend::base_tile_rows;
+use crate::index::cagra::knn_graph::IvfJoin;
+use crate::index::cagra::{BuildAlgo, CagraParams, RECALL_SAMPLE};
+use crate::index::ivf_pq::{IvfPqParams, ENCODE_CHUNK, PQ_TRAIN_ROWS};
+use crate::Metric;
+
+/// One stage and the large buffers live at its peak, by name, in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub name: &'static str,
+    pub host: Vec<(&'static str, u64)>,
+    pub device: Vec<(&'static str, u64)>,
+}
+
+impl Stage {
+    pub fn host_bytes(&self) -> u64 {
+        self.host.iter().map(|(_, b)| b).sum()
+    }
+    pub fn device_bytes(&self) -> u64 {
+        self.device.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// A build's stages in order, with the assumptions the sizes rest on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    pub stages: Vec<Stage>,
+    pub assumptions: Vec<String>,
+}
+
+impl MemoryPlan {
+    /// The stage with the most host memory, and that amount.
+    pub fn host_peak(&self) -> (&'static str, u64) {
+        self.stages
+            .iter()
+            .map(|s| (s.name, s.host_bytes()))
+            .max_by_key(|&(_, b)| b)
+            .unwrap_or(("none", 0))
+    }
+    /// The stage with the most device memory, and that amount.
+    pub fn device_peak(&self) -> (&'static str, u64) {
+        self.stages
+            .iter()
+            .map(|s| (s.name, s.device_bytes()))
+            .max_by_key(|&(_, b)| b)
+            .unwrap_or(("none", 0))
+    }
+}
+
+/// The program itself, its threads and libraries, before it holds any data (measured: 10 MiB
+/// resident for `vecbuild --version`).
+const PROGRAM_BYTES: u64 = 10 << 20;
+
+/// The build being planned.
+#[derive(Debug, Clone, Copy)]
+pub enum Build<'a> {
+    Flat,
+    IvfPq(&'a IvfPqParams),
+    Cagra(&'a CagraParams),
+}
+
+/// The device's scratch buffers only grow while a build runs (see the CUDA backend): a stage
+/// holds the largest size each slot reached so far, plus its own temporaries.
+#[derive(Default)]
+struct Scratch {
+    slots: Vec<(&'static str, u64)>,
+}
+
+impl Scratch {
+    fn need(&mut self, name: &'static str, bytes: u64) {
+        match self.slots.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, b)) => *b = (*b).max(bytes),
+            None => self.slots.push((name, bytes)),
+        }
+    }
+    /// The slots as they stand, then the stage's own buffers.
+    fn with(&self, own: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+        self.slots.iter().chain(own).copied().collect()
+    }
+}
+
+/// Device scratch of one nearest-centroid assignment of `rows` rows to `k` centroids by GEMM
+/// tiles (`assign_nearest`): the row tile, the centroids and their norms, the score tile and
+/// the outputs.
+fn assign_scratch(s: &mut Scratch, rows: u64, k: u64, dim: u64, tile: u64) {
+    let rt = (tile / (4 * k)).clamp(1, rows.max(1));
+    s.need("queries", 4 * rt * dim);
+    s.need("base", 4 * k * dim);
+    s.need("norms", 4 * k);
+    s.need("scores", 4 * rt * k);
+    s.need("out_score", 4 * rt);
+    s.need("out_col", 4 * rt);
+}
+
+/// Device buffers a k-means holds with its `rows` rows on the device (`Backend::lloyd`): the
+/// rows, their labels, scores and order, the centroids, their norms and cluster starts.
+fn lloyd_rows(rows: u64, k: u64, dim: u64) -> u64 {
+    4 * rows * dim + 12 * rows + 4 * k * dim + 8 * k + 4
+}
+
+/// What a build reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input {
+    pub rows: u64,
+    pub dim: u64,
+    pub metric: Metric,
+    /// What the reader holds besides the rows it hands on (`build --dry-run` measures it on
+    /// its own reading pass).
+    pub reader_bytes: u64,
+}
+
+/// The memory plan of building over `input`; `tile` is the GPU's score-tile size
+/// ([`crate::backend::tile_bytes`]), `None` for a CPU build (no device column).
+pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
+    let (n, dim, metric) = (input.rows, input.dim, input.metric);
+    let reader = ("reader (row groups being decoded)", input.reader_bytes);
+    let vectors = 4 * n * dim;
+    let ids = 8 * n;
+    let gpu = tile.is_some();
+    let tile = tile.unwrap_or(0);
+    let mut scratch = Scratch::default();
+    let mut stages = Vec::new();
+    let mut assumptions = Vec::new();
+    let dev = |v: Vec<(&'static str, u64)>| if gpu { v } else { Vec::new() };
+    match build {
+        Build::Flat => stages.push(Stage {
+            name: "reading",
+            host: vec![("vectors", vectors), ("ids", ids), reader],
+            device: Vec::new(),
+        }),
+        Build::IvfPq(p) => {
+            let k = p.n_lists as u64;
+            let sample = (p.max_train_rows.max(PQ_TRAIN_ROWS) as u64).min(n);
+            let coarse = (p.max_train_rows as u64).min(sample);
+            let pq_rows = (PQ_TRAIN_ROWS as u64).min(sample);
+            let pq_dim = p.pq_dim as u64;
+            let dsub = dim.div_ceil(pq_dim.max(1));
+            let ksub = 1u64 << p.pq_bits;
+            let raw = if p.refine { vectors } else { 0 };
+            let base = vec![("training sample", 4 * sample * dim), ("ids", ids)];
+            stages.push(Stage {
+                name: "reading (sampling)",
+                host: [base.clone(), vec![reader]].concat(),
+                device: Vec::new(),
+            });
+            // Coarse k-means: the sampled rows copied out of the sample.
+            let mut own = Vec::new();
+            if gpu {
+                assign_scratch(&mut scratch, coarse, k, dim, tile);
+                own.push((
+                    "k-means rows (held on the device)",
+                    lloyd_rows(coarse, k, dim),
+                ));
+            }
+            stages.push(Stage {
+                name: "training coarse quantizer",
+                host: [base.clone(), vec![("coarse rows", 4 * coarse * dim)]].concat(),
+                device: dev(scratch.with(&own)),
+            });
+            // PQ: the sampled rows, their residuals and one sub-space at a time.
+            let mut own = Vec::new();
+            if gpu {
+                assign_scratch(&mut scratch, pq_rows, k, dim, tile);
+                own.push((
+                    "sub-space rows (held on the device)",
+                    lloyd_rows(pq_rows, ksub, dsub),
+                ));
+            }
+            stages.push(Stage {
+                name: "training product quantizer",
+                host: [
+                    base.clone(),
+                    vec![
+                        ("PQ rows and residuals", 2 * 4 * pq_rows * dim),
+                        ("sub-space", 4 * pq_rows * dsub),
+                    ],
+                ]
+                .concat(),
+                device: dev(scratch.with(&own)),
+            });
+            // Encoding: codes and labels of every row so far, one chunk's residuals; then the
+            // codes sorted into lists beside them.
+            if gpu {
+                assign_scratch(&mut scratch, (ENCODE_CHUNK as u64).min(n), k, dim, tile);
+                scratch.need("queries", 4 * (ENCODE_CHUNK as u64).min(n) * dsub);
+                scratch.need("out_score", 4 * (ENCODE_CHUNK as u64).min(n));
+                scratch.need("out_col", 4 * (ENCODE_CHUNK as u64).min(n));
+            }
+            stages.push(Stage {
+                name: "reading (encoding)",
+                host: vec![
+                    ("training sample", 4 * sample * dim),
+                    ("ids", ids),
+                    reader,
+                    ("codes and labels", n * pq_dim + 4 * n),
+                    ("raw vectors (--refine)", raw),
+                ],
+                device: dev(scratch.with(&[])),
+            });
+            stages.push(Stage {
+                name: "writing",
+                host: vec![
+                    ("training sample", 4 * sample * dim),
+                    ("ids", ids),
+                    ("codes and labels", n * pq_dim + 4 * n),
+                    ("codes in list order", n * pq_dim + 8 * n),
+                    ("raw vectors (--refine)", raw),
+                ],
+                device: dev(scratch.with(&[])),
+            });
+        }
+        Build::Cagra(p) => {
+            let (d_in, d_out) = (p.intermediate_graph_degree as u64, p.graph_degree as u64);
+            let lifted = if metric == Metric::InnerProduct {
+                4 * n * (dim + 1)
+            } else {
+                0
+            };
+            let kdim = if lifted > 0 { dim + 1 } else { dim };
+            let base = vec![
+                ("vectors", vectors),
+                ("ids", ids),
+                ("norms", 4 * n),
+                ("lifted rows (inner product)", lifted),
+            ];
+            stages.push(Stage {
+                name: "reading",
+                host: vec![("vectors", vectors), ("ids", ids), reader],
+                device: Vec::new(),
+            });
+            let algo = p.resolve_algo(n as usize, dim as usize);
+            let knn = 4 * n * d_in;
+            match algo {
+                BuildAlgo::Exact => {
+                    if gpu {
+                        let bt = (base_tile_rows(kdim as usize) as u64).min(n);
+                        let qt = (tile / (4 * bt)).clamp(1, n);
+                        scratch.need("queries", 4 * qt * kdim);
+                        scratch.need("base", 4 * bt * kdim);
+                        scratch.need("norms", 4 * bt);
+                        scratch.need("thresholds", 4 * qt);
+                        scratch.need("scores", 4 * qt * bt);
+                        scratch.need("out_score", 4 * qt * (d_in + 1));
+                        scratch.need("out_col", 4 * qt * (d_in + 1));
+                    }
+                    stages.push(Stage {
+                        name: "kNN graph (exact)",
+                        host: [base.clone(), vec![("kNN graph", knn)]].concat(),
+                        device: dev(scratch.with(&[])),
+                    });
+                }
+                _ => {
+                    let join = IvfJoin::auto(n as usize, d_in as usize, 0);
+                    let (lists, probes) = (join.n_lists as u64, join.n_probes as u64);
+                    let train = (lists * 64).min(n);
+                    let cols = n * probes;
+                    if gpu {
+                        assumptions.push(format!(
+                            "kNN-graph join: each list joined with {probes} lists (chosen at run time from a sample; each more adds up to {} on the device and on the host)",
+                            human(8 * n)
+                        ));
+                    }
+                    let mut own = Vec::new();
+                    if gpu {
+                        // The row sample's exact neighbours, then k-means and the assignment.
+                        let bt = (base_tile_rows(kdim as usize) as u64).min(n);
+                        let qt = RECALL_SAMPLE as u64;
+                        scratch.need("queries", 4 * qt * kdim);
+                        scratch.need("base", 4 * bt * kdim);
+                        scratch.need("norms", 4 * bt);
+                        scratch.need("scores", 4 * qt * bt);
+                        assign_scratch(&mut scratch, n, lists, kdim, tile);
+                        own.push((
+                            "k-means rows (held on the device)",
+                            lloyd_rows(train, lists, kdim),
+                        ));
+                    }
+                    stages.push(Stage {
+                        name: "kNN graph: partition",
+                        host: [
+                            base.clone(),
+                            vec![
+                                ("k-means sample", 4 * train * kdim),
+                                ("labels and lists", 8 * n),
+                            ],
+                        ]
+                        .concat(),
+                        device: dev(scratch.with(&own)),
+                    });
+                    let mut own = Vec::new();
+                    let mut host = [base.clone(), vec![("labels and lists", 8 * n)]].concat();
+                    if gpu {
+                        // Rows copied in list order (host and device), the columns' rows and
+                        // norms, the selected columns.
+                        let norms = if metric == Metric::L2 { 4 * cols } else { 0 };
+                        let group = (tile / 4).min(n);
+                        scratch.need("scores", tile);
+                        scratch.need("out_score", 4 * group * (d_in + 1));
+                        scratch.need("out_col", 4 * group * (d_in + 1));
+                        own.push(("rows in list order", 4 * n * kdim));
+                        own.push(("join columns and norms", 4 * cols + norms));
+                        host.extend([
+                            ("rows in list order", 4 * n * kdim),
+                            ("join columns and norms", 4 * cols + norms),
+                            ("join results", 4 * n * (d_in + 1) + 8 * n * d_in),
+                        ]);
+                    } else {
+                        host.push(("kNN graph", knn));
+                    }
+                    stages.push(Stage {
+                        name: "kNN graph: join",
+                        host,
+                        device: dev(scratch.with(&own)),
+                    });
+                }
+            }
+            let graph = 4 * n * d_out;
+            let own = [("kNN graph", knn), ("pruned graph", graph)];
+            stages.push(Stage {
+                name: "pruning",
+                host: [
+                    base.clone(),
+                    vec![
+                        ("kNN graph", knn),
+                        ("pruned graph", graph),
+                        ("reverse edges", graph + 24 * n),
+                        ("merged graph", graph),
+                    ],
+                ]
+                .concat(),
+                device: dev(scratch.with(&own)),
+            });
+            // Writing: the rows in stored order beside the input's, their 8-bit codes, the
+            // graph relabelled beside the built one.
+            let codes = if p.search_codes == crate::index::cagra::SearchCodes::Sq8 {
+                n * dim
+            } else {
+                0
+            };
+            stages.push(Stage {
+                name: "writing",
+                host: vec![
+                    ("vectors", vectors),
+                    ("ids", 2 * ids),
+                    ("vectors in stored order", vectors),
+                    ("8-bit codes", codes),
+                    ("graph and its relabelled copy", 2 * graph),
+                    ("norms and row maps", 4 * n + 24 * n),
+                ],
+                device: dev(scratch.with(&[])),
+            });
+        }
+    }
+    for s in &mut stages {
+        // The allocator keeps the reader's freed buffers for the process (measured: an IVF-PQ
+        // build's training resident 100 MB above its live buffers after reading 2 row groups).
+        if !s.host.contains(&reader) {
+            s.host
+                .push(("reader buffers, kept by the allocator", input.reader_bytes));
+        }
+        s.host.push(("program", PROGRAM_BYTES));
+        s.host.retain(|&(_, b)| b > 0);
+        s.device.retain(|&(_, b)| b > 0);
+    }
+    MemoryPlan {
+        stages,
+        assumptions,
+    }
+}
+
+/// `1.23 GiB`, `456.0 MiB`, `789 KiB`.
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::cagra::CagraParams;
+
+    const MIB: u64 = 1 << 20;
+
+    fn input(rows: u64, dim: u64) -> Input {
+        Input {
+            rows,
+            dim,
+            metric: Metric::L2,
+            reader_bytes: 64 * MIB,
+        }
+    }
+
+    #[test]
+    fn a_flat_build_holds_the_vectors_ids_and_the_reader() {
+        let p = plan(Build::Flat, input(1_000_000, 128), None);
+        let want = 512_000_000 + 8_000_000 + 64 * MIB + PROGRAM_BYTES;
+        assert_eq!(p.host_peak(), ("reading", want));
+        assert_eq!(p.device_peak().1, 0);
+    }
+
+    #[test]
+    fn a_gpu_cagra_build_holds_both_graphs_on_the_device_while_pruning() {
+        let params = CagraParams::default();
+        let (n, dim) = (1_000_000u64, 128u64);
+        let tile = crate::backend::tile_bytes(70 << 30) as u64;
+        assert_eq!(tile, 2 << 30);
+        let gpu = plan(Build::Cagra(&params), input(n, dim), Some(tile));
+        let pruning = gpu.stages.iter().find(|s| s.name == "pruning").unwrap();
+        let graphs = 4 * n * (params.intermediate_graph_degree + params.graph_degree) as u64;
+        assert!(pruning.device_bytes() >= graphs);
+        // Score tiles never exceed the tile size the backend picked.
+        for s in &gpu.stages {
+            for &(what, b) in &s.device {
+                if what == "scores" {
+                    assert!(b <= tile, "{}: {what} {b}", s.name);
+                }
+            }
+        }
+        // The ivf join holds the rows in list order on the device, and the plan says what it
+        // assumed about the probes.
+        let join = gpu
+            .stages
+            .iter()
+            .find(|s| s.name == "kNN graph: join")
+            .unwrap();
+        assert!(join.device.contains(&("rows in list order", 4 * n * dim)));
+        assert_eq!(gpu.assumptions.len(), 1);
+        // The CPU build of the same plan has no device column and no probe assumption.
+        let cpu = plan(Build::Cagra(&params), input(n, dim), None);
+        assert_eq!(cpu.device_peak().1, 0);
+        assert!(cpu.assumptions.is_empty());
+        assert_eq!(cpu.host_peak().0, "writing");
+    }
+
+    #[test]
+    fn a_gpu_ivf_pq_build_holds_the_coarse_sample_on_the_device() {
+        let (params, _) = IvfPqParams::auto(1_000_000, 128, false, None).unwrap();
+        let tile = 2u64 << 30;
+        let p = plan(Build::IvfPq(&params), input(1_000_000, 128), Some(tile));
+        let coarse = &p.stages[1];
+        assert_eq!(coarse.name, "training coarse quantizer");
+        let rows = (params.max_train_rows as u64).min(1_000_000);
+        let held = lloyd_rows(rows, params.n_lists as u64, 128);
+        assert!(coarse
+            .device
+            .contains(&("k-means rows (held on the device)", held)));
+        assert!(coarse.device_bytes() <= held + tile + 256 * MIB);
+    }
+}
