@@ -155,19 +155,41 @@ impl Hierarchy {
                     },
                 )
                 .collect();
-            for (p, plan) in (done..end).zip(plans) {
-                let p32 = p as u32;
+            // Reverse links, grouped by the list that receives them (a stable sort keeps the
+            // batch's order within a group). Their targets are rows inserted before the batch,
+            // so each group re-prunes one list the others never touch: the groups run in
+            // parallel and the lists come out as if linked one row at a time.
+            let mut pushes: Vec<(usize, u32, u32)> = Vec::new();
+            for (p, plan) in (done..end).zip(&plans) {
                 for (l, chosen) in plan {
-                    for &(_, nb) in &chosen {
-                        let list = &mut adj[l - 1][nb as usize];
-                        list.push(p32);
+                    pushes.extend(chosen.iter().map(|&(_, nb)| (*l, nb, p as u32)));
+                }
+            }
+            pushes.sort_by_key(|&(l, nb, _)| (l, nb));
+            let groups: Vec<&[(usize, u32, u32)]> =
+                pushes.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
+            let lists: Vec<Vec<u32>> = groups
+                .par_iter()
+                .map(|group| {
+                    let (l, nb) = (group[0].0, group[0].1);
+                    let mut list = adj[l - 1][nb as usize].clone();
+                    for &(_, _, p) in group.iter() {
+                        list.push(p);
                         if list.len() > m {
                             let mut scored: Vec<(f32, u32)> =
                                 list.iter().map(|&x| (dist(nb, x), x)).collect();
                             scored.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                            *list = select(&scored, m, &dist).iter().map(|e| e.1).collect();
+                            list = select(&scored, m, &dist).iter().map(|e| e.1).collect();
                         }
                     }
+                    list
+                })
+                .collect();
+            for (group, list) in groups.iter().zip(lists) {
+                adj[group[0].0 - 1][group[0].1 as usize] = list;
+            }
+            for (p, plan) in (done..end).zip(plans) {
+                for (l, chosen) in plan {
                     adj[l - 1][p] = chosen.iter().map(|e| e.1).collect();
                 }
             }
