@@ -116,23 +116,89 @@ pub fn prune(knn: &Graph, d_out: usize) -> Graph {
     }
 }
 
-/// Step 2: reverse edges of `pruned`, at most `pruned.degree` per row, best ranks first.
-pub fn reverse_edges(pruned: &Graph) -> Vec<Vec<u32>> {
+/// Reverse edges by row, stored flat: row `b`'s are `rows[start[b]..start[b + 1]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reverse {
+    start: Vec<usize>,
+    rows: Vec<u32>,
+}
+
+impl Reverse {
+    /// Reverse edges from lists, row by row.
+    pub fn from_lists(lists: &[Vec<u32>]) -> Self {
+        let mut start = vec![0];
+        let mut rows = Vec::new();
+        for list in lists {
+            rows.extend_from_slice(list);
+            start.push(rows.len());
+        }
+        Reverse { start, rows }
+    }
+
+    /// Row `b`'s reverse edges, best first.
+    pub fn row(&self, b: usize) -> &[u32] {
+        &self.rows[self.start[b]..self.start[b + 1]]
+    }
+}
+
+/// Rows per block when [`reverse_edges`] reads the pruned graph rank by rank.
+const REVERSE_BLOCK: usize = 4096;
+
+/// Step 2: reverse edges of `pruned`, at most `pruned.degree` per row: the edges A→B in order
+/// of rank, then of A, and each B keeps the first `degree` that reach it.
+///
+/// That order reads the graph column by column, so blocks of rows are first transposed (in
+/// parallel); then one pass counts each row's kept in-edges and a second writes them into
+/// place, in flat arrays.
+pub fn reverse_edges(pruned: &Graph) -> Reverse {
     let (n, d) = (pruned.len(), pruned.degree);
-    let mut rev: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for rank in 0..d {
-        for a in 0..n {
-            let b = pruned.neighbors[a * d + rank];
-            if b != NONE && rev[b as usize].len() < d {
-                rev[b as usize].push(a as u32);
+    let blocks: Vec<Vec<u32>> = pruned
+        .neighbors
+        .par_chunks(REVERSE_BLOCK * d.max(1))
+        .map(|chunk| {
+            let rows = chunk.len() / d.max(1);
+            let mut t = vec![NONE; chunk.len()];
+            for (a, row) in chunk.chunks_exact(d).enumerate() {
+                for (rank, &b) in row.iter().enumerate() {
+                    t[rank * rows + a] = b;
+                }
+            }
+            t
+        })
+        .collect();
+    // Every edge A→B in (rank, A) order.
+    let each_edge = |f: &mut dyn FnMut(u32, usize)| {
+        for rank in 0..d {
+            for (i, t) in blocks.iter().enumerate() {
+                let rows = t.len() / d;
+                let first = i * REVERSE_BLOCK;
+                for (a, &b) in t[rank * rows..(rank + 1) * rows].iter().enumerate() {
+                    if b != NONE {
+                        f((first + a) as u32, b as usize);
+                    }
+                }
             }
         }
+    };
+    let mut count = vec![0usize; n];
+    each_edge(&mut |_, b| count[b] = (count[b] + 1).min(d));
+    let mut start = vec![0usize; n + 1];
+    for b in 0..n {
+        start[b + 1] = start[b] + count[b];
     }
-    rev
+    let mut fill = start.clone();
+    let mut rows = vec![NONE; start[n]];
+    each_edge(&mut |a, b| {
+        if fill[b] < start[b + 1] {
+            rows[fill[b]] = a;
+            fill[b] += 1;
+        }
+    });
+    Reverse { start, rows }
 }
 
 /// Step 3: protected half of the pruned edges, then reverse edges, then the rest.
-pub fn merge(pruned: &Graph, reverse: &[Vec<u32>]) -> Graph {
+pub fn merge(pruned: &Graph, reverse: &Reverse) -> Graph {
     let d = pruned.degree;
     let protected = d / 2;
     let mut neighbors = vec![NONE; pruned.len() * d];
@@ -144,7 +210,7 @@ pub fn merge(pruned: &Graph, reverse: &[Vec<u32>]) -> Graph {
             let mut filled = 0;
             let candidates = own[..protected]
                 .iter()
-                .chain(reverse[a].iter())
+                .chain(reverse.row(a).iter())
                 .chain(own[protected..].iter());
             for &v in candidates {
                 if filled == d {
@@ -361,7 +427,7 @@ mod tests {
             ],
         );
         let rev = vec![vec![3, 2, 4], vec![], vec![], vec![], vec![]];
-        let merged = merge(&pruned, &rev);
+        let merged = merge(&pruned, &Reverse::from_lists(&rev));
         assert_eq!(merged.row(0), &[1, 2, 3, 4]);
         let rev = vec![vec![4, 1], vec![], vec![], vec![], vec![]];
         let pruned = graph(
@@ -375,7 +441,10 @@ mod tests {
             ],
         );
         // Self edges are dropped; the reverse edge 4 enters right after the protected half.
-        assert_eq!(merge(&pruned, &rev).row(0)[..3], [1, 2, 4]);
+        assert_eq!(
+            merge(&pruned, &Reverse::from_lists(&rev)).row(0)[..3],
+            [1, 2, 4]
+        );
     }
 
     #[test]
