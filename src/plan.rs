@@ -198,10 +198,16 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
             // Encoding: codes and labels of every row so far, one chunk's residuals; then the
             // codes sorted into lists beside them.
             if gpu {
-                assign_scratch(&mut scratch, (ENCODE_CHUNK as u64).min(n), k, dim, tile);
-                scratch.need("queries", 4 * (ENCODE_CHUNK as u64).min(n) * dsub);
-                scratch.need("out_score", 4 * (ENCODE_CHUNK as u64).min(n));
-                scratch.need("out_col", 4 * (ENCODE_CHUNK as u64).min(n));
+                let chunk = (ENCODE_CHUNK as u64).min(n);
+                assign_scratch(&mut scratch, chunk, k, dim, tile);
+                if dsub as usize <= crate::backend::cpu::SMALL_DIM {
+                    // One `pq_encode` launch a chunk: residuals, codebooks, code bytes.
+                    scratch.need("queries", 4 * chunk * dim);
+                    scratch.need("base", 4 * pq_dim * ksub * dsub);
+                    scratch.need("out_col", (chunk * pq_dim).next_multiple_of(4));
+                } else {
+                    assign_scratch(&mut scratch, chunk, ksub, dsub, tile);
+                }
             }
             stages.push(Stage {
                 name: "reading (encoding)",

@@ -32,7 +32,7 @@
 
 mod cagra;
 mod join;
-mod kmeans;
+mod quantize;
 
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 
@@ -59,7 +59,7 @@ pub const KERNELS: &[(&str, &str)] = &[
         "cagra_search.cu",
         include_str!("../../kernels/cagra_search.cu"),
     ),
-    ("kmeans.cu", include_str!("../../kernels/kmeans.cu")),
+    ("quantize.cu", include_str!("../../kernels/quantize.cu")),
 ];
 
 /// Each kernel function and the file that defines it.
@@ -69,7 +69,8 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "assign_small"),
     ("cagra.cu", "prune_graph"),
     ("cagra_search.cu", "cagra_search"),
-    ("kmeans.cu", "centroid_means"),
+    ("quantize.cu", "centroid_means"),
+    ("quantize.cu", "pq_encode"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -354,6 +355,7 @@ struct Device {
     prune_graph: CudaFunction,
     cagra_search: CudaFunction,
     centroid_means: CudaFunction,
+    pq_encode: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -459,6 +461,7 @@ impl CudaBackend {
                 prune_graph: load("prune_graph")?,
                 cagra_search: load("cagra_search")?,
                 centroid_means: load("centroid_means")?,
+                pq_encode: load("pq_encode")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
                 tile_bytes,
@@ -982,7 +985,15 @@ impl Backend for CudaBackend {
         &'a self,
         data: ArrayView2<'a, f32>,
     ) -> Result<Option<Box<dyn crate::backend::Lloyd + 'a>>> {
-        kmeans::DeviceLloyd::hold(self, data)
+        quantize::DeviceLloyd::hold(self, data)
+    }
+
+    fn pq_encode(
+        &self,
+        residuals: ArrayView2<'_, f32>,
+        pq: &crate::index::pq::ProductQuantizer,
+    ) -> Result<Option<ndarray::Array2<u8>>> {
+        quantize::pq_encode(self, residuals, pq)
     }
 
     fn assign_nearest(

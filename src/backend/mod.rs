@@ -172,6 +172,18 @@ pub trait Backend: Sync {
         Ok(None)
     }
 
+    /// PQ codes of `residuals: [n, dim]` by `pq`'s codebooks in one pass over every sub-space,
+    /// where this backend has such a pass (a GPU, for sub-spaces of at most 16 floats): the
+    /// codes [`crate::index::pq::ProductQuantizer::encode`] finds one sub-space at a time.
+    /// `None`: encode one sub-space at a time by [`Backend::assign_nearest`].
+    fn pq_encode(
+        &self,
+        _residuals: ArrayView2<'_, f32>,
+        _pq: &crate::index::pq::ProductQuantizer,
+    ) -> Result<Option<Array2<u8>>> {
+        Ok(None)
+    }
+
     /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):
     /// `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`, squared distances `[n]`).
     /// Ties go to the smaller centroid index.

@@ -172,7 +172,7 @@ pub fn group_by_label(labels: &[u32], k: usize) -> Groups {
 
 /// Moves each centroid to the mean of its rows; returns the cluster sizes. Centroids of empty
 /// clusters are left where they are.
-fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
+pub fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
     let (k, dim) = centroids.dim();
     // Rows grouped by centroid, then the centroids summed in parallel: each adds its rows in
     // row order, the same additions as one pass over the rows, so the result does not depend

@@ -97,6 +97,9 @@ impl ProductQuantizer {
 
     /// data: [n, dim] → codes: [n, pq_dim].
     pub fn encode(&self, backend: &dyn Backend, data: ArrayView2<'_, f32>) -> Result<Array2<u8>> {
+        if let Some(codes) = backend.pq_encode(data, self)? {
+            return Ok(codes);
+        }
         let mut codes = Array2::<u8>::zeros((data.nrows(), self.pq_dim));
         for m in 0..self.pq_dim {
             let sub = subspace(data, m, self.dsub());

@@ -43,6 +43,7 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "prune_graph",
             "cagra_search",
             "centroid_means",
+            "pq_encode",
         ] {
             let line = out
                 .stdout

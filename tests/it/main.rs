@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod cuda;
 mod ivf_pq;
+mod kernels;
 mod knn;
 mod python;
 mod reader;

@@ -1,10 +1,12 @@
-//! Lloyd's k-means iterations with the rows on the GPU ([`Backend::lloyd`](crate::backend::Backend)).
+//! Quantizers on the GPU: Lloyd's k-means iterations with the rows on the device
+//! ([`Backend::lloyd`](crate::backend::Backend)), and PQ encoding of every sub-space in one
+//! launch ([`pq_encode`]).
 //!
 //! The rows are copied to the device once. Each iteration uploads the centroids, assigns every
 //! row as [`Backend::assign_nearest`](crate::backend::Backend) does (the same GEMM tiles and
 //! `argmin_rows`, or `assign_small` for PQ sub-spaces, so the same labels), and copies the
 //! labels and scores back: the host adds the objective and groups the rows by label (counting
-//! sort), and `centroid_means` (kernels/kmeans.cu) moves each centroid to the mean of its rows
+//! sort), and `centroid_means` (kernels/quantize.cu) moves each centroid to the mean of its rows
 //! with the CPU's arithmetic in the CPU's order. Per iteration that is `12·n` bytes each way
 //! plus the centroids, instead of the rows.
 
@@ -16,8 +18,71 @@ use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::{Array2, ArrayView2};
 
-/// Threads per block of `centroid_means` (`MEAN_THREADS` in kernels/kmeans.cu).
+/// Threads per block of `centroid_means` (`MEAN_THREADS` in kernels/quantize.cu).
 const MEAN_THREADS: u32 = 128;
+/// Threads per block of `pq_encode` (`ENCODE_THREADS` in kernels/quantize.cu).
+const ENCODE_THREADS: u32 = 256;
+
+/// PQ codes of `residuals: [n, dim]` in one launch of `pq_encode` (kernels/quantize.cu), which
+/// finds the codes `assign_small` finds one sub-space at a time; `None` where a sub-space is
+/// wider than `assign_small` takes (the caller then encodes sub-space by sub-space).
+pub(super) fn pq_encode(
+    backend: &CudaBackend,
+    residuals: ArrayView2<'_, f32>,
+    pq: &crate::index::pq::ProductQuantizer,
+) -> Result<Option<Array2<u8>>> {
+    let (n, dim) = residuals.dim();
+    let (pq_dim, ksub, dsub) = (pq.pq_dim, pq.ksub(), pq.dsub());
+    if !assigns_small(dsub, ksub) || ksub > 256 || dim != pq.dim {
+        return Ok(None);
+    }
+    let mut codes = Array2::<u8>::zeros((n, pq_dim));
+    if n == 0 || pq_dim == 0 {
+        return Ok(Some(codes));
+    }
+    let x_host = super::contiguous(&residuals);
+    let books = pq.codebooks.view();
+    let books = super::contiguous(&books);
+    let mut dev = backend.lock()?;
+    let stream = dev.stream.clone();
+    let x_ptr = dev.upload(|s| &mut s.queries, &x_host)?;
+    let book_ptr = dev.upload(|s| &mut s.base, &books)?;
+    // The codes, bytes, in the u32 output buffer.
+    let words = (n * pq_dim).div_ceil(4);
+    let out_ptr = raw(
+        &stream,
+        super::grown(&stream, &mut dev.scratch.out_col, words)?,
+    );
+    let (rows, dim_i, dsub_i, ksub_i) = (n as i64, dim as i32, dsub as i32, ksub as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(ENCODE_THREADS as usize) as u32, pq_dim as u32, 1),
+        block_dim: (ENCODE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&dev.pq_encode);
+    launch
+        .arg(&x_ptr)
+        .arg(&rows)
+        .arg(&dim_i)
+        .arg(&dsub_i)
+        .arg(&ksub_i)
+        .arg(&book_ptr)
+        .arg(&out_ptr);
+    // SAFETY: arguments match pq_encode's signature; the buffers hold n·dim residuals,
+    // pq_dim·ksub·dsub codebook floats and n·pq_dim code bytes.
+    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching pq_encode", e))?;
+    let mut packed = vec![0u32; words];
+    dev.download(|s| &s.out_col, &mut packed)?;
+    stream
+        .synchronize()
+        .map_err(|e| gpu_err("encoding PQ codes", e))?;
+    let bytes: &[u8] = bytemuck::cast_slice(&packed);
+    let flat = codes
+        .as_slice_mut()
+        .ok_or_else(|| Error::Gpu("PQ codes not contiguous".into()))?;
+    flat.copy_from_slice(&bytes[..n * pq_dim]);
+    Ok(Some(codes))
+}
 
 /// The held rows (`[n, dim]`), their squared norms (host) and per-row device buffers.
 pub(super) struct DeviceLloyd<'a> {
