@@ -1,7 +1,10 @@
-//! Our CUDA kernels' arithmetic, checked on the host: a kernel whose threads share nothing is
-//! compiled as C++ (a few lines define CUDA's built-ins), every thread of every block is run in
-//! turn, and the results must be the CPU code's, bit for bit. This checks the kernels' indexing
-//! and arithmetic without a GPU; tests/it/cuda.rs checks the same results on a GPU.
+//! Our CUDA kernels run on the host: a kernel file is compiled as C++ with CUDA's built-ins
+//! defined on threads (a block's threads are real threads, with barriers, warp exchanges,
+//! atomics and shared memory), its grid is run block by block, and the results must be the CPU
+//! code's. This checks the kernels' indexing, synchronisation and arithmetic in CI without a
+//! GPU; tests/it/cuda.rs checks the same results on a GPU. (The timing, the memory model's
+//! weaker corners and the GPU's float contraction are not modelled: `-ffp-contract=off` here,
+//! and the kernels spell out their fused multiply-adds.)
 
 use crate::common::*;
 use ndarray::Array2;
@@ -12,22 +15,116 @@ use vecbuild::index::kmeans;
 use vecbuild::index::pq::ProductQuantizer;
 use vecbuild::synth::Rng;
 
-/// CUDA's built-ins for kernels that use no shared memory, barriers or warp operations, and a
-/// driver that runs `centroid_means` or `pq_encode` on files in a folder.
-const HOST_DRIVER: &str = r#"
+/// CUDA's built-ins on the host: a block's threads are real threads, `__syncthreads` a barrier
+/// of the block, warp shuffles and ballots an exchange through a barrier of the warp, atomics
+/// `std::atomic_ref`, shared memory a static array (one block runs at a time). Threads that
+/// return leave the barriers, as exited GPU threads do. `launch` runs the grid's blocks in turn.
+const HOST_RUNTIME: &str = r#"
+#include <algorithm>
+#include <atomic>
+#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
+using std::max;
+using std::min;
 struct Dim3 { unsigned x, y, z; };
-static Dim3 blockIdx, threadIdx, blockDim, gridDim;
+static Dim3 blockIdx, blockDim, gridDim;
+static thread_local Dim3 threadIdx;
+static std::barrier<>* block_barrier;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+static std::unique_ptr<std::atomic<unsigned long long>[]> warp_slots;
+alignas(16) static unsigned char dyn_smem[1 << 16];
 #define __global__
+#define __device__
+#define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __shared__ static
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline unsigned lane_of() { return threadIdx.x % 32; }
+static inline std::atomic<unsigned long long>* slots_of() { return &warp_slots[threadIdx.x / 32 * 32]; }
+static inline unsigned long long swap_in_warp(unsigned long long mine, unsigned src) {
+    slots_of()[lane_of()].store(mine);
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    unsigned long long got = slots_of()[src % 32].load();
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    return got;
+}
+template <class T> static T exchange(T v, unsigned src) {
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    bits = swap_in_warp(bits, src);
+    T r;
+    std::memcpy(&r, &bits, sizeof(T));
+    return r;
+}
+template <class T> static T __shfl_down_sync(unsigned, T v, int offset) {
+    unsigned lane = lane_of();
+    return exchange(v, lane + offset < 32 ? lane + offset : lane);
+}
+template <class T> static T __shfl_xor_sync(unsigned, T v, int mask) { return exchange(v, lane_of() ^ mask); }
+template <class T> static T __shfl_sync(unsigned, T v, int src) { return exchange(v, src); }
+static unsigned __ballot_sync(unsigned, int pred) {
+    slots_of()[lane_of()].store(pred ? 1 : 0);
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    unsigned bits = 0;
+    for (unsigned i = 0; i < 32; ++i) bits |= slots_of()[i].load() ? 1u << i : 0u;
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    return bits;
+}
+template <class T> static T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+static unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
+    std::atomic_ref<unsigned>(*p).compare_exchange_strong(expected, desired);
+    return expected;
+}
+static unsigned atomicMax(unsigned* p, unsigned v) {
+    std::atomic_ref<unsigned> a(*p);
+    unsigned old = a.load();
+    while (old < v && !a.compare_exchange_weak(old, v)) {}
+    return old;
+}
+template <class T> static T __ldg(const T* p) { return *p; }
+static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+static inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
+static inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+
 #include "KERNELS"
+
+template <class F> static void launch(Dim3 grid, Dim3 block, F kernel) {
+    gridDim = grid;
+    blockDim = block;
+    const unsigned threads = block.x * block.y * block.z, warps = (threads + 31) / 32;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = {x, y, z};
+                std::barrier<> bar(threads);
+                block_barrier = &bar;
+                warp_barriers.clear();
+                for (unsigned w = 0; w < warps; ++w)
+                    warp_barriers.emplace_back(new std::barrier<>(std::min(32u, threads - 32 * w)));
+                warp_slots.reset(new std::atomic<unsigned long long>[warps * 32]);
+                std::memset(dyn_smem, 0xcd, sizeof dyn_smem);  // garbage, as on a GPU
+                std::vector<std::thread> team;
+                for (unsigned t = 0; t < threads; ++t)
+                    team.emplace_back([&, t] {
+                        threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+                        kernel();
+                        slots_of()[lane_of()].store(0);
+                        warp_barriers[t / 32]->arrive_and_drop();
+                        bar.arrive_and_drop();
+                    });
+                for (auto& th : team) th.join();
+            }
+}
 
 template <class T> std::vector<T> load(const std::string& path) {
     FILE* f = std::fopen(path.c_str(), "rb");
@@ -45,63 +142,39 @@ template <class T> void save(const std::string& path, const std::vector<T>& v) {
     std::fwrite(v.data(), sizeof(T), v.size(), f);
     std::fclose(f);
 }
-// Every thread of every block, one after another.
-template <class F> void run(Dim3 grid, Dim3 block, F kernel) {
-    gridDim = grid;
-    blockDim = block;
-    for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x)
-            for (unsigned t = 0; t < block.x; ++t) {
-                blockIdx = {x, y, 0};
-                threadIdx = {t, 0, 0};
-                kernel();
-            }
-}
-int main(int argc, char** argv) {
-    std::string what = argv[1], dir = std::string(argv[2]) + "/";
-    if (what == "means") {
-        int dim = std::atoi(argv[3]);
-        unsigned k = std::atoi(argv[4]);
-        auto data = load<float>(dir + "data");
-        auto order = load<unsigned>(dir + "order");
-        auto start = load<unsigned>(dir + "start");
-        auto c = load<float>(dir + "centroids");
-        run({k, 1, 1}, {MEAN_THREADS, 1, 1},
-            [&] { centroid_means(data.data(), dim, order.data(), start.data(), c.data()); });
-        save(dir + "out", c);
-    } else {
-        long long rows = std::atoll(argv[3]);
-        int dim = std::atoi(argv[4]), dsub = std::atoi(argv[5]), ksub = std::atoi(argv[6]);
-        unsigned pq_dim = std::atoi(argv[7]);
-        auto x = load<float>(dir + "residuals");
-        auto books = load<float>(dir + "books");
-        std::vector<unsigned char> codes(rows * pq_dim, 0xff);
-        run({(unsigned)((rows + ENCODE_THREADS - 1) / ENCODE_THREADS), pq_dim, 1}, {ENCODE_THREADS, 1, 1},
-            [&] { pq_encode(x.data(), rows, dim, dsub, ksub, books.data(), codes.data()); });
-        save(dir + "out", codes);
-    }
-    return 0;
-}
 "#;
 
-/// Compiles the driver around `kernels/<file>`, or `None` (test skipped, said) where there is
-/// no C++ compiler and CI does not require one.
-fn host_build(dir: &Path, file: &str) -> Option<std::path::PathBuf> {
+/// Compiles `kernels/<file>` on the host with the runtime above and `main` (which reads and
+/// writes files in the folder given as its first argument), or `None` (test skipped, said)
+/// where there is no C++ compiler and CI does not require one.
+fn host_build(dir: &Path, file: &str, main: &str) -> Option<std::path::PathBuf> {
     let kernels = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("kernels")
         .join(file);
+    // Dynamic shared memory is the runtime's one array.
+    let source = std::fs::read_to_string(&kernels).unwrap();
+    let mut adapted = String::new();
+    for line in source.lines() {
+        match line.trim().strip_prefix("extern __shared__ ") {
+            Some(decl) => {
+                let (ty, name) = decl.trim_end_matches("[];").rsplit_once(' ').unwrap();
+                adapted += &format!("{ty}* {name} = reinterpret_cast<{ty}*>(dyn_smem);\n");
+            }
+            None => adapted += &format!("{line}\n"),
+        }
+    }
+    let kernel_copy = dir.join(file);
+    std::fs::write(&kernel_copy, adapted).unwrap();
     let src = dir.join("driver.cpp");
-    std::fs::write(
-        &src,
-        HOST_DRIVER.replace("KERNELS", &kernels.display().to_string()),
-    )
-    .unwrap();
+    let program = HOST_RUNTIME.replace("KERNELS", &kernel_copy.display().to_string());
+    std::fs::write(&src, format!("{program}\nint main(int argc, char** argv) {{\n    std::string dir = std::string(argv[1]) + \"/\";\n{main}\n    return 0;\n}}\n")).unwrap();
     let exe = dir.join("driver");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let built = Command::new(&cxx)
         .args([
-            "-std=c++17",
+            "-std=c++20",
             "-O2",
+            "-pthread",
             "-ffp-contract=off",
             "-Wno-unknown-pragmas",
             "-o",
@@ -126,6 +199,16 @@ fn host_build(dir: &Path, file: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+/// Runs a host-built driver on folder `dir` with `args`.
+fn run_driver(exe: &Path, dir: &Path, args: &[String]) {
+    let out = Command::new(exe).arg(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn write<T: bytemuck::Pod>(path: &Path, v: &[T]) {
     std::fs::write(path, bytemuck::cast_slice(v)).unwrap();
 }
@@ -139,7 +222,17 @@ fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
 fn centroid_means_kernel_moves_centroids_as_the_cpu_update_does() {
     let dir = tmp();
     let d = dir.path();
-    let Some(exe) = host_build(d, "quantize.cu") else {
+    let main = r#"
+    int dim = std::atoi(argv[2]);
+    unsigned k = std::atoi(argv[3]);
+    auto data = load<float>(dir + "data");
+    auto order = load<unsigned>(dir + "order");
+    auto start = load<unsigned>(dir + "start");
+    auto c = load<float>(dir + "centroids");
+    launch({k, 1, 1}, {MEAN_THREADS, 1, 1},
+           [&] { centroid_means(data.data(), dim, order.data(), start.data(), c.data()); });
+    save(dir + "out", c);"#;
+    let Some(exe) = host_build(d, "quantize.cu", main) else {
         return;
     };
     // 37 dimensions (threads stride past the block's 128 only when dim > 128: also 300).
@@ -163,20 +256,7 @@ fn centroid_means_kernel_moves_centroids_as_the_cpu_update_does() {
         write(&d.join("order"), &groups.order);
         write(&d.join("start"), &start);
         write(&d.join("centroids"), start_centroids.as_slice().unwrap());
-        let out = Command::new(&exe)
-            .args([
-                "means",
-                d.to_str().unwrap(),
-                &dim.to_string(),
-                &k.to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_driver(&exe, d, &[dim.to_string(), k.to_string()]);
         let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(d.join("out")).unwrap());
         let want = cpu.as_slice().unwrap();
         assert_eq!(got.len(), want.len());
@@ -196,7 +276,18 @@ fn centroid_means_kernel_moves_centroids_as_the_cpu_update_does() {
 fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     let dir = tmp();
     let d = dir.path();
-    let Some(exe) = host_build(d, "quantize.cu") else {
+    let main = r#"
+    long long rows = std::atoll(argv[2]);
+    int dim = std::atoi(argv[3]), dsub = std::atoi(argv[4]), ksub = std::atoi(argv[5]);
+    unsigned pq_dim = std::atoi(argv[6]);
+    auto x = load<float>(dir + "residuals");
+    auto books = load<float>(dir + "books");
+    std::vector<unsigned char> codes(rows * pq_dim, 0xff);
+    unsigned blocks = (rows + ENCODE_THREADS - 1) / ENCODE_THREADS;
+    launch({blocks, pq_dim, 1}, {ENCODE_THREADS, 1, 1},
+           [&] { pq_encode(x.data(), rows, dim, dsub, ksub, books.data(), codes.data()); });
+    save(dir + "out", codes);"#;
+    let Some(exe) = host_build(d, "quantize.cu", main) else {
         return;
     };
     // dim 30 in 8 sub-spaces of 4: the last one is 2 columns and 2 zeros. 4-bit and 8-bit codes.
@@ -208,16 +299,7 @@ fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
         write(&d.join("residuals"), residuals.as_slice().unwrap());
         write(&d.join("books"), pq.codebooks.as_slice().unwrap());
         let args = [700, dim, pq.dsub(), pq.ksub(), pq_dim].map(|v| v.to_string());
-        let out = Command::new(&exe)
-            .args(["encode", d.to_str().unwrap()])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_driver(&exe, d, &args);
         let got = std::fs::read(d.join("out")).unwrap();
         assert_eq!(
             got,
@@ -225,4 +307,203 @@ fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
             "dim {dim}, pq_dim {pq_dim}, {pq_bits} bits"
         );
     }
+}
+
+/// Scores on a grid of 1/64 (many exact ties, to check the tie order), `[rows, ld]`.
+fn tied_scores(rows: usize, ld: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..rows * ld)
+        .map(|_| rng.below(256) as f32 / 64.0)
+        .collect()
+}
+
+/// Each row's best `k` of `v = score + col_add` with `v ≤ threshold`, by (v, column); empty
+/// slots `(+inf, u32::MAX)`: what `select_topk` and `argmin_rows` must return.
+fn best_of_rows(
+    scores: &[f32],
+    ld: usize,
+    n: usize,
+    add: &[f32],
+    thresholds: Option<&[f32]>,
+    k: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let rows = scores.len() / ld;
+    let (mut best, mut cols) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let limit = thresholds.map_or(f32::INFINITY, |t| t[r]);
+        let mut c: Vec<(f32, u32)> = (0..n)
+            .map(|j| (scores[r * ld + j] + add[j], j as u32))
+            .filter(|&(v, _)| v <= limit)
+            .collect();
+        c.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        c.resize(k.max(c.len()), (f32::INFINITY, u32::MAX));
+        best.extend(c[..k].iter().map(|e| e.0));
+        cols.extend(c[..k].iter().map(|e| e.1));
+    }
+    (best, cols)
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(&std::fs::read(path).unwrap())
+}
+
+fn read_u32(path: &Path) -> Vec<u32> {
+    bytemuck::pod_collect_to_vec(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn select_topk_kernel_keeps_each_rows_best_k_in_order() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    unsigned rows = std::atoi(argv[2]);
+    long long ld = std::atoll(argv[3]);
+    int n = std::atoi(argv[4]), k = std::atoi(argv[5]), kp = std::atoi(argv[6]);
+    bool thresholded = std::atoi(argv[7]);
+    auto scores = load<float>(dir + "scores");
+    auto add = load<float>(dir + "add");
+    auto thresholds = load<float>(dir + "thresholds");
+    std::vector<float> best(rows * k, -1.0f);
+    std::vector<unsigned> cols(rows * k, 7);
+    launch({rows, 1, 1}, {SELECT_THREADS, 1, 1}, [&] {
+        select_topk(scores.data(), ld, n, add.data(), thresholded ? thresholds.data() : nullptr, k, kp,
+                    best.data(), cols.data());
+    });
+    save(dir + "best", best);
+    save(dir + "cols", cols);"#;
+    let Some(exe) = host_build(d, "select.cu", main) else {
+        return;
+    };
+    let (rows, n) = (5usize, 3000usize);
+    let ld = n + 5;
+    let scores = tied_scores(rows, ld, 31);
+    let add = tied_scores(1, n, 37);
+    // Thresholds that let through everything, about 1 % of a row, and nothing.
+    let thresholds = vec![9.0f32, 0.6, 0.5, -1.0, 1.0];
+    write(&d.join("scores"), &scores);
+    write(&d.join("add"), &add);
+    write(&d.join("thresholds"), &thresholds);
+    for k in [1usize, 10, 100, 1024] {
+        for thresholded in [false, true] {
+            let kp = k.next_power_of_two();
+            let args = [rows, ld, n, k, kp, thresholded as usize].map(|v| v.to_string());
+            run_driver(&exe, d, &args);
+            let limits = thresholded.then_some(&thresholds[..]);
+            let (best, cols) = best_of_rows(&scores, ld, n, &add, limits, k);
+            let got = read_f32(&d.join("best"));
+            assert!(
+                got.iter()
+                    .zip(&best)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "k {k}, thresholds {thresholded}: scores differ"
+            );
+            assert_eq!(
+                read_u32(&d.join("cols")),
+                cols,
+                "k {k}, thresholds {thresholded}"
+            );
+        }
+    }
+}
+
+#[test]
+fn argmin_rows_and_assign_small_kernels_pick_the_cpus_nearest() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    long long rows = std::atoll(argv[2]);
+    long long ld = std::atoll(argv[3]);
+    int n = std::atoi(argv[4]), k = std::atoi(argv[5]), dim = std::atoi(argv[6]);
+    auto scores = load<float>(dir + "scores");
+    auto add = load<float>(dir + "add");
+    std::vector<unsigned> col(rows, 7);
+    std::vector<float> best(rows, -1.0f);
+    launch({(unsigned)((rows + 7) / 8), 1, 1}, {256, 1, 1},
+           [&] { argmin_rows(scores.data(), ld, n, rows, add.data(), col.data(), best.data()); });
+    save(dir + "argmin_col", col);
+    save(dir + "argmin_best", best);
+    auto data = load<float>(dir + "data");
+    auto centroids = load<float>(dir + "centroids");
+    long long points = data.size() / dim;
+    std::vector<unsigned> label(points, 7);
+    std::vector<float> dist(points, -1.0f);
+    launch({(unsigned)((points + 255) / 256), 1, 1}, {256, 1, 1}, [&] {
+        assign_small(data.data(), centroids.data(), points, k, dim, label.data(), dist.data());
+    });
+    save(dir + "label", label);
+    save(dir + "dist", dist);"#;
+    let Some(exe) = host_build(d, "select.cu", main) else {
+        return;
+    };
+    // argmin_rows: 37 rows (the last block part empty), ties on a 1/64 grid.
+    let (rows, n) = (37usize, 777usize);
+    let ld = n + 3;
+    let scores = tied_scores(rows, ld, 41);
+    let add = tied_scores(1, n, 43);
+    write(&d.join("scores"), &scores);
+    write(&d.join("add"), &add);
+    // assign_small: 600 rows of 5 dimensions to 40 centroids, against the CPU's assignment.
+    let (k, dim) = (40usize, 5usize);
+    let data = random(600, dim, 47);
+    let centroids = random(k, dim, 53);
+    write(&d.join("data"), data.as_slice().unwrap());
+    write(&d.join("centroids"), centroids.as_slice().unwrap());
+    run_driver(&exe, d, &[rows, ld, n, k, dim].map(|v| v.to_string()));
+    let (best, cols) = best_of_rows(&scores, ld, n, &add, None, 1);
+    assert_eq!(read_u32(&d.join("argmin_col")), cols);
+    assert_eq!(read_f32(&d.join("argmin_best")), best);
+    use vecbuild::backend::Backend;
+    let (labels, dists) = CpuBackend
+        .assign_nearest(data.view(), centroids.view())
+        .unwrap();
+    assert_eq!(read_u32(&d.join("label")), labels);
+    let got = read_f32(&d.join("dist"));
+    assert!(got
+        .iter()
+        .zip(&dists)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn prune_graph_kernel_prunes_as_the_cpu_does() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    unsigned n = std::atoi(argv[2]);
+    int deg = std::atoi(argv[3]), d_out = std::atoi(argv[4]), table = std::atoi(argv[5]);
+    auto knn = load<unsigned>(dir + "knn");
+    std::vector<unsigned> out((size_t)n * d_out, 7);
+    launch({n, 1, 1}, {256, 1, 1}, [&] { prune_graph(knn.data(), deg, d_out, table, out.data()); });
+    save(dir + "pruned", out);"#;
+    let Some(exe) = host_build(d, "cagra.cu", main) else {
+        return;
+    };
+    // A kNN graph of 120 rows, degree 24, from real distances (so detours exist), with some
+    // rows cut short (u32::MAX tails) and one row listing a neighbour twice.
+    use vecbuild::index::cagra::{optimize, Graph};
+    let (n, deg, d_out) = (120usize, 24usize, 12usize);
+    let x = random(n, 3, 59);
+    let mut neighbors = Vec::with_capacity(n * deg);
+    for a in 0..n {
+        let dist = |b: usize| (0..3).map(|j| (x[[a, j]] - x[[b, j]]).powi(2)).sum::<f32>();
+        let mut others: Vec<usize> = (0..n).filter(|&b| b != a).collect();
+        others.sort_by(|&p, &q| dist(p).total_cmp(&dist(q)).then(p.cmp(&q)));
+        let keep = if a % 7 == 3 { deg - 5 } else { deg };
+        let mut row: Vec<u32> = others[..keep].iter().map(|&b| b as u32).collect();
+        row.resize(deg, u32::MAX);
+        if a == 10 {
+            row[deg - 1] = row[2];
+        }
+        neighbors.extend(row);
+    }
+    let knn = Graph {
+        degree: deg,
+        neighbors,
+    };
+    write(&d.join("knn"), &knn.neighbors);
+    // The table size and shared memory the CUDA backend uses.
+    let table = (2 * deg).next_power_of_two().max(16);
+    run_driver(&exe, d, &[n, deg, d_out, table].map(|v| v.to_string()));
+    let cpu = optimize::prune(&knn, d_out);
+    assert_eq!(read_u32(&d.join("pruned")), cpu.neighbors);
 }
