@@ -312,20 +312,20 @@ fn dry_run_plans_each_build_and_writes_nothing() {
     let d = dir.path();
     generate_dataset(d, 3000, 16, 20, 10);
     let before = listing(d);
+    let build = |input: &'static str, index: &'static str, dry: bool| {
+        let mut args = vec![
+            "build", "--input", input, "--index", index, "--out", "x.vbx",
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        run(d, &args)
+    };
+    let mut ivf_pq_plan = String::new();
     for index in ["flat", "ivf-pq", "cagra"] {
-        let out = ok(
-            d,
-            &[
-                "build",
-                "--input",
-                "b.parquet",
-                "--index",
-                index,
-                "--out",
-                "x.vbx",
-                "--dry-run",
-            ],
-        );
+        let out = build("b.parquet", index, true);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let out = out.stdout;
         assert_eq!(listing(d), before, "a dry run wrote something");
         assert!(
             out.contains("3000 rows × 16 dims (l2) read and checked"),
@@ -339,52 +339,22 @@ fn dry_run_plans_each_build_and_writes_nothing() {
         }
         // No device column without --gpu.
         assert!(!out.contains("peak device memory"), "{out}");
+        if index == "ivf-pq" {
+            ivf_pq_plan = out;
+        }
     }
     // The parameters printed are the ones the build then records.
-    let out = ok(
-        d,
-        &[
-            "build",
-            "--input",
-            "b.parquet",
-            "--index",
-            "ivf-pq",
-            "--out",
-            "x.vbx",
-            "--dry-run",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "build",
-            "--input",
-            "b.parquet",
-            "--index",
-            "ivf-pq",
-            "--out",
-            "i.vbx",
-        ],
-    );
-    let a = vecbuild::artifact::Artifact::open(d.join("i.vbx")).unwrap();
+    assert_eq!(build("b.parquet", "ivf-pq", false).code, 0);
+    let a = vecbuild::artifact::Artifact::open(d.join("x.vbx")).unwrap();
     let p = &a.manifest.params["ivf_pq"];
     let planned = format!("n_lists {}, pq_dim {},", p["n_lists"], p["pq_dim"]);
-    assert!(out.contains(&planned), "{planned} not in {out}");
+    assert!(
+        ivf_pq_plan.contains(&planned),
+        "{planned} not in {ivf_pq_plan}"
+    );
     // Bad input fails the dry run as it would fail the build.
     std::fs::write(d.join("bad.parquet"), b"not parquet").unwrap();
-    let bad = run(
-        d,
-        &[
-            "build",
-            "--input",
-            "bad.parquet",
-            "--index",
-            "flat",
-            "--out",
-            "y.vbx",
-            "--dry-run",
-        ],
-    );
+    let bad = build("bad.parquet", "flat", true);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("bad.parquet"), "{}", bad.stderr);
 }

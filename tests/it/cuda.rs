@@ -240,23 +240,7 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     }
     // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
     generate_dataset(d, 5000, 32, 40, 10);
-    for (dev, out) in [("cpu", "c.vbx"), ("gpu", "g.vbx")] {
-        let mut args = vec![
-            "build",
-            "--input",
-            "b.parquet",
-            "--index",
-            "cagra",
-            "--build-algo",
-            "ivf",
-            "--out",
-            out,
-        ];
-        if dev == "gpu" {
-            args.extend(["--gpu", "0"]);
-        }
-        ok(d, &args);
-    }
+    build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
     let graph = |f: &str| {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
         let shape = a.container.tensors["graph"].shape.clone();
@@ -277,23 +261,7 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
     // k-means with the rows held on the GPU (coarse: GEMM path; PQ sub-spaces: direct path),
     // centroids moved by the update kernel: every tensor must be the CPU's, bit for bit.
     generate_dataset(d, 6000, 48, 30, 10);
-    for (dev, out) in [("cpu", "c.vbx"), ("gpu", "g.vbx")] {
-        let mut args = vec![
-            "build",
-            "--input",
-            "b.parquet",
-            "--index",
-            "ivf-pq",
-            "--n-lists",
-            "64",
-            "--out",
-            out,
-        ];
-        if dev == "gpu" {
-            args.extend(["--gpu", "0"]);
-        }
-        ok(d, &args);
-    }
+    build_on_cpu_and_gpu(d, &["--index", "ivf-pq", "--n-lists", "64"]);
     let tensors = |f: &str| {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
         a.container
@@ -313,5 +281,17 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
             a == b,
             "tensor {name} differs between the CPU and GPU builds"
         );
+    }
+}
+
+/// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0.
+fn build_on_cpu_and_gpu(d: &std::path::Path, args: &[&str]) {
+    for (gpu, out) in [(false, "c.vbx"), (true, "g.vbx")] {
+        let mut all = vec!["build", "--input", "b.parquet", "--out", out];
+        all.extend(args);
+        if gpu {
+            all.extend(["--gpu", "0"]);
+        }
+        ok(d, &all);
     }
 }
