@@ -346,7 +346,10 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     vec![
                         ("kNN graph", knn),
                         ("pruned graph", graph),
-                        ("reverse edges", graph + 24 * n),
+                        (
+                            "reverse edges, with the graph transposed by blocks",
+                            2 * graph + 16 * n,
+                        ),
                         ("merged graph", graph),
                     ],
                 ]
