@@ -34,6 +34,7 @@ mod cagra;
 mod join;
 mod quantize;
 
+pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 
 use super::cpu::SMALL_DIM;

@@ -46,6 +46,8 @@ alignas(16) static unsigned char dyn_smem[1 << 16];
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n)
+struct float4 { float x, y, z, w; };
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline unsigned lane_of() { return threadIdx.x % 32; }
 static inline std::atomic<unsigned long long>* slots_of() { return &warp_slots[threadIdx.x / 32 * 32]; }
@@ -506,4 +508,128 @@ fn prune_graph_kernel_prunes_as_the_cpu_does() {
     run_driver(&exe, d, &[n, deg, d_out, table].map(|v| v.to_string()));
     let cpu = optimize::prune(&knn, d_out);
     assert_eq!(read_u32(&d.join("pruned")), cpu.neighbors);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cagra_search_kernel_walks_as_the_cpu_search_does() {
+    use vecbuild::search::cagra::CagraSearchParams;
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    unsigned n = std::atoi(argv[2]);
+    int dim = std::atoi(argv[3]), degree = std::atoi(argv[4]);
+    unsigned nq = std::atoi(argv[5]);
+    int n_seeds = std::atoi(argv[6]), levels = std::atoi(argv[7]), up_m = std::atoi(argv[8]);
+    unsigned up_nodes = std::atoi(argv[9]);
+    int list = std::atoi(argv[10]), width = std::atoi(argv[11]), max_iter = std::atoi(argv[12]);
+    int k = std::atoi(argv[13]), p = std::atoi(argv[14]), cands_p2 = std::atoi(argv[15]);
+    int table = std::atoi(argv[16]), team = std::atoi(argv[17]);
+    auto vectors = load<float>(dir + "vectors");
+    auto norms = load<float>(dir + "norms");
+    auto graph = load<unsigned>(dir + "graph");
+    auto queries = load<float>(dir + "queries");
+    auto seeds = load<unsigned>(dir + "seeds");
+    auto up_rows = load<unsigned>(dir + "up_rows");
+    auto up_graph = load<unsigned>(dir + "up_graph");
+    auto up_offsets = load<long long>(dir + "up_offsets");
+    std::vector<float> score((size_t)nq * k, -1.0f);
+    std::vector<unsigned> row((size_t)nq * k, 7);
+    std::vector<unsigned long long> stats(2, 0);
+    launch({nq, 1, 1}, {SEARCH_THREADS, 1, 1}, [&] {
+        cagra_search(vectors.data(), norms.data(), graph.data(), n, dim, degree, queries.data(),
+                     seeds.data(), n_seeds, up_rows.data(), up_graph.data(), up_offsets.data(),
+                     levels, up_m, up_nodes, list, width, max_iter, k, p, cands_p2, table, team,
+                     score.data(), row.data(), stats.data());
+    });
+    save(dir + "rows", row);"#;
+    let Some(exe) = host_build(d, "cagra_search.cu", main) else {
+        return;
+    };
+    // dim 16 takes the float4 loads, 13 the scalar ones. 16 queries each: a block of 256
+    // host threads meets at ~700 barriers per query, about a second of this machine's time.
+    for (dim, itopk, width) in [(16usize, 32usize, 1usize), (13, 64, 4)] {
+        generate_dataset(d, 3000, dim, 30, 16);
+        ok(
+            d,
+            &[
+                "build",
+                "--input",
+                "b.parquet",
+                "--index",
+                "cagra",
+                "--out",
+                "c.vbx",
+            ],
+        );
+        let searcher = vecbuild::Searcher::open(d.join("c.vbx")).unwrap();
+        let mut index = searcher.cagra_index().unwrap();
+        // The GPU walks on the vectors: the CPU's oracle is its exact walk.
+        index.codes = None;
+        let files = [d.join("q.parquet")];
+        let (_, queries, _) = vecbuild::io::read_all(&files, &Default::default()).unwrap();
+        let h = index.hierarchy.expect("the build made upper levels");
+        let offsets: Vec<i64> = h
+            .counts
+            .iter()
+            .scan(0i64, |start, &c| {
+                let s = *start;
+                *start += c as i64 * h.m as i64;
+                Some(s)
+            })
+            .collect();
+        write(&d.join("vectors"), index.vectors.as_slice().unwrap());
+        write(&d.join("norms"), index.sq_norms);
+        write(&d.join("graph"), index.graph);
+        write(&d.join("queries"), queries.as_slice().unwrap());
+        write(&d.join("up_rows"), h.rows);
+        write(&d.join("up_graph"), h.graph);
+        write(&d.join("up_offsets"), &offsets);
+        let k = 10;
+        {
+            let p = CagraSearchParams {
+                itopk_size: itopk,
+                search_width: width,
+                max_iterations: 0,
+            };
+            let (cpu, _) = index.search(queries.view(), k, &p).unwrap();
+            // The kernel's arguments as src/backend/cuda/cagra.rs passes them.
+            let cands = (width * index.degree).max(h.m).max(1);
+            let shape =
+                vecbuild::backend::cuda::cagra_search_layout(dim, itopk, cands, width).unwrap();
+            let seeds = index.seed_rows(&p);
+            write(&d.join("seeds"), &[seeds.as_slice(), &[u32::MAX]].concat());
+            let args = [
+                index.vectors.nrows(),
+                dim,
+                index.degree,
+                queries.nrows(),
+                seeds.len(),
+                h.counts.len(),
+                h.m,
+                h.rows.len(),
+                itopk,
+                width,
+                index.max_iterations(&p),
+                k,
+                shape.p,
+                shape.cands_p2,
+                shape.table,
+                shape.team,
+            ];
+            run_driver(&exe, d, &args.map(|v| v.to_string()));
+            let got = read_u32(&d.join("rows"));
+            let same = (0..queries.nrows())
+                .filter(|&q| (0..k).all(|j| got[q * k + j] as u64 == cpu.rows[[q, j]]))
+                .count();
+            // As on the GPU: the same walk, lists apart only where float rounding reorders a
+            // near-tie (the kernel adds a row's products in another order than the CPU).
+            eprintln!("dim {dim}, itopk {itopk}, width {width}: {same} of 16 lists as the CPU's");
+            assert!(
+                same + 1 >= queries.nrows(),
+                "dim {dim}, itopk {itopk}, width {width}: {same} of {} lists as the CPU's",
+                queries.nrows()
+            );
+        }
+    }
 }

@@ -45,20 +45,21 @@ struct OnDevice {
 
 /// The kernel's launch shape for one search setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Layout {
+pub struct Layout {
     /// Sort buffer length: the list plus one iteration's candidates, a power of two.
-    p: usize,
+    pub p: usize,
     /// Candidate slots, a power of two (they are sorted on their own, then merged).
-    cands_p2: usize,
-    table: usize,
+    pub cands_p2: usize,
+    pub table: usize,
     /// Lanes scoring one row.
-    team: usize,
-    shared_bytes: usize,
+    pub team: usize,
+    pub shared_bytes: usize,
 }
 
 /// Sizes the kernel's shared memory for `list` entries and `cands` candidates per iteration
-/// (`parents` parent slots) in `dim` dimensions; an error names what is too large.
-fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<Layout> {
+/// (`parents` parent slots) in `dim` dimensions; an error names what is too large. Public for
+/// the host run of the kernel (tests/it/kernels.rs).
+pub fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<Layout> {
     if list > MAX_GPU_ITOPK || cands > MAX_GPU_CANDIDATES {
         return Err(Error::Gpu(format!(
             "CAGRA search on the GPU keeps itopk_size ≤ {MAX_GPU_ITOPK} and scores ≤ {MAX_GPU_CANDIDATES} candidates per iteration (search_width × graph_degree); asked for {list} and {cands}"
