@@ -92,3 +92,118 @@ prune_graph(const unsigned* __restrict__ knn, int d, int d_out, int table,
         out[a * d_out + s] = NO_ROW;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The neighbour-of-neighbour pass of the ivf kNN graph builder: the same computation as
+// knn_graph::refine without reverse lists (src/index/cagra/knn_graph.rs, the CPU oracle), so
+// the two give the same graph. Each row u scores the first `fan` entries of the lists of its
+// first `fan` neighbours, and its own list, once each (not itself, not NO_ROW), and keeps the k
+// best by (score, row). A score is the CPU's ranking score, ‖c‖² − 2·u·c for L2 and −u·c
+// otherwise, with u·c summed in the order of dot_avx2 (src/distance.rs), so equal candidates tie
+// and differ exactly as they do on a CPU with AVX2 and FMA.
+
+#define REFINE_THREADS 128
+#define FULL_MASK 0xffffffffu
+
+// Ascending bitonic sort of a[0..cap) in shared memory, cap a power of two, by the whole block.
+// Starts and ends with the block in step.
+template <class T>
+__device__ __forceinline__ void block_sort(T* a, int cap) {
+    __syncthreads();
+    for (int size = 2; size <= cap; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < cap / 2; i += blockDim.x) {
+                int lo = 2 * i - (i & (stride - 1));
+                int hi = lo + stride;
+                bool up = (lo & size) == 0;
+                T x = a[lo], y = a[hi];
+                if ((x > y) == up) {
+                    a[lo] = y;
+                    a[hi] = x;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// q·x over n floats by the 32 lanes of a warp, added as dot_avx2 adds: lane l is lane l % 8 of
+// the CPU's accumulator l / 8 (fused multiply-adds over columns l, l + 32, …; then columns
+// l, l + 8 for lanes below 8 while 8 remain), the accumulators are added (a0 + a1) + (a2 + a3),
+// their 8 lanes as hsum adds them (4 + 4, 2 + 2, 1 + 1), then the last n % 8 products one by
+// one. Every lane returns the sum.
+__device__ __forceinline__ float warp_dot_as_cpu(const float* __restrict__ q,
+                                                 const float* __restrict__ x, int n, int lane) {
+    float acc = 0.0f;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) acc = fmaf(q[i + lane], x[i + lane], acc);
+    for (; i + 8 <= n; i += 8) {
+        if (lane < 8) acc = fmaf(q[i + lane], x[i + lane], acc);
+    }
+    acc = __fadd_rn(acc, __shfl_down_sync(FULL_MASK, acc, 8));
+    acc = __fadd_rn(acc, __shfl_down_sync(FULL_MASK, acc, 16));
+    acc = __fadd_rn(acc, __shfl_down_sync(FULL_MASK, acc, 4));
+    acc = __fadd_rn(acc, __shfl_down_sync(FULL_MASK, acc, 2));
+    acc = __fadd_rn(acc, __shfl_down_sync(FULL_MASK, acc, 1));
+    float sum = __shfl_sync(FULL_MASK, acc, 0);
+    for (; i < n; ++i) sum = __fadd_rn(sum, __fmul_rn(q[i], x[i]));
+    return sum;
+}
+
+// The float's place in IEEE total order (Rust's f32::total_cmp) as an unsigned key.
+__device__ __forceinline__ unsigned total_order_key(float f) {
+    unsigned bits = __float_as_uint(f);
+    return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+// data:  [n, dim] rows
+// norms: [n] squared norms for L2, or null for inner product / cosine
+// old:   [n, k] kNN lists, NO_ROW for missing entries
+// out:   [n, k] refined lists, best first, NO_ROW where a row has fewer than k candidates
+// fan:   at most k
+//
+// grid: (rows to refine, from row 0), block: REFINE_THREADS (any multiple of 32 works),
+// dynamic shared memory: cap · 12 bytes, cap a power of two ≥ fan² + k.
+extern "C" __global__ void __launch_bounds__(REFINE_THREADS)
+refine_graph(const float* __restrict__ data, const float* __restrict__ norms, int dim, unsigned n,
+             const unsigned* __restrict__ old, int k, int fan, int cap,
+             unsigned* __restrict__ out) {
+    extern __shared__ unsigned long long refine_shared[];
+    unsigned long long* keys = refine_shared;  // [cap] (score key << 32) | row
+    unsigned* ids = (unsigned*)(keys + cap);   // [cap] candidate rows
+
+    const unsigned u = blockIdx.x;
+    const unsigned* own = old + (size_t)u * k;
+    const int hops = fan * fan;
+    for (int s = threadIdx.x; s < cap; s += blockDim.x) {
+        unsigned c = NO_ROW;
+        if (s < hops) {
+            unsigned v = own[s / fan];
+            if (v < n) c = old[(size_t)v * k + s % fan];
+        } else if (s < hops + k) {
+            c = own[s - hops];
+        }
+        ids[s] = (c < n && c != u) ? c : NO_ROW;
+    }
+    block_sort(ids, cap);
+
+    // A warp scores each distinct candidate (the first of its run in sorted order).
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    const float* x = data + (size_t)u * dim;
+    for (int s = warp; s < cap; s += warps) {
+        unsigned c = ids[s];
+        unsigned long long key = ~0ull;
+        if (c != NO_ROW && (s == 0 || ids[s - 1] != c)) {
+            float d = warp_dot_as_cpu(x, data + (size_t)c * dim, dim, lane);
+            float score = norms ? __fsub_rn(norms[c], __fmul_rn(2.0f, d)) : -d;
+            key = ((unsigned long long)total_order_key(score) << 32) | c;
+        }
+        if (lane == 0) keys[s] = key;
+    }
+    block_sort(keys, cap);
+
+    for (int r = threadIdx.x; r < k; r += blockDim.x) {
+        unsigned long long key = r < cap ? keys[r] : ~0ull;
+        out[(size_t)u * k + r] = key == ~0ull ? NO_ROW : (unsigned)key;
+    }
+}

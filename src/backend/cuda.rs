@@ -26,6 +26,8 @@
 //!
 //! CAGRA's rank-based pruning ([`Backend::prune_graph`]) is `prune_graph` (kernels/cagra.cu),
 //! one block per row, the same integer computation as the CPU's, so the graphs are identical.
+//! The ivf builder's neighbour-of-neighbour pass ([`Backend::refine_graph`]) is `refine_graph`,
+//! one block per row, with the CPU's candidates, arithmetic and order ([`join`]).
 //!
 //! CAGRA search ([`Backend::cagra_search`]) runs the CPU's beam search in one kernel, a thread
 //! block per query, on a copy of the index made once ([`Backend::load_cagra`], [`cagra`]).
@@ -36,6 +38,7 @@ mod quantize;
 
 pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
+pub use join::refine_slots;
 
 use super::cpu::SMALL_DIM;
 use super::{Backend, ListJoin, Loaded, Queries};
@@ -69,6 +72,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "argmin_rows"),
     ("select.cu", "assign_small"),
     ("cagra.cu", "prune_graph"),
+    ("cagra.cu", "refine_graph"),
     ("cagra_search.cu", "cagra_search"),
     ("quantize.cu", "centroid_means"),
     ("quantize.cu", "pq_encode"),
@@ -354,6 +358,7 @@ struct Device {
     argmin_rows: CudaFunction,
     assign_small: CudaFunction,
     prune_graph: CudaFunction,
+    refine_graph: CudaFunction,
     cagra_search: CudaFunction,
     centroid_means: CudaFunction,
     pq_encode: CudaFunction,
@@ -460,6 +465,7 @@ impl CudaBackend {
                 argmin_rows: load("argmin_rows")?,
                 assign_small: load("assign_small")?,
                 prune_graph: load("prune_graph")?,
+                refine_graph: load("refine_graph")?,
                 cagra_search: load("cagra_search")?,
                 centroid_means: load("centroid_means")?,
                 pq_encode: load("pq_encode")?,
@@ -965,6 +971,20 @@ impl Backend for CudaBackend {
 
     fn join_lists(&self, job: &ListJoin<'_>, progress: &(dyn Fn(f64) + Sync)) -> Result<Vec<u32>> {
         join::join_lists(self, job, progress)
+    }
+
+    fn refine_graph(
+        &self,
+        data: ArrayView2<'_, f32>,
+        norms: &[f32],
+        metric: Metric,
+        graph: &mut crate::index::cagra::Graph,
+        fan: usize,
+    ) -> Result<()> {
+        if !join::refine_graph(self, data, norms, metric, graph, fan)? {
+            crate::index::cagra::knn_graph::refine(data, norms, metric, graph, fan, false);
+        }
+        Ok(())
     }
 
     fn load_cagra(&self, index: &CagraIndex<'_>) -> Result<Option<Loaded>> {

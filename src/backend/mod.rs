@@ -144,6 +144,21 @@ pub trait Backend: Sync {
         crate::index::cagra::knn_graph::join_lists(self, job, progress)
     }
 
+    /// The ivf builder's neighbour-of-neighbour pass over its kNN graph: each row's `fan` first
+    /// neighbours' `fan` first neighbours are scored with its own list and the `k` best kept
+    /// ([`crate::index::cagra::knn_graph::refine`] without reverse lists, the CPU's).
+    fn refine_graph(
+        &self,
+        data: ArrayView2<'_, f32>,
+        norms: &[f32],
+        metric: Metric,
+        graph: &mut crate::index::cagra::Graph,
+        fan: usize,
+    ) -> Result<()> {
+        crate::index::cagra::knn_graph::refine(data, norms, metric, graph, fan, false);
+        Ok(())
+    }
+
     /// Copies a CAGRA index to the device for [`Backend::cagra_search`], owned by the caller
     /// (the [`crate::Searcher`] keeps it for as long as the index is open). `None`: this
     /// backend searches the index where it lies (the CPU).

@@ -97,6 +97,9 @@ static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); ret
 static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 static inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
 static inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
 
 #include "KERNELS"
 
@@ -508,6 +511,101 @@ fn prune_graph_kernel_prunes_as_the_cpu_does() {
     run_driver(&exe, d, &[n, deg, d_out, table].map(|v| v.to_string()));
     let cpu = optimize::prune(&knn, d_out);
     assert_eq!(read_u32(&d.join("pruned")), cpu.neighbors);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn refine_graph_kernel_refines_as_the_cpu_does() {
+    use vecbuild::index::cagra::{knn_graph, Graph};
+    use vecbuild::Metric;
+    if !vecbuild::backend::cpu::has_avx2_fma() {
+        // The kernel adds as dot_avx2 does; the portable CPU sum differs in the last bits.
+        eprintln!("SKIPPED: this CPU has no AVX2+FMA, so its scores are summed in another order");
+        return;
+    }
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    unsigned rows = std::atoi(argv[2]), n = std::atoi(argv[3]), threads = std::atoi(argv[9]);
+    int dim = std::atoi(argv[4]), k = std::atoi(argv[5]), fan = std::atoi(argv[6]);
+    int cap = std::atoi(argv[7]), l2 = std::atoi(argv[8]);
+    auto data = load<float>(dir + "data");
+    auto norms = load<float>(dir + "norms");
+    auto old = load<unsigned>(dir + "old");
+    std::vector<unsigned> out((size_t)n * k, 7);
+    launch({rows, 1, 1}, {threads, 1, 1}, [&] {
+        refine_graph(data.data(), l2 ? norms.data() : nullptr, dim, n, old.data(), k, fan, cap,
+                     out.data());
+    });
+    save(dir + "out", out);"#;
+    let Some(exe) = host_build(d, "cagra.cu", main) else {
+        return;
+    };
+    // Dimensions 128 (whole 32-column steps), 45 (32 + 8 + a tail of 5) and 13 (8 + 5); lists
+    // of 8 (fan limited to k), 16 and 64 (slots exactly 128). Rows 0–49 are refined by the
+    // kernel; their candidates come from all rows. Rows come in threes: a row, its copy (scores
+    // tie, the row order decides) and a copy moved by about 1e-6 of each value (scores a
+    // rounding apart, so the order of the additions decides). Lists hold repeats, the row
+    // itself and empty slots.
+    let settings = [
+        (128usize, 16usize, Metric::L2, 128u32),
+        (45, 64, Metric::L2, 64),
+        (13, 8, Metric::InnerProduct, 32),
+        (45, 16, Metric::Cosine, 128),
+    ];
+    for (dim, k, metric, threads) in settings {
+        let (n, rows) = (600usize, 50usize);
+        let mut data = random(n, dim, 61 + dim as u64);
+        let mut rng = Rng::new(71);
+        for r in 2..n {
+            let before = data.row(r - 1).to_owned();
+            match r % 3 {
+                2 => data.row_mut(r).assign(&before),
+                0 => data
+                    .row_mut(r)
+                    .assign(&before.mapv(|v| v * (1.0 + (rng.uniform() as f32 - 0.5) * 2e-6))),
+                _ => {}
+            }
+        }
+        let norms = match metric {
+            Metric::L2 => vecbuild::metric::squared_norms(data.view()),
+            _ => Vec::new(),
+        };
+        let mut rng = Rng::new(67);
+        let neighbors: Vec<u32> = (0..n * k)
+            .map(|i| match rng.below(40) {
+                0 => u32::MAX,
+                1 => (i / k) as u32,
+                2 => (i / k) as u32 ^ 1,
+                _ => rng.below(n as u64) as u32,
+            })
+            .collect();
+        let mut cpu = Graph {
+            degree: k,
+            neighbors,
+        };
+        write(&d.join("data"), data.as_slice().unwrap());
+        write(&d.join("norms"), &norms);
+        write(&d.join("old"), &cpu.neighbors);
+        let fan = knn_graph::REFINE_FAN.min(k);
+        let cap = vecbuild::backend::cuda::refine_slots(k, fan);
+        let l2 = u32::from(metric == Metric::L2);
+        let args = [rows, n, dim, k, fan, cap, l2 as usize, threads as usize];
+        run_driver(&exe, d, &args.map(|v| v.to_string()));
+        knn_graph::refine(data.view(), &norms, metric, &mut cpu, fan, false);
+        let got = read_u32(&d.join("out"));
+        for r in 0..rows {
+            assert_eq!(
+                got[r * k..(r + 1) * k],
+                cpu.neighbors[r * k..(r + 1) * k],
+                "dim {dim}, k {k}, {metric:?}: row {r}"
+            );
+        }
+        assert!(
+            got[rows * k..].iter().all(|&v| v == 7),
+            "rows past the grid written"
+        );
+    }
 }
 
 #[cfg(feature = "cuda")]

@@ -7,11 +7,108 @@
 //! [`TopK`](crate::TopK) orders (score, position). Lists (split by rows when one is too wide)
 //! go in groups whose tiles fit the scratch buffer; a group is one batch of launches and one
 //! copy back, instead of one round trip per list.
+//!
+//! The join's neighbour-of-neighbour pass ([`Backend::refine_graph`](crate::backend::Backend))
+//! is `refine_graph` (kernels/cagra.cu), one block per row: the CPU's candidates, scores summed
+//! in the CPU's order and the CPU's (score, row) order, so the lists are the CPU's.
 
 use super::{grown, raw, CudaBackend, MAX_GPU_K};
 use crate::backend::ListJoin;
+use crate::index::cagra::Graph;
 use crate::{Error, Metric, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use ndarray::ArrayView2;
 use rayon::prelude::*;
+
+/// Threads per block of `refine_graph` (`REFINE_THREADS` in kernels/cagra.cu).
+const REFINE_THREADS: u32 = 128;
+/// Most shared memory `refine_graph` may ask for: 48 KiB, 12 bytes per candidate slot.
+const REFINE_MAX_SLOTS: usize = 4096;
+
+/// Shared-memory slots `refine_graph` sorts per row: a power of two ≥ `fan² + k` (at least 32).
+pub fn refine_slots(k: usize, fan: usize) -> usize {
+    let fan = fan.min(k);
+    (fan * fan + k).next_power_of_two().max(32)
+}
+
+/// One neighbour-of-neighbour pass over `graph` on the device, as
+/// [`knn_graph::refine`](crate::index::cagra::knn_graph::refine) without reverse lists. Returns
+/// `false`, leaving `graph` as it was, where the rows, norms and both graphs would take more
+/// than half the free device memory or a row's candidates more than the shared memory (the
+/// caller then refines on the host).
+pub(super) fn refine_graph(
+    backend: &CudaBackend,
+    data: ArrayView2<'_, f32>,
+    norms: &[f32],
+    metric: Metric,
+    graph: &mut Graph,
+    fan: usize,
+) -> Result<bool> {
+    let (n, dim) = data.dim();
+    let k = graph.degree;
+    let fan = fan.min(k);
+    let cap = refine_slots(k, fan);
+    if n == 0 || k == 0 || fan == 0 {
+        return Ok(true);
+    }
+    if cap > REFINE_MAX_SLOTS || n >= NO_ROW as usize || graph.neighbors.len() != n * k {
+        return Ok(false);
+    }
+    let l2 = metric == Metric::L2;
+    let x_host = super::contiguous(&data);
+    let dev = backend.lock()?;
+    let stream = dev.stream.clone();
+    let (free, _) = stream
+        .context()
+        .mem_get_info()
+        .map_err(|e| super::gpu_err("reading device memory", e))?;
+    if 4 * n * (dim + 1 + 2 * k) > free / 2 {
+        return Ok(false);
+    }
+    let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);
+    let x = stream
+        .clone_htod(&*x_host)
+        .map_err(|e| copy("the rows", e))?;
+    let norms_dev = match l2 {
+        true => Some(stream.clone_htod(norms).map_err(|e| copy("the norms", e))?),
+        false => None,
+    };
+    let old = stream
+        .clone_htod(&graph.neighbors)
+        .map_err(|e| copy("the kNN graph", e))?;
+    // SAFETY: the kernel writes every one of the n·k slots.
+    let mut out = unsafe { stream.alloc::<u32>(n * k) }
+        .map_err(|e| super::gpu_err("allocating device memory", e))?;
+    let norms_ptr = norms_dev.as_ref().map_or(0, |b| raw(&stream, b));
+    let (dim_i, n_u, k_i, fan_i, cap_i) = (dim as i32, n as u32, k as i32, fan as i32, cap as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (REFINE_THREADS, 1, 1),
+        shared_mem_bytes: (cap * 12) as u32,
+    };
+    let mut launch = stream.launch_builder(&dev.refine_graph);
+    launch
+        .arg(&x)
+        .arg(&norms_ptr)
+        .arg(&dim_i)
+        .arg(&n_u)
+        .arg(&old)
+        .arg(&k_i)
+        .arg(&fan_i)
+        .arg(&cap_i)
+        .arg(&mut out);
+    // SAFETY: arguments match refine_graph's signature; x holds n·dim floats, norms n (L2) or
+    // none (null), old and out n·k entries, and the shared memory is the cap·12 bytes the
+    // kernel lays out (≤ 48 KiB).
+    unsafe { launch.launch(cfg) }.map_err(|e| super::gpu_err("launching refine_graph", e))?;
+    stream
+        .memcpy_dtoh(&out, &mut graph.neighbors)
+        .map_err(|e| super::gpu_err("copying the refined graph from the device", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| super::gpu_err("running refine_graph", e))?;
+    Ok(true)
+}
 
 const NO_ROW: u32 = u32::MAX;
 

@@ -33,6 +33,8 @@ use rayon::prelude::*;
 /// Target rows per list for the ivf builder: large enough that per-list GEMMs run near peak,
 /// small enough that probing many lists stays cheap.
 pub const IVF_LIST_ROWS: usize = 256;
+/// Neighbours (and their neighbours) each row scores in the ivf builder's [`refine`] pass.
+pub const REFINE_FAN: usize = 8;
 /// Rows scored per `knn_block` call of the exact builder.
 const EXACT_CHUNK: usize = 4096;
 
@@ -316,7 +318,7 @@ pub fn ivf(
         neighbors,
     };
     // Neighbours of neighbours fix most boundary misses (and fill short lists).
-    refine(data, norms, metric, &mut graph, 8, false);
+    backend.refine_graph(data, norms, metric, &mut graph, REFINE_FAN)?;
     progress(1.0);
     Ok(graph)
 }
