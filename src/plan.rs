@@ -335,6 +335,22 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                         host,
                         device: dev(scratch.with(&own)),
                     });
+                    // The neighbour-of-neighbour pass reads the graph and writes a new one (on
+                    // a GPU beside a copy of the rows and norms, `Backend::refine_graph`).
+                    let graphs = [("kNN graph", knn), ("refined kNN graph", knn)];
+                    let own = match gpu {
+                        true => [
+                            vec![("rows", 4 * n * kdim), ("norms", 4 * n)],
+                            graphs.to_vec(),
+                        ]
+                        .concat(),
+                        false => Vec::new(),
+                    };
+                    stages.push(Stage {
+                        name: "kNN graph: neighbours of neighbours",
+                        host: [base.clone(), graphs.to_vec()].concat(),
+                        device: dev(scratch.with(&own)),
+                    });
                 }
             }
             let graph = 4 * n * d_out;
@@ -457,6 +473,14 @@ mod tests {
             .unwrap();
         assert!(join.device.contains(&("rows in list order", 4 * n * dim)));
         assert_eq!(gpu.assumptions.len(), 1);
+        // The neighbour-of-neighbour pass holds the rows and two kNN graphs.
+        let refine = gpu
+            .stages
+            .iter()
+            .find(|s| s.name == "kNN graph: neighbours of neighbours")
+            .unwrap();
+        let knn = 4 * n * params.intermediate_graph_degree as u64;
+        assert!(refine.device_bytes() >= 4 * n * dim + 2 * knn);
         // The CPU build of the same plan has no device column and no probe assumption.
         let cpu = plan(Build::Cagra(&params), input(n, dim), None);
         assert_eq!(cpu.device_peak().1, 0);
