@@ -192,3 +192,48 @@ assign_small(const float* __restrict__ data, const float* __restrict__ centroids
     out_col[row] = best_col;
     out_score[row] = best;
 }
+
+// ---------------------------------------------------------------------------------------------
+// fp16 inputs for the opt-in `--gpu-precision fp16` products (cuBLAS GemmEx, fp16 × fp16 with
+// fp32 accumulation and output).
+
+// IEEE binary16 bits of v, rounded to nearest even (PTX cvt.rn.f16.f32 on the GPU; the same
+// rounding spelled out elsewhere, e.g. when these sources run on a host).
+__device__ __forceinline__ unsigned short half_bits(float v) {
+#ifdef __CUDA_ARCH__
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+#else
+    unsigned x = __float_as_uint(v);
+    unsigned short sign = (unsigned short)((x >> 16) & 0x8000u);
+    unsigned mag = x & 0x7fffffffu;
+    if (mag > 0x7f800000u) return sign | 0x7e00u;   // NaN
+    if (mag >= 0x477ff000u) return sign | 0x7c00u;  // 65520 and up round to infinity
+    if (mag < 0x33000000u) return sign;             // below 2^-25: zero
+    unsigned r, rem, half;
+    if (mag < 0x38800000u) {                        // below 2^-14: a subnormal half
+        unsigned shift = 126u - (mag >> 23);        // 14…24
+        unsigned m = (mag & 0x7fffffu) | 0x800000u;
+        r = m >> shift;
+        rem = m & ((1u << shift) - 1u);
+        half = 1u << (shift - 1u);
+    } else {
+        r = (mag >> 13) - (112u << 10);             // exponent bias 127 → 15
+        rem = mag & 0x1fffu;
+        half = 0x1000u;
+    }
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return (unsigned short)(sign | r);
+#endif
+}
+
+// x: [n] floats → out: [n] binary16 bits. (The host has checked that no value rounds to
+// infinity.)
+//
+// grid: (ceil(n / 256)), block: 256.
+extern "C" __global__ void __launch_bounds__(256)
+to_half(const float* __restrict__ x, long long n, unsigned short* __restrict__ out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = half_bits(x[i]);
+}

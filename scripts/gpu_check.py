@@ -172,15 +172,17 @@ if not args.only_cagra1m:
     record("knn k=1025 on the GPU is refused", r.returncode == 2 and "1024" in r.stderr, f"exit {r.returncode}",
            r.stderr.strip().splitlines()[-1][:90] if r.stderr.strip() else "")
 
-    # TF32 (opt-in): recall against the exact fp32 CPU results.
-    for name, (base, q) in data.items():
-        cpu_out = f"{W}/knn-{name}-l2-10-cpu.parquet"
-        out = f"{W}/knn-{name}-tf32.parquet"
-        poison(out)
-        vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", out, "--gpu", args.gpu, "--gpu-precision", "tf32")
-        rec = recall(results(out)[0], results(cpu_out)[0], 10)
-        record(f"knn {name} l2 k=10 --gpu-precision tf32", rec >= 0.95, f"recall vs exact {rec:.5f}",
-               "(opt-in speed mode: recall reported, not exactness)")
+    # TF32 and fp16 (opt-in): recall against the exact fp32 CPU results.
+    for precision in ["tf32", "fp16"]:
+        for name, (base, q) in data.items():
+            cpu_out = f"{W}/knn-{name}-l2-10-cpu.parquet"
+            out = f"{W}/knn-{name}-{precision}.parquet"
+            poison(out)
+            vb("knn", "--base", base, "--queries", q, "--k", 10, "--out", out, "--gpu", args.gpu,
+               "--gpu-precision", precision)
+            rec = recall(results(out)[0], results(cpu_out)[0], 10)
+            record(f"knn {name} l2 k=10 --gpu-precision {precision}", rec >= 0.95, f"recall vs exact {rec:.5f}",
+                   "(opt-in speed mode: recall reported, not exactness)")
 
     # 2. Builds on the GPU against the same build on the CPU: recall of each, CPU search.
     base, q = data["clustered"]
@@ -285,6 +287,9 @@ if not args.only_cagra1m:
         r, _ = vb("bench-knn", "--gpu", args.gpu, "--gpu-precision", "tf32", "--base", base, "--queries", q, "--k", k,
                   "--runs", 5)
         ours_tf32 = json.loads(r.stdout.strip().splitlines()[-1])
+        r, _ = vb("bench-knn", "--gpu", args.gpu, "--gpu-precision", "fp16", "--base", base, "--queries", q, "--k", k,
+                  "--runs", 5)
+        ours_fp16 = json.loads(r.stdout.strip().splitlines()[-1])
         r, _ = vb("bench-knn", "--base", base, "--queries", q, "--k", k, "--runs", 1, "--warmup", 0)
         cpu = json.loads(r.stdout.strip().splitlines()[-1])
         x_host, q_host = matrix(base), matrix(q)
@@ -311,7 +316,9 @@ if not args.only_cagra1m:
         torch.backends.cuda.matmul.allow_tf32 = True
         t_dev_tf32 = cuda_median(lambda: torch_knn(xd, qd, xn))
         torch.backends.cuda.matmul.allow_tf32 = False
-        del xd, qd, xn
+        xh, qh = xd.half(), qd.half()
+        t_dev_fp16 = cuda_median(lambda: torch_knn(xh, qh, xn.half()))
+        del xd, qd, xn, xh, qh
         torch.cuda.empty_cache()
         flops = 2 * n_rows * dim * nq
         what = f"exact {k}-NN {nq} q × {n_rows} × {dim} fp32"
@@ -323,6 +330,9 @@ if not args.only_cagra1m:
         timings.append((f"exact {k}-NN {nq} q × {n_rows} × {dim} tf32 (PyTorch data on GPU, tf32)",
                         ours_tf32["median_s"], t_dev_tf32, t_dev_tf32 / ours_tf32["median_s"],
                         f"ours {flops / ours_tf32['median_s'] / 1e9:.0f} GFLOP/s"))
+        timings.append((f"exact {k}-NN {nq} q × {n_rows} × {dim} fp16 (PyTorch fp16 data on GPU, fp16 scores)",
+                        ours_fp16["median_s"], t_dev_fp16, t_dev_fp16 / ours_fp16["median_s"],
+                        f"ours {flops / ours_fp16['median_s'] / 1e9:.0f} GFLOP/s, fp32 scores"))
         timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
                         cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
 

@@ -71,6 +71,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "select_topk"),
     ("select.cu", "argmin_rows"),
     ("select.cu", "assign_small"),
+    ("select.cu", "to_half"),
     ("cagra.cu", "prune_graph"),
     ("cagra.cu", "refine_graph"),
     ("cagra_search.cu", "cagra_search"),
@@ -93,7 +94,15 @@ pub enum Precision {
     /// Tensor-core TF32 products (10-bit mantissa inputs, fp32 accumulation): several times
     /// the GEMM rate, at the cost of near-ties resolved differently. Opt-in.
     Tf32,
+    /// Tensor-core products of fp16 inputs (rows rounded to binary16 on the device by
+    /// `to_half`, 11-bit significands) with fp32 accumulation and fp32 scores: the highest GEMM
+    /// rate, at a cost in recall that `scripts/gpu-check.sh` measures. Inputs must lie within
+    /// fp16's range (±65504); a value beyond it is an error, never an infinity. Opt-in.
+    Fp16,
 }
+
+/// Largest magnitude that rounds to a finite fp16 (65504 and up to, not including, 65520).
+const FP16_LIMIT: f32 = 65520.0;
 
 impl std::str::FromStr for Precision {
     type Err = Error;
@@ -101,8 +110,9 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
+            "fp16" => Ok(Precision::Fp16),
             other => Err(Error::param(format!(
-                "GPU precision {other}: expected fp32 or tf32"
+                "GPU precision {other}: expected fp32, tf32 or fp16"
             ))),
         }
     }
@@ -330,6 +340,9 @@ struct Scratch {
     scores: Option<CudaSlice<f32>>,
     out_score: Option<CudaSlice<f32>>,
     out_col: Option<CudaSlice<u32>>,
+    /// fp16 copies of a product's two inputs (`--gpu-precision fp16`).
+    half_a: Option<CudaSlice<u16>>,
+    half_b: Option<CudaSlice<u16>>,
 }
 
 /// A buffer of at least `len` elements (contents undefined).
@@ -354,9 +367,11 @@ struct Device {
     /// Two pinned host buffers: one base tile is staged while the GPU works on the other.
     staging: [Option<PinnedHostSlice<f32>>; 2],
     blas: CudaBlas,
+    precision: Precision,
     select_topk: CudaFunction,
     argmin_rows: CudaFunction,
     assign_small: CudaFunction,
+    to_half: CudaFunction,
     prune_graph: CudaFunction,
     refine_graph: CudaFunction,
     cagra_search: CudaFunction,
@@ -461,9 +476,11 @@ impl CudaBackend {
             device: Mutex::new(Device {
                 stream,
                 blas,
+                precision,
                 select_topk: load("select_topk")?,
                 argmin_rows: load("argmin_rows")?,
                 assign_small: load("assign_small")?,
+                to_half: load("to_half")?,
                 prune_graph: load("prune_graph")?,
                 refine_graph: load("refine_graph")?,
                 cagra_search: load("cagra_search")?,
@@ -506,6 +523,27 @@ impl CudaBackend {
             .synchronize()
             .map_err(|e| gpu_err("running assign_small", e))?;
         Ok((labels, dists))
+    }
+
+    /// With `--gpu-precision fp16`, an error naming the first value of `x` (rows of `dim`,
+    /// numbered from `first_row` in `what`) that fp16 cannot hold; nothing otherwise.
+    fn fp16_range(&self, what: &str, x: &[f32], dim: usize, first_row: u64) -> Result<()> {
+        if self.precision != Precision::Fp16 || dim == 0 {
+            return Ok(());
+        }
+        use rayon::prelude::*;
+        let beyond = x
+            .par_iter()
+            .position_first(|v| v.is_finite() && v.abs() >= FP16_LIMIT);
+        match beyond {
+            None => Ok(()),
+            Some(i) => Err(Error::Gpu(format!(
+                "--gpu-precision fp16: {what} row {} column {} holds {}, beyond fp16's range (±65504); use --gpu-precision fp32 or tf32",
+                first_row + (i / dim) as u64,
+                i % dim,
+                x[i]
+            ))),
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device>> {
@@ -675,6 +713,39 @@ impl Device {
         // cuBLAS is column-major: row-major `b: [cols, dim]` is column-major `[dim, cols]`, so
         // C = op(B)ᵀ·A as column-major `[cols, rows]` is the row-major `[rows, cols]` we want.
         let (alpha, beta) = (alpha, 0.0f32);
+        if self.precision == Precision::Fp16 {
+            let a16 = self.halves(a_ptr, rows * dim, |s| &mut s.half_a)?;
+            let b16 = self.halves(b_ptr, cols * dim, |s| &mut s.half_b)?;
+            use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+            let void = |p: u64| p as *const std::ffi::c_void;
+            // SAFETY: a16 and b16 hold rows·dim and cols·dim fp16 values (just converted),
+            // c_ptr at least (rows − 1)·ldc + cols f32; alpha and beta are f32, as
+            // CUBLAS_COMPUTE_32F reads them.
+            return unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    cublasOperation_t::CUBLAS_OP_T,
+                    cublasOperation_t::CUBLAS_OP_N,
+                    cols as i32,
+                    rows as i32,
+                    dim as i32,
+                    (&alpha as *const f32).cast(),
+                    void(b16),
+                    cudaDataType::CUDA_R_16F,
+                    dim as i32,
+                    void(a16),
+                    cudaDataType::CUDA_R_16F,
+                    dim as i32,
+                    (&beta as *const f32).cast(),
+                    c_ptr as *mut std::ffi::c_void,
+                    cudaDataType::CUDA_R_32F,
+                    ldc as i32,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| gpu_err("cuBLAS GemmEx (fp16)", e));
+        }
         // SAFETY: the three pointers address live device buffers of at least cols·dim,
         // rows·dim and (rows − 1)·ldc + cols f32, as the shapes passed read and write.
         unsafe {
@@ -696,6 +767,30 @@ impl Device {
             )
         }
         .map_err(|e| gpu_err("cuBLAS SGEMM", e))
+    }
+}
+
+impl Device {
+    /// `len` floats at `src` rounded to fp16 by `to_half` into scratch buffer `which`.
+    fn halves(
+        &mut self,
+        src: u64,
+        len: usize,
+        which: fn(&mut Scratch) -> &mut Option<CudaSlice<u16>>,
+    ) -> Result<u64> {
+        let stream = self.stream.clone();
+        let dst = raw(&stream, grown(&stream, which(&mut self.scratch), len)?);
+        let n = len as i64;
+        let cfg = LaunchConfig {
+            grid_dim: (len.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&self.to_half);
+        launch.arg(&src).arg(&n).arg(&dst);
+        // SAFETY: arguments match to_half's signature; src holds len floats, dst len halves.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching to_half", e))?;
+        Ok(dst)
     }
 }
 
@@ -823,6 +918,7 @@ impl Backend for CudaBackend {
         match self.precision {
             Precision::Fp32 => format!("cuda:{}", self.info.ordinal),
             Precision::Tf32 => format!("cuda:{}/tf32", self.info.ordinal),
+            Precision::Fp16 => format!("cuda:{}/fp16", self.info.ordinal),
         }
     }
 
@@ -869,6 +965,8 @@ impl Backend for CudaBackend {
         let alpha = if l2 { -2.0 } else { -1.0 };
         let q_host = contiguous(&queries.vectors);
         let x_host = contiguous(&base);
+        self.fp16_range("the queries", &q_host, dim, 0)?;
+        self.fp16_range("the base", &x_host, dim, first_row)?;
         let tile_rows = super::base_tile_rows(dim);
         let tiles: Vec<(usize, usize)> = (0..nb)
             .step_by(tile_rows)
@@ -1040,6 +1138,8 @@ impl Backend for CudaBackend {
         if assigns_small(dim, kc) {
             return self.assign_small(&x_host, &c_host, n, kc, dim);
         }
+        self.fp16_range("the rows being assigned", &x_host, dim, 0)?;
+        self.fp16_range("the centroids", &c_host, dim, 0)?;
         let c_norms = squared_norms(centroids);
         let mut labels = Vec::with_capacity(n);
         let mut dists = Vec::with_capacity(n);

@@ -124,8 +124,10 @@ pub struct GpuArgs {
     #[arg(long, value_name = "N")]
     pub gpu: Option<u32>,
 
-    /// Matrix arithmetic on the GPU: `fp32` (default; the CPU's results) or `tf32` (tensor
-    /// cores: faster, near-ties may resolve differently; scripts/gpu-check.sh measures recall).
+    /// Matrix arithmetic on the GPU: `fp32` (default; the CPU's results), `tf32` (tensor
+    /// cores: faster, near-ties may resolve differently) or `fp16` (tensor cores on fp16
+    /// inputs, fp32 sums: fastest, lower recall; values must lie within ±65504).
+    /// scripts/gpu-check.sh measures the recall of both.
     #[arg(long, value_name = "P", default_value = "fp32")]
     pub gpu_precision: String,
 }

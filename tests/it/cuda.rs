@@ -167,6 +167,59 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
     }
 }
 
+/// `--gpu-precision fp16`: recall@10 against the exact CPU neighbours, and a value beyond
+/// fp16's range refused by row and column (exit 2, no output).
+#[test]
+fn gpu_fp16_knn_keeps_recall_and_refuses_what_fp16_cannot_hold_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if skip_without_gpu(d) {
+        return;
+    }
+    generate_dataset(d, 20000, 96, 50, 300);
+    let common = ["--base", "b.parquet", "--queries", "q.parquet", "--k", "10"];
+    ok(
+        d,
+        &[&["knn"][..], &common, &["--out", "t.parquet"]].concat(),
+    );
+    let fp16 = ["--gpu", "0", "--gpu-precision", "fp16"];
+    ok(
+        d,
+        &[&["knn"][..], &fp16, &common, &["--out", "r.parquet"]].concat(),
+    );
+    let recall = crate::common::eval_json(d)["recall"].as_f64().unwrap();
+    assert!(recall >= 0.95, "fp16 recall@10 {recall}");
+    // Row 7 of a base holds 70000 in column 3.
+    let mut rows = crate::common::data(100, 8, 3);
+    rows[7 * 8 + 3] = 70000.0;
+    let column = crate::common::fsl_f32(&rows, 8, "item", &[]);
+    crate::common::write_parquet(&d.join("big.parquet"), vec![("embedding", column)], 50);
+    let out = run(
+        d,
+        &[
+            &["knn"][..],
+            &fp16,
+            &[
+                "--base",
+                "big.parquet",
+                "--queries",
+                "big.parquet",
+                "--k",
+                "5",
+            ],
+            &["--out", "x.parquet"],
+        ]
+        .concat(),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("row 7 column 3") && out.stderr.contains("fp16"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("x.parquet").exists());
+}
+
 #[test]
 fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();

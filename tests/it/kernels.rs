@@ -314,6 +314,68 @@ fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     }
 }
 
+#[test]
+fn to_half_kernel_rounds_as_ieee_binary16() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    auto x = load<float>(dir + "x");
+    std::vector<unsigned short> out(x.size(), 0x5555);
+    unsigned blocks = (x.size() + 255) / 256;
+    launch({blocks, 1, 1}, {256, 1, 1}, [&] { to_half(x.data(), (long long)x.size(), out.data()); });
+    save(dir + "out", out);"#;
+    let Some(exe) = host_build(d, "select.cu", main) else {
+        return;
+    };
+    // Every exponent fp16 reaches and beyond, with random significands; the ties at the
+    // rounding bit (even and odd), subnormal and overflow boundaries; zeros, infinities, NaN.
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        65504.0,
+        65519.99,
+        65520.0,
+        -65520.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        2f32.powi(-14),
+        2f32.powi(-24),
+        2f32.powi(-25),
+        1.5 * 2f32.powi(-25),
+        3.0 * 2f32.powi(-25),
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+    ];
+    let mut rng = Rng::new(77);
+    for e in -30..18 {
+        for _ in 0..40 {
+            let v = (1.0 + rng.uniform() as f32) * 2f32.powi(e);
+            x.push(if rng.below(2) == 0 { v } else { -v });
+            // The same significand cut at the rounding bit: an exact tie.
+            let tie = f32::from_bits(v.to_bits() & !0xfff | 0x1000);
+            x.push(tie);
+        }
+    }
+    write(&d.join("x"), &x);
+    run_driver(&exe, d, &[]);
+    let got: Vec<u16> = bytemuck::pod_collect_to_vec(&std::fs::read(d.join("out")).unwrap());
+    assert_eq!(got.len(), x.len());
+    for (v, g) in x.iter().zip(got) {
+        let want = half::f16::from_f32(*v);
+        if want.is_nan() {
+            assert!(half::f16::from_bits(g).is_nan(), "{v}: {g:#06x}");
+        } else {
+            assert_eq!(
+                g,
+                want.to_bits(),
+                "{v:e}: {g:#06x}, want {:#06x}",
+                want.to_bits()
+            );
+        }
+    }
+}
+
 /// Scores on a grid of 1/64 (many exact ties, to check the tie order), `[rows, ld]`.
 fn tied_scores(rows: usize, ld: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);

@@ -130,6 +130,7 @@ pub(super) fn join_lists(
     if n == 0 || dim == 0 || k == 0 {
         return Ok(vec![NO_ROW; n * k]);
     }
+    backend.fp16_range("the rows", &super::contiguous(&job.data), dim, 0)?;
     let (offsets, members, probes) = (job.offsets, job.members, job.probes);
     let n_lists = offsets.len() - 1;
     let size = |l: usize| offsets[l + 1] - offsets[l];

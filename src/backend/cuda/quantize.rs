@@ -119,6 +119,7 @@ impl<'a> DeviceLloyd<'a> {
             return Ok(None);
         }
         let host = super::contiguous(&data);
+        backend.fp16_range("the k-means rows", &host, dim, 0)?;
         let rows = stream
             .clone_htod(host.as_ref())
             .map_err(|e| gpu_err("copying k-means rows to the device", e))?;
