@@ -34,6 +34,7 @@
 
 mod cagra;
 mod join;
+pub mod kernel_cache;
 mod quantize;
 
 pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
@@ -199,11 +200,8 @@ fn nvrtc_compile(src: &str, name: &str, arch: &str, cubin: bool) -> Result<(Vec<
     }
     let c_src = CString::new(src).map_err(|e| gpu_err("kernel source", e))?;
     let c_name = CString::new(name).map_err(|e| gpu_err("kernel name", e))?;
-    let mut opts = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-        "--fmad=true".to_string(),
-    ];
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(kernel_cache::PTX_OPTIONS.iter().map(|o| o.to_string()));
     if cubin {
         opts.push("--ptxas-options=-v".to_string());
     }
@@ -385,6 +383,8 @@ struct Device {
 pub struct CudaBackend {
     info: DeviceInfo,
     precision: Precision,
+    /// Kernel files whose PTX came from the cache ([`kernel_cache`]) when this opened.
+    kernels_from_cache: usize,
     device: Mutex<Device>,
 }
 
@@ -447,17 +447,34 @@ impl CudaBackend {
         let (major, minor) = info.compute_capability;
         let arch = format!("compute_{major}{minor}");
         let mut functions = std::collections::HashMap::new();
-        for (file, src) in KERNELS {
-            let (ptx, _) = nvrtc_compile(src, file, &arch, false)?;
-            let ptx = String::from_utf8_lossy(&ptx)
-                .trim_end_matches('\0')
-                .to_string();
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(|e| gpu_err(&format!("loading kernels/{file}"), e))?;
+        let cache = kernel_cache::dir();
+        let compiled = kernel_cache::kernel_ptx(&arch, cache.as_deref())?;
+        let kernels_from_cache = compiled.iter().filter(|k| k.from_cache).count();
+        for kernel_cache::KernelPtx {
+            file,
+            ptx,
+            from_cache,
+        } in compiled
+        {
+            let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx));
+            let module = match loaded {
+                Ok(m) => m,
+                // A cached entry the driver refuses: compile it again and replace it.
+                Err(_) if from_cache => {
+                    let src = KERNELS
+                        .iter()
+                        .find(|(f, _)| *f == file)
+                        .map_or("", |(_, s)| *s);
+                    let ptx = kernel_cache::compile(file, src, &arch)?;
+                    kernel_cache::store(cache.as_deref(), file, &arch, &ptx)?;
+                    ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                        .map_err(|e| gpu_err(&format!("loading kernels/{file}"), e))?
+                }
+                Err(e) => return Err(gpu_err(&format!("loading kernels/{file}"), e)),
+            };
             for name in KERNEL_FUNCTIONS
                 .iter()
-                .filter(|(f, _)| f == file)
+                .filter(|(f, _)| *f == file)
                 .map(|(_, n)| *n)
             {
                 let f = module
@@ -492,11 +509,18 @@ impl CudaBackend {
             }),
             info,
             precision,
+            kernels_from_cache,
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// How many of the kernel files' PTX came from the cache when this backend opened (the
+    /// rest NVRTC compiled).
+    pub fn kernels_from_cache(&self) -> usize {
+        self.kernels_from_cache
     }
 
     /// Nearest centroid for `dim ≤ SMALL_DIM` by direct differences (`assign_small`).
@@ -1177,21 +1201,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernels_compile_to_ptx_for_loading_where_nvrtc_is_installed() {
+    fn kernels_compile_to_ptx_once_then_come_from_the_cache_where_nvrtc_is_installed() {
         if !libraries().nvrtc {
+            assert!(
+                std::env::var_os("VECBUILD_REQUIRE_NVRTC").is_none(),
+                "NVRTC is required here"
+            );
             eprintln!("SKIPPED: NVRTC is not installed here");
             return;
         }
-        for (file, src) in KERNELS {
-            let (ptx, _) = nvrtc_compile(src, file, "compute_90", false).unwrap();
-            let ptx = String::from_utf8_lossy(&ptx);
-            for (_, name) in KERNEL_FUNCTIONS.iter().filter(|(f, _)| f == file) {
+        let cache = tempfile::tempdir().unwrap();
+        let first = kernel_cache::kernel_ptx("compute_90", Some(cache.path())).unwrap();
+        assert_eq!(first.len(), KERNELS.len());
+        for k in &first {
+            assert!(!k.from_cache, "{}", k.file);
+            for (_, name) in KERNEL_FUNCTIONS.iter().filter(|(f, _)| *f == k.file) {
                 assert!(
-                    ptx.contains(&format!(".entry {name}")),
-                    "{file}: {name} missing"
+                    k.ptx.contains(&format!(".entry {name}")),
+                    "{}: {name} missing",
+                    k.file
                 );
             }
         }
+        assert_eq!(
+            std::fs::read_dir(cache.path()).unwrap().count(),
+            KERNELS.len()
+        );
+        let second = kernel_cache::kernel_ptx("compute_90", Some(cache.path())).unwrap();
+        for (a, b) in first.iter().zip(&second) {
+            assert!(b.from_cache, "{}", b.file);
+            assert_eq!(a.ptx, b.ptx, "{}", a.file);
+        }
+        // Another architecture is compiled, not taken from the cache.
+        let other = kernel_cache::kernel_ptx("compute_80", Some(cache.path())).unwrap();
+        assert!(other.iter().all(|k| !k.from_cache));
     }
 
     #[test]

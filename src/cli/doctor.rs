@@ -124,6 +124,10 @@ fn cuda_report() -> (serde_json::Value, Vec<String>) {
         found(libs.nvrtc),
         found(libs.cublas)
     )];
+    lines.push(match cuda::kernel_cache::dir() {
+        Some(d) => format!("kernel cache    {} (PTX kept between runs)", d.display()),
+        None => "kernel cache    off (VECBUILD_KERNEL_CACHE is empty, or no HOME)".into(),
+    });
     let devices = match cuda::devices() {
         Ok(d) => d,
         Err(e) => {
@@ -141,7 +145,11 @@ fn cuda_report() -> (serde_json::Value, Vec<String>) {
     for d in &devices {
         // Opening the backend compiles and loads our kernels: the proof that --gpu works.
         let kernels = match cuda::CudaBackend::open(d.ordinal, cuda::Precision::Fp32) {
-            Ok(_) => "compiled by NVRTC and loaded".to_string(),
+            Ok(b) => format!(
+                "loaded ({} of {} files' PTX from the cache, the rest compiled by NVRTC)",
+                b.kernels_from_cache(),
+                cuda::KERNELS.len()
+            ),
             Err(e) => format!("FAILED: {e}"),
         };
         lines.push(format!(
