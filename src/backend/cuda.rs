@@ -937,6 +937,169 @@ impl Device {
     }
 }
 
+/// Where [`CudaBackend::knn_tiles`] finds the base rows: on the host (each tile staged in pinned
+/// memory and copied while the GPU works on the one before), or already on the device.
+enum BaseRows<'a> {
+    Host {
+        rows: &'a [f32],
+        sq_norms: &'a [f32],
+    },
+    Held {
+        rows: u64,
+        sq_norms: u64,
+    },
+}
+
+/// A flat index's rows (and squared norms, for L2) kept on the device across query batches
+/// ([`Backend::load_flat`]).
+struct HeldBase {
+    n: usize,
+    dim: usize,
+    rows: CudaSlice<f32>,
+    sq_norms: Option<CudaSlice<f32>>,
+}
+
+impl HeldBase {
+    /// Copies `base` (and `sq_norms`) to the device; `None` when they would take more than
+    /// half the free memory (searches then stream the rows per batch, as `knn_block` does).
+    fn hold(
+        backend: &CudaBackend,
+        base: ArrayView2<'_, f32>,
+        sq_norms: Option<&[f32]>,
+    ) -> Result<Option<HeldBase>> {
+        let (n, dim) = base.dim();
+        if n == 0 || dim == 0 || sq_norms.is_some_and(|s| s.len() != n) {
+            return Ok(None);
+        }
+        let host = contiguous(&base);
+        backend.fp16_range("the index", &host, dim, 0)?;
+        let dev = backend.lock()?;
+        let stream = dev.stream.clone();
+        let (free, _) = stream
+            .context()
+            .mem_get_info()
+            .map_err(|e| gpu_err("reading device memory", e))?;
+        if 4 * n * (dim + 1) > free / 2 {
+            return Ok(None);
+        }
+        let rows = stream
+            .clone_htod(host.as_ref())
+            .map_err(|e| gpu_err("copying the index rows to the device", e))?;
+        let sq_norms = match sq_norms {
+            Some(s) => Some(
+                stream
+                    .clone_htod(s)
+                    .map_err(|e| gpu_err("copying the index norms to the device", e))?,
+            ),
+            None => None,
+        };
+        stream
+            .synchronize()
+            .map_err(|e| gpu_err("copying the index to the device", e))?;
+        Ok(Some(HeldBase {
+            n,
+            dim,
+            rows,
+            sq_norms,
+        }))
+    }
+}
+
+impl CudaBackend {
+    /// Exact k-NN of `queries` against `nb` base rows numbered from `first_row`, tile by tile
+    /// (see the module docs), folded into `topk`.
+    fn knn_tiles(
+        &self,
+        queries: Queries<'_>,
+        base: BaseRows<'_>,
+        nb: usize,
+        first_row: u64,
+        topk: &mut [TopK],
+    ) -> Result<()> {
+        let (nq, dim) = queries.vectors.dim();
+        if nq == 0 || nb == 0 {
+            return Ok(());
+        }
+        if topk.len() != nq {
+            return Err(Error::Gpu("knn_block: shapes disagree".into()));
+        }
+        let k = topk[0].k();
+        if k > MAX_GPU_K {
+            return Err(Error::Gpu(format!(
+                "k = {k}: the GPU selection keeps at most {MAX_GPU_K} neighbours per query"
+            )));
+        }
+        let l2 = queries.metric == Metric::L2;
+        let alpha = if l2 { -2.0 } else { -1.0 };
+        let q_host = contiguous(&queries.vectors);
+        self.fp16_range("the queries", &q_host, dim, 0)?;
+        let tile_rows = super::base_tile_rows(dim);
+        let tiles: Vec<(usize, usize)> = (0..nb)
+            .step_by(tile_rows)
+            .map(|b0| (b0, (b0 + tile_rows).min(nb)))
+            .collect();
+        let mut dev = self.lock()?;
+        let stream = dev.stream.clone();
+        let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
+        let mut out_score = vec![0f32; nq * k];
+        let mut out_col = vec![0u32; nq * k];
+        let mut thresholds = vec![0f32; nq];
+        if let BaseRows::Host { rows, .. } = base {
+            dev.stage(0, &rows[tiles[0].0 * dim..tiles[0].1 * dim])?;
+        }
+        for (t, &(b0, b1)) in tiles.iter().enumerate() {
+            let bt = b1 - b0;
+            let (x_ptr, norms_ptr) = match base {
+                BaseRows::Host { sq_norms, .. } => {
+                    // The tile was staged in pinned memory (while the GPU worked on the
+                    // previous one).
+                    let x_ptr = dev.upload_staged(t % 2, bt * dim)?;
+                    let norms_ptr = match l2 {
+                        true => dev.upload(|s| &mut s.norms, &sq_norms[b0..b1])?,
+                        false => 0,
+                    };
+                    (x_ptr, norms_ptr)
+                }
+                BaseRows::Held { rows, sq_norms } => (
+                    rows + (b0 * dim * 4) as u64,
+                    match l2 {
+                        true => sq_norms + (b0 * 4) as u64,
+                        false => 0,
+                    },
+                ),
+            };
+            for (th, tk) in thresholds.iter_mut().zip(topk.iter()) {
+                *th = tk.threshold();
+            }
+            let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
+            let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, nq * k)?);
+            let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, nq * k)?);
+            let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
+            for q0 in (0..nq).step_by(q_tile) {
+                let qt = q_tile.min(nq - q0);
+                let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
+                let (thr, os, oc) = (
+                    thr_ptr + (q0 * 4) as u64,
+                    os_ptr + (q0 * k * 4) as u64,
+                    oc_ptr + (q0 * k * 4) as u64,
+                );
+                dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
+            }
+            // Stage the next tile on the CPU while the GPU works on this one.
+            if let (BaseRows::Host { rows, .. }, Some(&(n0, n1))) = (&base, tiles.get(t + 1)) {
+                dev.stage((t + 1) % 2, &rows[n0 * dim..n1 * dim])?;
+            }
+            dev.download(|s| &s.out_score, &mut out_score)?;
+            dev.download(|s| &s.out_col, &mut out_col)?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("running select_topk", e))?;
+            push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
+        }
+        Ok(())
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         match self.precision {
@@ -966,19 +1129,10 @@ impl Backend for CudaBackend {
         first_row: u64,
         topk: &mut [TopK],
     ) -> Result<()> {
-        let (nq, dim) = queries.vectors.dim();
         let nb = base.nrows();
-        if nq == 0 || nb == 0 {
-            return Ok(());
-        }
-        if base.ncols() != dim || topk.len() != nq {
+        let dim = queries.vectors.ncols();
+        if base.ncols() != dim {
             return Err(Error::Gpu("knn_block: shapes disagree".into()));
-        }
-        let k = topk[0].k();
-        if k > MAX_GPU_K {
-            return Err(Error::Gpu(format!(
-                "k = {k}: the GPU selection keeps at most {MAX_GPU_K} neighbours per query"
-            )));
         }
         let l2 = queries.metric == Metric::L2;
         if l2 && base_sq_norms.len() != nb {
@@ -986,61 +1140,42 @@ impl Backend for CudaBackend {
                 "knn_block: L2 needs the base rows' squared norms".into(),
             ));
         }
-        let alpha = if l2 { -2.0 } else { -1.0 };
-        let q_host = contiguous(&queries.vectors);
         let x_host = contiguous(&base);
-        self.fp16_range("the queries", &q_host, dim, 0)?;
         self.fp16_range("the base", &x_host, dim, first_row)?;
-        let tile_rows = super::base_tile_rows(dim);
-        let tiles: Vec<(usize, usize)> = (0..nb)
-            .step_by(tile_rows)
-            .map(|b0| (b0, (b0 + tile_rows).min(nb)))
-            .collect();
-        let mut dev = self.lock()?;
-        let stream = dev.stream.clone();
-        let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
-        let mut out_score = vec![0f32; nq * k];
-        let mut out_col = vec![0u32; nq * k];
-        let mut thresholds = vec![0f32; nq];
-        dev.stage(0, &x_host[tiles[0].0 * dim..tiles[0].1 * dim])?;
-        for (t, &(b0, b1)) in tiles.iter().enumerate() {
-            let bt = b1 - b0;
-            // The tile was staged in pinned memory (while the GPU worked on the previous one).
-            let x_ptr = dev.upload_staged(t % 2, bt * dim)?;
-            let norms_ptr = if l2 {
-                dev.upload(|s| &mut s.norms, &base_sq_norms[b0..b1])?
-            } else {
-                0
-            };
-            for (th, tk) in thresholds.iter_mut().zip(topk.iter()) {
-                *th = tk.threshold();
-            }
-            let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
-            let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, nq * k)?);
-            let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, nq * k)?);
-            let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
-            for q0 in (0..nq).step_by(q_tile) {
-                let qt = q_tile.min(nq - q0);
-                let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
-                let (thr, os, oc) = (
-                    thr_ptr + (q0 * 4) as u64,
-                    os_ptr + (q0 * k * 4) as u64,
-                    oc_ptr + (q0 * k * 4) as u64,
-                );
-                dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
-            }
-            // Stage the next tile on the CPU while the GPU works on this one.
-            if let Some(&(n0, n1)) = tiles.get(t + 1) {
-                dev.stage((t + 1) % 2, &x_host[n0 * dim..n1 * dim])?;
-            }
-            dev.download(|s| &s.out_score, &mut out_score)?;
-            dev.download(|s| &s.out_col, &mut out_col)?;
-            stream
-                .synchronize()
-                .map_err(|e| gpu_err("running select_topk", e))?;
-            push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
+        let rows = BaseRows::Host {
+            rows: &x_host,
+            sq_norms: base_sq_norms,
+        };
+        self.knn_tiles(queries, rows, nb, first_row, topk)
+    }
+
+    fn load_flat(
+        &self,
+        base: ArrayView2<'_, f32>,
+        sq_norms: Option<&[f32]>,
+    ) -> Result<Option<Loaded>> {
+        let held = HeldBase::hold(self, base, sq_norms)?;
+        Ok(held.map(|h| Box::new(h) as Loaded))
+    }
+
+    fn knn_loaded(&self, loaded: &Loaded, queries: Queries<'_>, topk: &mut [TopK]) -> Result<()> {
+        let held = loaded
+            .downcast_ref::<HeldBase>()
+            .ok_or_else(|| Error::Gpu("knn_loaded: not a base held by this backend".into()))?;
+        if queries.vectors.ncols() != held.dim {
+            return Err(Error::Gpu("knn_loaded: shapes disagree".into()));
         }
-        Ok(())
+        if queries.metric == Metric::L2 && held.sq_norms.is_none() {
+            return Err(Error::Gpu(
+                "knn_loaded: L2 needs the base rows' squared norms".into(),
+            ));
+        }
+        let stream = self.lock()?.stream.clone();
+        let rows = BaseRows::Held {
+            rows: raw(&stream, &held.rows),
+            sq_norms: held.sq_norms.as_ref().map_or(0, |b| raw(&stream, b)),
+        };
+        self.knn_tiles(queries, rows, held.n, 0, topk)
     }
 
     fn prune_graph(

@@ -129,6 +129,32 @@ pub trait Backend: Sync {
         topk: &mut [TopK],
     ) -> Result<()>;
 
+    /// Keeps a flat index's rows `base: [n, dim]` (and their squared norms, for L2) where
+    /// [`Backend::knn_loaded`] searches them batch after batch, owned by the caller (the
+    /// [`crate::Searcher`] keeps it while the index is open). `None`: search with
+    /// [`Backend::knn_block`] on the rows where they lie (the CPU, or a GPU they do not fit).
+    fn load_flat(
+        &self,
+        _base: ArrayView2<'_, f32>,
+        _sq_norms: Option<&[f32]>,
+    ) -> Result<Option<Loaded>> {
+        Ok(None)
+    }
+
+    /// [`Backend::knn_block`] against all the rows [`Backend::load_flat`] holds (numbered from
+    /// 0).
+    fn knn_loaded(
+        &self,
+        _loaded: &Loaded,
+        _queries: Queries<'_>,
+        _topk: &mut [TopK],
+    ) -> Result<()> {
+        Err(crate::Error::Gpu(format!(
+            "{}: this backend holds no index rows to search",
+            self.name()
+        )))
+    }
+
     /// CAGRA rank-based pruning: the `d_out` edges of each kNN-graph row with the fewest
     /// detourable routes, ties to the better rank (see [`crate::index::cagra::optimize`]).
     fn prune_graph(

@@ -86,7 +86,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let searcher = Searcher::open(&args.index)?;
     let backend = open_backend(&args.gpu)?;
     let m = searcher.manifest().clone();
-    if m.kind == IndexKind::Cagra && backend.device_name().is_some() {
+    if m.kind != IndexKind::IvfPq && backend.device_name().is_some() {
         let t = Instant::now();
         searcher.load_on(&*backend)?;
         ui.note(format!(

@@ -91,6 +91,24 @@ impl ExactSearch {
         Ok(())
     }
 
+    /// Scores the `rows` base rows that `backend` holds ([`Backend::load_flat`]), as [`Self::add`]
+    /// would score them from the host.
+    pub fn add_loaded(
+        &mut self,
+        backend: &dyn Backend,
+        loaded: &crate::backend::Loaded,
+        rows: usize,
+    ) -> Result<()> {
+        let queries = Queries {
+            vectors: self.queries.view(),
+            sq_norms: &self.q_norms,
+            metric: self.metric,
+        };
+        backend.knn_loaded(loaded, queries, &mut self.topk)?;
+        self.rows_seen += rows as u64;
+        Ok(())
+    }
+
     /// The results: `min(k, rows seen)` neighbours per query, best first.
     pub fn finish(self) -> SearchResults {
         let nq = self.topk.len();

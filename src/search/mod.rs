@@ -150,11 +150,11 @@ impl Searcher {
     }
 
     /// Makes the index ready for searches on `backend`: a GPU gets its own copy of a CAGRA
-    /// index (vectors, graph, upper levels), kept until the searcher is dropped or loaded on
-    /// another backend. [`Searcher::search_on`] does this on first use; calling it first keeps
-    /// the copy out of the first batch's time.
+    /// index (vectors, graph, upper levels) or of a flat index's rows (where they fit), kept
+    /// until the searcher is dropped or loaded on another backend. [`Searcher::search_on`] does
+    /// this on first use; calling it first keeps the copy out of the first batch's time.
     pub fn load_on(&self, backend: &dyn Backend) -> Result<()> {
-        if !matches!(self.engine, Engine::Cagra { .. }) {
+        if matches!(self.engine, Engine::IvfPq { .. }) {
             return Ok(());
         }
         let name = backend.name();
@@ -167,7 +167,11 @@ impl Searcher {
         if !current(&slot) {
             // Free the old copy before making the new one.
             *slot = None;
-            *slot = Some((name, backend.load_cagra(&self.cagra_index()?)?));
+            let loaded = match self.engine {
+                Engine::Cagra { .. } => backend.load_cagra(&self.cagra_index()?)?,
+                _ => backend.load_flat(self.vectors()?, self.flat_norms()?)?,
+            };
+            *slot = Some((name, loaded));
         }
         Ok(())
     }
@@ -237,17 +241,27 @@ impl Searcher {
             }
             return index.search(&CpuBackend, q.view(), k, n_probes, refine_ratio);
         }
-        let norms = match m.metric {
+        self.load_on(backend)?;
+        let loaded = self.loaded.read().map_err(|_| poisoned())?;
+        let mut search = ExactSearch::new(q, m.metric, k);
+        match loaded.as_ref().and_then(|(_, l)| l.as_ref()) {
+            Some(held) => search.add_loaded(backend, held, m.count as usize)?,
+            None => search.add(backend, self.vectors()?, self.flat_norms()?)?,
+        }
+        Ok(search.finish())
+    }
+
+    /// A flat index's stored squared norms (L2), else `None`.
+    fn flat_norms(&self) -> Result<Option<&[f32]>> {
+        let m = &self.artifact.manifest;
+        Ok(match m.metric {
             Metric::L2 => Some(self.artifact.tensor::<f32>(
                 "sq_norms",
                 DType::F32,
                 &[m.count as usize],
             )?),
             _ => None,
-        };
-        let mut search = ExactSearch::new(q, m.metric, k);
-        search.add(backend, self.vectors()?, norms)?;
-        Ok(search.finish())
+        })
     }
 }
 

@@ -167,6 +167,54 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
     }
 }
 
+/// Flat `search --gpu` keeps the index rows on the device for every batch of queries: the same
+/// lists as the CPU's search, batch after batch.
+#[test]
+fn gpu_flat_search_equals_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if skip_without_gpu(d) {
+        return;
+    }
+    generate_dataset(d, 7000, 40, 30, 500);
+    for metric in ["l2", "ip", "cosine"] {
+        let build = ["build", "--input", "b.parquet", "--index", "flat"];
+        ok(
+            d,
+            &[&build[..], &["--metric", metric, "--out", "f.vbx"]].concat(),
+        );
+        let search = [
+            "search",
+            "--index",
+            "f.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "15",
+        ];
+        ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
+        let gpu = [
+            "--gpu",
+            "0",
+            "--batch-queries",
+            "64",
+            "--out",
+            "gpu.parquet",
+        ];
+        let said = ok(d, &[&search[..], &gpu].concat());
+        let cpu = read_results(&d.join("cpu.parquet")).unwrap();
+        let gpu = read_results(&d.join("gpu.parquet")).unwrap();
+        assert_eq!(cpu.offsets, gpu.offsets, "{metric}: {said}");
+        assert_eq!(cpu.neighbors, gpu.neighbors, "{metric}");
+        for (a, b) in cpu.distances.iter().zip(&gpu.distances) {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "{metric}: {a} vs {b}"
+            );
+        }
+    }
+}
+
 /// `--gpu-precision fp16`: recall@10 against the exact CPU neighbours, and a value beyond
 /// fp16's range refused by row and column (exit 2, no output).
 #[test]
