@@ -625,6 +625,16 @@ fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, fi
     });
 }
 
+/// Whether `bytes` more would take at most half the device's free memory: the rule for what
+/// the backend keeps on the device for a whole stage (else that stage streams from the host).
+fn fits_half_free(stream: &Arc<CudaStream>, bytes: usize) -> Result<bool> {
+    let (free, _) = stream
+        .context()
+        .mem_get_info()
+        .map_err(|e| gpu_err("reading device memory", e))?;
+    Ok(bytes <= free / 2)
+}
+
 fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
     let (ptr, _sync) = buf.device_ptr(stream);
     ptr
@@ -975,11 +985,7 @@ impl HeldBase {
         backend.fp16_range("the index", &host, dim, 0)?;
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
-        let (free, _) = stream
-            .context()
-            .mem_get_info()
-            .map_err(|e| gpu_err("reading device memory", e))?;
-        if 4 * n * (dim + 1) > free / 2 {
+        if !fits_half_free(&stream, 4 * n * (dim + 1))? {
             return Ok(None);
         }
         let rows = stream

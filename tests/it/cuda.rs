@@ -154,16 +154,7 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
             ]
             .concat(),
         );
-        let cpu = read_results(&d.join("cpu.parquet")).unwrap();
-        let gpu = read_results(&d.join("gpu.parquet")).unwrap();
-        assert_eq!(cpu.offsets, gpu.offsets, "{metric}");
-        assert_eq!(cpu.neighbors, gpu.neighbors, "{metric}");
-        for (a, b) in cpu.distances.iter().zip(&gpu.distances) {
-            assert!(
-                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-                "{metric}: {a} vs {b}"
-            );
-        }
+        exact_results_agree(d, metric);
     }
 }
 
@@ -201,17 +192,23 @@ fn gpu_flat_search_equals_the_cpu_where_a_gpu_is_present() {
             "--out",
             "gpu.parquet",
         ];
-        let said = ok(d, &[&search[..], &gpu].concat());
-        let cpu = read_results(&d.join("cpu.parquet")).unwrap();
-        let gpu = read_results(&d.join("gpu.parquet")).unwrap();
-        assert_eq!(cpu.offsets, gpu.offsets, "{metric}: {said}");
-        assert_eq!(cpu.neighbors, gpu.neighbors, "{metric}");
-        for (a, b) in cpu.distances.iter().zip(&gpu.distances) {
-            assert!(
-                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-                "{metric}: {a} vs {b}"
-            );
-        }
+        ok(d, &[&search[..], &gpu].concat());
+        exact_results_agree(d, metric);
+    }
+}
+
+/// `cpu.parquet` and `gpu.parquet` in `d` hold the same exact neighbours, distances within
+/// fp32 rounding.
+fn exact_results_agree(d: &Path, metric: &str) {
+    let cpu = read_results(&d.join("cpu.parquet")).unwrap();
+    let gpu = read_results(&d.join("gpu.parquet")).unwrap();
+    assert_eq!(cpu.offsets, gpu.offsets, "{metric}");
+    assert_eq!(cpu.neighbors, gpu.neighbors, "{metric}");
+    for (a, b) in cpu.distances.iter().zip(&gpu.distances) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "{metric}: {a} vs {b}"
+        );
     }
 }
 

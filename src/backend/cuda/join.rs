@@ -58,11 +58,7 @@ pub(super) fn refine_graph(
     let x_host = super::contiguous(&data);
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
-    let (free, _) = stream
-        .context()
-        .mem_get_info()
-        .map_err(|e| super::gpu_err("reading device memory", e))?;
-    if 4 * n * (dim + 1 + 2 * k) > free / 2 {
+    if !super::fits_half_free(&stream, 4 * n * (dim + 1 + 2 * k))? {
         return Ok(false);
     }
     let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);

@@ -111,11 +111,7 @@ impl<'a> DeviceLloyd<'a> {
         }
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
-        let (free, _) = stream
-            .context()
-            .mem_get_info()
-            .map_err(|e| gpu_err("reading device memory", e))?;
-        if 4 * n * (dim + 3) > free / 2 {
+        if !super::fits_half_free(&stream, 4 * n * (dim + 3))? {
             return Ok(None);
         }
         let host = super::contiguous(&data);
