@@ -729,15 +729,7 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
         let files = [d.join("q.parquet")];
         let (_, queries, _) = vecbuild::io::read_all(&files, &Default::default()).unwrap();
         let h = index.hierarchy.expect("the build made upper levels");
-        let offsets: Vec<i64> = h
-            .counts
-            .iter()
-            .scan(0i64, |start, &c| {
-                let s = *start;
-                *start += c as i64 * h.m as i64;
-                Some(s)
-            })
-            .collect();
+        let offsets = h.level_offsets();
         write(&d.join("vectors"), index.vectors.as_slice().unwrap());
         write(&d.join("norms"), index.sq_norms);
         write(&d.join("graph"), index.graph);

@@ -112,15 +112,7 @@ pub(super) fn load(backend: &CudaBackend, index: &CagraIndex<'_>) -> Result<Load
     {
         None => None,
         Some(h) => {
-            let offsets: Vec<i64> = h
-                .counts
-                .iter()
-                .scan(0i64, |start, &c| {
-                    let s = *start;
-                    *start += c as i64 * h.m as i64;
-                    Some(s)
-                })
-                .collect();
+            let offsets = h.level_offsets();
             Some((
                 stream.clone_htod(h.rows).map_err(err("upper levels"))?,
                 stream.clone_htod(h.graph).map_err(err("upper levels"))?,

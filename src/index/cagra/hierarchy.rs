@@ -262,6 +262,19 @@ impl HierarchyView<'_> {
         self.counts.len()
     }
 
+    /// Where each level's block starts in `graph`, level 1 first (what a GPU copy of the
+    /// levels indexes by).
+    pub fn level_offsets(&self) -> Vec<i64> {
+        self.counts
+            .iter()
+            .scan(0i64, |start, &c| {
+                let s = *start;
+                *start += c as i64 * self.m as i64;
+                Some(s)
+            })
+            .collect()
+    }
+
     /// Level `l ≥ 1`'s neighbour positions of the row at position `pos`.
     pub fn neighbors(&self, l: usize, pos: usize) -> &[u32] {
         let start: usize = self.counts[..l - 1]
