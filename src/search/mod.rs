@@ -206,7 +206,7 @@ impl Searcher {
             let p = self.cagra_params(params);
             self.load_on(backend)?;
             let loaded = self.loaded.read().map_err(|_| poisoned())?;
-            let on_device = loaded.as_ref().and_then(|(_, l)| l.as_ref());
+            let on_device = held_for(&loaded, backend);
             let mut index = self.cagra_index()?;
             if params.exact_walk {
                 index.codes = None;
@@ -244,7 +244,7 @@ impl Searcher {
         self.load_on(backend)?;
         let loaded = self.loaded.read().map_err(|_| poisoned())?;
         let mut search = ExactSearch::new(q, m.metric, k);
-        match loaded.as_ref().and_then(|(_, l)| l.as_ref()) {
+        match held_for(&loaded, backend) {
             Some(held) => search.add_loaded(backend, held, m.count as usize)?,
             None => search.add(backend, self.vectors()?, self.flat_norms()?)?,
         }
@@ -263,6 +263,17 @@ impl Searcher {
             _ => None,
         })
     }
+}
+
+/// The copy `backend` holds of the index, if the slot holds one of its own (another thread may
+/// have loaded the index on another backend since).
+fn held_for<'a>(
+    slot: &'a Option<(String, Option<Loaded>)>,
+    backend: &dyn Backend,
+) -> Option<&'a Loaded> {
+    slot.as_ref()
+        .filter(|(name, _)| *name == backend.name())
+        .and_then(|(_, l)| l.as_ref())
 }
 
 impl Searcher {
