@@ -159,20 +159,22 @@ __device__ __forceinline__ unsigned total_order_key(float f) {
 // data:  [n, dim] rows
 // norms: [n] squared norms for L2, or null for inner product / cosine
 // old:   [n, k] kNN lists, NO_ROW for missing entries
+// order: [n] the row each block refines (rows of a partition list together, so the candidates
+//        they share stay in L2), or null: block b refines row b
 // out:   [n, k] refined lists, best first, NO_ROW where a row has fewer than k candidates
 // fan:   at most k
 //
-// grid: (rows to refine, from row 0), block: REFINE_THREADS (any multiple of 32 works),
+// grid: (rows to refine, from position 0 of order), block: REFINE_THREADS (any multiple of 32 works),
 // dynamic shared memory: cap · 12 bytes, cap a power of two ≥ fan² + k.
 extern "C" __global__ void __launch_bounds__(REFINE_THREADS)
 refine_graph(const float* __restrict__ data, const float* __restrict__ norms, int dim, unsigned n,
              const unsigned* __restrict__ old, int k, int fan, int cap,
-             unsigned* __restrict__ out) {
+             const unsigned* __restrict__ order, unsigned* __restrict__ out) {
     extern __shared__ unsigned long long refine_shared[];
     unsigned long long* keys = refine_shared;  // [cap] (score key << 32) | row
     unsigned* ids = (unsigned*)(keys + cap);   // [cap] candidate rows
 
-    const unsigned u = blockIdx.x;
+    const unsigned u = order ? order[blockIdx.x] : blockIdx.x;
     const unsigned* own = old + (size_t)u * k;
     const int hops = fan * fan;
     for (int s = threadIdx.x; s < cap; s += blockDim.x) {

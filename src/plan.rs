@@ -340,15 +340,28 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     let graphs = [("kNN graph", knn), ("refined kNN graph", knn)];
                     let own = match gpu {
                         true => [
-                            vec![("rows", 4 * n * kdim), ("norms", 4 * n)],
+                            vec![
+                                ("rows", 4 * n * kdim),
+                                ("norms", 4 * n),
+                                ("row order", 4 * n),
+                            ],
                             graphs.to_vec(),
                         ]
                         .concat(),
                         false => Vec::new(),
                     };
+                    // The CPU visits the rows in list order, then puts each list in its row's
+                    // place.
+                    let in_order = match gpu {
+                        true => vec![("row order", 4 * n)],
+                        false => vec![
+                            ("refined lists in list order", knn),
+                            ("row positions", 4 * n),
+                        ],
+                    };
                     stages.push(Stage {
                         name: "kNN graph: neighbours of neighbours",
-                        host: [base.clone(), graphs.to_vec()].concat(),
+                        host: [base.clone(), graphs.to_vec(), in_order].concat(),
                         device: dev(scratch.with(&own)),
                     });
                 }

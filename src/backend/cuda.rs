@@ -1243,9 +1243,12 @@ impl Backend for CudaBackend {
         metric: Metric,
         graph: &mut crate::index::cagra::Graph,
         fan: usize,
+        order: &[u32],
     ) -> Result<()> {
-        if !join::refine_graph(self, data, norms, metric, graph, fan)? {
-            crate::index::cagra::knn_graph::refine(data, norms, metric, graph, fan, false);
+        if !join::refine_graph(self, data, norms, metric, graph, fan, order)? {
+            crate::index::cagra::knn_graph::refine_in_order(
+                data, norms, metric, graph, fan, false, order,
+            );
         }
         Ok(())
     }

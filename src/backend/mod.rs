@@ -180,8 +180,11 @@ pub trait Backend: Sync {
         metric: Metric,
         graph: &mut crate::index::cagra::Graph,
         fan: usize,
+        order: &[u32],
     ) -> Result<()> {
-        crate::index::cagra::knn_graph::refine(data, norms, metric, graph, fan, false);
+        crate::index::cagra::knn_graph::refine_in_order(
+            data, norms, metric, graph, fan, false, order,
+        );
         Ok(())
     }
 

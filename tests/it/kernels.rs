@@ -590,32 +590,34 @@ fn refine_graph_kernel_refines_as_the_cpu_does() {
     let main = r#"
     unsigned rows = std::atoi(argv[2]), n = std::atoi(argv[3]), threads = std::atoi(argv[9]);
     int dim = std::atoi(argv[4]), k = std::atoi(argv[5]), fan = std::atoi(argv[6]);
-    int cap = std::atoi(argv[7]), l2 = std::atoi(argv[8]);
+    int cap = std::atoi(argv[7]), l2 = std::atoi(argv[8]), ordered = std::atoi(argv[10]);
     auto data = load<float>(dir + "data");
     auto norms = load<float>(dir + "norms");
     auto old = load<unsigned>(dir + "old");
+    auto order = load<unsigned>(dir + "order");
     std::vector<unsigned> out((size_t)n * k, 7);
     launch({rows, 1, 1}, {threads, 1, 1}, [&] {
         refine_graph(data.data(), l2 ? norms.data() : nullptr, dim, n, old.data(), k, fan, cap,
-                     out.data());
+                     ordered ? order.data() : nullptr, out.data());
     });
     save(dir + "out", out);"#;
     let Some(exe) = host_build(d, "cagra.cu", main) else {
         return;
     };
     // Dimensions 128 (whole 32-column steps), 45 (32 + 8 + a tail of 5) and 13 (8 + 5); lists
-    // of 8 (fan limited to k), 16 and 64 (slots exactly 128). Rows 0–49 are refined by the
-    // kernel; their candidates come from all rows. Rows come in threes: a row, its copy (scores
+    // of 8 (fan limited to k), 16 and 64 (slots exactly 128). The kernel refines 50 rows, the
+    // first 50 or (with a row order) the first 50 of a shuffled order; their candidates come
+    // from all rows. Rows come in threes: a row, its copy (scores
     // tie, the row order decides) and a copy moved by about 1e-6 of each value (scores a
     // rounding apart, so the order of the additions decides). Lists hold repeats, the row
     // itself and empty slots.
     let settings = [
-        (128usize, 16usize, Metric::L2, 128u32),
-        (45, 64, Metric::L2, 64),
-        (13, 8, Metric::InnerProduct, 32),
-        (45, 16, Metric::Cosine, 128),
+        (128usize, 16usize, Metric::L2, 128u32, false),
+        (45, 64, Metric::L2, 64, true),
+        (13, 8, Metric::InnerProduct, 32, false),
+        (45, 16, Metric::Cosine, 128, true),
     ];
-    for (dim, k, metric, threads) in settings {
+    for (dim, k, metric, threads, ordered) in settings {
         let (n, rows) = (600usize, 50usize);
         let mut data = random(n, dim, 61 + dim as u64);
         let mut rng = Rng::new(71);
@@ -649,24 +651,39 @@ fn refine_graph_kernel_refines_as_the_cpu_does() {
         write(&d.join("data"), data.as_slice().unwrap());
         write(&d.join("norms"), &norms);
         write(&d.join("old"), &cpu.neighbors);
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        write(&d.join("order"), &order);
         let fan = knn_graph::REFINE_FAN.min(k);
         let cap = vecbuild::backend::cuda::refine_slots(k, fan);
         let l2 = u32::from(metric == Metric::L2);
-        let args = [rows, n, dim, k, fan, cap, l2 as usize, threads as usize];
+        let args = [
+            rows,
+            n,
+            dim,
+            k,
+            fan,
+            cap,
+            l2 as usize,
+            threads as usize,
+            ordered as usize,
+        ];
         run_driver(&exe, d, &args.map(|v| v.to_string()));
         knn_graph::refine(data.view(), &norms, metric, &mut cpu, fan, false);
         let got = read_u32(&d.join("out"));
-        for r in 0..rows {
-            assert_eq!(
-                got[r * k..(r + 1) * k],
-                cpu.neighbors[r * k..(r + 1) * k],
-                "dim {dim}, k {k}, {metric:?}: row {r}"
-            );
+        let refined: Vec<usize> = match ordered {
+            true => order[..rows].iter().map(|&r| r as usize).collect(),
+            false => (0..rows).collect(),
+        };
+        for r in 0..n {
+            let (g, c) = (&got[r * k..(r + 1) * k], &cpu.neighbors[r * k..(r + 1) * k]);
+            match refined.contains(&r) {
+                true => assert_eq!(g, c, "dim {dim}, k {k}, {metric:?}: row {r}"),
+                false => assert!(g.iter().all(|&v| v == 7), "row {r} written, not refined"),
+            }
         }
-        assert!(
-            got[rows * k..].iter().all(|&v| v == 7),
-            "rows past the grid written"
-        );
     }
 }
 

@@ -32,7 +32,8 @@ pub fn refine_slots(k: usize, fan: usize) -> usize {
 }
 
 /// One neighbour-of-neighbour pass over `graph` on the device, as
-/// [`knn_graph::refine`](crate::index::cagra::knn_graph::refine) without reverse lists. Returns
+/// [`knn_graph::refine_in_order`](crate::index::cagra::knn_graph::refine_in_order) without
+/// reverse lists (blocks take the rows in `order`, a permutation, when it is given). Returns
 /// `false`, leaving `graph` as it was, where the rows, norms and both graphs would take more
 /// than half the free device memory or a row's candidates more than the shared memory (the
 /// caller then refines on the host).
@@ -43,6 +44,7 @@ pub(super) fn refine_graph(
     metric: Metric,
     graph: &mut Graph,
     fan: usize,
+    order: &[u32],
 ) -> Result<bool> {
     let (n, dim) = data.dim();
     let k = graph.degree;
@@ -58,7 +60,8 @@ pub(super) fn refine_graph(
     let x_host = super::contiguous(&data);
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
-    if !super::fits_half_free(&stream, 4 * n * (dim + 1 + 2 * k))? {
+    let ordered = crate::index::cagra::knn_graph::is_permutation(order, n);
+    if !super::fits_half_free(&stream, 4 * n * (dim + 2 + 2 * k))? {
         return Ok(false);
     }
     let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);
@@ -72,10 +75,20 @@ pub(super) fn refine_graph(
     let old = stream
         .clone_htod(&graph.neighbors)
         .map_err(|e| copy("the kNN graph", e))?;
-    // SAFETY: the kernel writes every one of the n·k slots.
+    let order_dev = match ordered {
+        true => Some(
+            stream
+                .clone_htod(order)
+                .map_err(|e| copy("the row order", e))?,
+        ),
+        false => None,
+    };
+    // SAFETY: the kernel writes every one of the n·k slots (each row once: order is a
+    // permutation, as the caller's partition lists are).
     let mut out = unsafe { stream.alloc::<u32>(n * k) }
         .map_err(|e| super::gpu_err("allocating device memory", e))?;
     let norms_ptr = norms_dev.as_ref().map_or(0, |b| raw(&stream, b));
+    let order_ptr = order_dev.as_ref().map_or(0, |b| raw(&stream, b));
     let (dim_i, n_u, k_i, fan_i, cap_i) = (dim as i32, n as u32, k as i32, fan as i32, cap as i32);
     let cfg = LaunchConfig {
         grid_dim: (n as u32, 1, 1),
@@ -92,9 +105,10 @@ pub(super) fn refine_graph(
         .arg(&k_i)
         .arg(&fan_i)
         .arg(&cap_i)
+        .arg(&order_ptr)
         .arg(&mut out);
     // SAFETY: arguments match refine_graph's signature; x holds n·dim floats, norms n (L2) or
-    // none (null), old and out n·k entries, and the shared memory is the cap·12 bytes the
+    // none (null), order n rows or none (null), old and out n·k entries, and the shared memory is the cap·12 bytes the
     // kernel lays out (≤ 48 KiB).
     unsafe { launch.launch(cfg) }.map_err(|e| super::gpu_err("launching refine_graph", e))?;
     stream

@@ -318,7 +318,7 @@ pub fn ivf(
         neighbors,
     };
     // Neighbours of neighbours fix most boundary misses (and fill short lists).
-    backend.refine_graph(data, norms, metric, &mut graph, REFINE_FAN)?;
+    backend.refine_graph(data, norms, metric, &mut graph, REFINE_FAN, &part.members)?;
     progress(1.0);
     Ok(graph)
 }
@@ -405,6 +405,22 @@ pub fn refine(
     fan: usize,
     reverse: bool,
 ) -> usize {
+    refine_in_order(data, norms, metric, graph, fan, reverse, &[])
+}
+
+/// [`refine`], visiting the rows in `order` (a permutation of the rows; empty: 0, 1, …). The
+/// result does not depend on the order, but the time does: rows of one partition list share
+/// most of their candidates, so visiting them together finds those rows in cache (the ivf
+/// builder passes the rows in list order: 1M × 128 on 2 cores, 11.1–12.1 s → 5.0–6.4 s).
+pub fn refine_in_order(
+    data: ArrayView2<'_, f32>,
+    norms: &[f32],
+    metric: Metric,
+    graph: &mut Graph,
+    fan: usize,
+    reverse: bool,
+    order: &[u32],
+) -> usize {
     let k = graph.degree;
     let n = data.nrows();
     let flat = data.as_slice().unwrap_or(&[]);
@@ -425,9 +441,11 @@ pub fn refine(
     };
     let changed = std::sync::atomic::AtomicUsize::new(0);
     let mut next = vec![u32::MAX; n * k];
+    let ordered = is_permutation(order, n) && n > 0;
     next.par_chunks_mut(k).enumerate().for_each_init(
         || (Vec::<u32>::new(), Vec::<(f32, u32)>::new()),
-        |(cands, scored), (u, out)| {
+        |(cands, scored), (i, out)| {
+            let u = if ordered { order[i] as usize } else { i };
             let x = &flat[u * dim..(u + 1) * dim];
             let own = &old[u * k..(u + 1) * k];
             cands.clear();
@@ -449,10 +467,18 @@ pub fn refine(
             cands.sort_unstable();
             cands.dedup();
             scored.clear();
-            scored.extend(cands.iter().map(|&c| {
-                let y = &flat[c as usize * dim..(c as usize + 1) * dim];
-                (score(metric, norms, x, y, c as usize), c)
-            }));
+            // Candidates are scattered rows: ask for each a few ahead of its scoring.
+            const AHEAD: usize = 4;
+            let row = |c: u32| &flat[c as usize * dim..(c as usize + 1) * dim];
+            for &c in cands.iter().take(AHEAD) {
+                crate::distance::prefetch(row(c), 4 * dim);
+            }
+            for (i, &c) in cands.iter().enumerate() {
+                if let Some(&next) = cands.get(i + AHEAD) {
+                    crate::distance::prefetch(row(next), 4 * dim);
+                }
+                scored.push((score(metric, norms, x, row(c), c as usize), c));
+            }
             let keep = k.min(scored.len());
             if scored.len() > keep {
                 scored.select_nth_unstable_by(keep - 1, |a, b| {
@@ -473,8 +499,30 @@ pub fn refine(
             changed.fetch_add(diff, std::sync::atomic::Ordering::Relaxed);
         },
     );
+    if ordered {
+        // `next` holds row order[i]'s list at position i: put each row's list in its place.
+        let mut position = vec![0u32; n];
+        for (i, &u) in order.iter().enumerate() {
+            position[u as usize] = i as u32;
+        }
+        let by_position = std::mem::take(&mut next);
+        next = vec![u32::MAX; n * k];
+        next.par_chunks_mut(k).enumerate().for_each(|(u, dst)| {
+            let i = position[u] as usize;
+            dst.copy_from_slice(&by_position[i * k..(i + 1) * k]);
+        });
+    }
     graph.neighbors = next;
     changed.into_inner()
+}
+
+/// Whether `order` holds each of the rows `0..n` once.
+pub fn is_permutation(order: &[u32], n: usize) -> bool {
+    let mut seen = vec![false; n];
+    order.len() == n
+        && order
+            .iter()
+            .all(|&u| (u as usize) < n && !std::mem::replace(&mut seen[u as usize], true))
 }
 
 /// NN-descent settings.
@@ -540,6 +588,44 @@ pub fn nn_descent(
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
+
+    #[test]
+    fn refine_gives_the_same_graph_in_any_row_order() {
+        let (n, dim, k) = (400usize, 12usize, 10usize);
+        let mut rng = Rng::new(3);
+        let data = ndarray::Array2::from_shape_fn((n, dim), |_| rng.uniform() as f32);
+        let norms = crate::metric::squared_norms(data.view());
+        let start = Graph {
+            degree: k,
+            neighbors: (0..n * k).map(|_| rng.below(n as u64 + 3) as u32).collect(),
+        };
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        assert!(is_permutation(&order, n));
+        for reverse in [false, true] {
+            let mut plain = start.clone();
+            let changed = refine(data.view(), &norms, Metric::L2, &mut plain, 4, reverse);
+            let mut ordered = start.clone();
+            let changed_ordered = refine_in_order(
+                data.view(),
+                &norms,
+                Metric::L2,
+                &mut ordered,
+                4,
+                reverse,
+                &order,
+            );
+            assert_eq!(plain.neighbors, ordered.neighbors);
+            assert_eq!(changed, changed_ordered);
+            assert_ne!(plain.neighbors, start.neighbors);
+        }
+        // Not a permutation: a repeat, a row out of range, a short list.
+        assert!(!is_permutation(&[0, 0, 2], 3));
+        assert!(!is_permutation(&[0, 3, 1], 3));
+        assert!(!is_permutation(&[0, 1], 3));
+    }
 
     /// The probes `probes_for` picks for `data` split into 16 lists, with the coverage.
     fn probes(data: ArrayView2<'_, f32>) -> (usize, f64) {
