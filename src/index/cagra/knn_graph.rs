@@ -440,12 +440,12 @@ pub fn refine_in_order(
         Vec::new()
     };
     let changed = std::sync::atomic::AtomicUsize::new(0);
-    let mut next = vec![u32::MAX; n * k];
-    let ordered = is_permutation(order, n) && n > 0;
-    next.par_chunks_mut(k).enumerate().for_each_init(
+    let next = map_rows_in_order(
+        n,
+        k,
+        order,
         || (Vec::<u32>::new(), Vec::<(f32, u32)>::new()),
-        |(cands, scored), (i, out)| {
-            let u = if ordered { order[i] as usize } else { i };
+        |(cands, scored), u, out| {
             let x = &flat[u * dim..(u + 1) * dim];
             let own = &old[u * k..(u + 1) * k];
             cands.clear();
@@ -499,21 +499,49 @@ pub fn refine_in_order(
             changed.fetch_add(diff, std::sync::atomic::Ordering::Relaxed);
         },
     );
-    if ordered {
-        // `next` holds row order[i]'s list at position i: put each row's list in its place.
-        let mut position = vec![0u32; n];
-        for (i, &u) in order.iter().enumerate() {
-            position[u as usize] = i as u32;
-        }
-        let by_position = std::mem::take(&mut next);
-        next = vec![u32::MAX; n * k];
-        next.par_chunks_mut(k).enumerate().for_each(|(u, dst)| {
-            let i = position[u] as usize;
-            dst.copy_from_slice(&by_position[i * k..(i + 1) * k]);
-        });
-    }
     graph.neighbors = next;
     changed.into_inner()
+}
+
+/// Runs `row(state, u, out)` for every row `u < n` in parallel (`out`: its `width` slots, all
+/// `u32::MAX` at first; `state` made by `init` per worker) and returns the slots by row. Rows
+/// are visited in `order` when it is a permutation of `0..n`, else `0, 1, …`: rows that read
+/// the same other rows (one partition list's) then run together and find those in cache.
+fn map_rows_in_order<S>(
+    n: usize,
+    width: usize,
+    order: &[u32],
+    init: impl Fn() -> S + Sync + Send,
+    row: impl Fn(&mut S, usize, &mut [u32]) + Sync + Send,
+) -> Vec<u32> {
+    let mut out = vec![u32::MAX; n * width];
+    if width == 0 {
+        return out;
+    }
+    let ordered = n > 0 && is_permutation(order, n);
+    out.par_chunks_mut(width)
+        .enumerate()
+        .for_each_init(init, |state, (i, slots)| {
+            let u = if ordered { order[i] as usize } else { i };
+            row(state, u, slots);
+        });
+    if !ordered {
+        return out;
+    }
+    // Position i holds row order[i]'s slots: put each in its row's place.
+    let mut position = vec![0u32; n];
+    for (i, &u) in order.iter().enumerate() {
+        position[u as usize] = i as u32;
+    }
+    let mut by_row = vec![u32::MAX; n * width];
+    by_row
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(u, dst)| {
+            let i = position[u] as usize;
+            dst.copy_from_slice(&out[i * width..(i + 1) * width]);
+        });
+    by_row
 }
 
 /// Whether `order` holds each of the rows `0..n` once.
