@@ -1,7 +1,7 @@
-// Quantizer kernels: the k-means centroid update (for the Lloyd iterations of
-// src/backend/cuda/quantize.rs) and PQ encoding.
+// Quantizer kernels: the k-means centroid update and objective (for the Lloyd iterations of
+// src/backend/cuda/quantize.rs) and PQ encoding (also PQ training's assignment).
 //
-// Both repeat the CPU's arithmetic in the CPU's order, so their results are the CPU's bit for
+// All repeat the CPU's arithmetic in the CPU's order, so their results are the CPU's bit for
 // bit: tests/it/kernels.rs compiles this file on the host and checks that against the CPU
 // code, and tests/it/cuda.rs checks the GPU's builds against the CPU's where a GPU is present.
 //
@@ -16,25 +16,52 @@
 // dimension, then multiplied by 1/size in f64 and rounded to f32, as src/index/kmeans.rs'
 // `update` does. Centroids without rows are left as they are.
 //
-// data:      [rows, dim] row-major
-// order:     [rows] row numbers grouped by cluster: cluster c's are order[start[c] .. start[c+1]]
-// start:     [k + 1]
-// centroids: [k, dim] row-major, updated in place
+// Several k-means problems over column groups of the same rows at once (PQ training's
+// sub-spaces): problem m's rows are columns m·width .. (m+1)·width, zero at and past column ld;
+// one problem over whole rows is width = ld and a grid of one problem.
 //
-// grid: (k), block: MEAN_THREADS (threads stride over the dimensions; consecutive threads
-// read consecutive floats of a row).
+// data:      [rows, ld] row-major
+// order:     [problems, rows] problem m's row numbers grouped by cluster: cluster c's are
+//            order[m·rows + start[m·(k+1) + c] .. m·rows + start[m·(k+1) + c+1]]
+// start:     [problems, k + 1]
+// centroids: [problems · k, width] row-major, updated in place
+//
+// grid: (k, problems), block: up to MEAN_THREADS (threads stride over the width; consecutive
+// threads read consecutive floats of a row).
 extern "C" __global__ void __launch_bounds__(MEAN_THREADS)
-centroid_means(const float* __restrict__ data, int dim, const unsigned* __restrict__ order,
-               const unsigned* __restrict__ start, float* __restrict__ centroids) {
-    const unsigned c = blockIdx.x;
-    const unsigned lo = start[c], hi = start[c + 1];
+centroid_means(const float* __restrict__ data, long long rows, int ld, int width,
+               const unsigned* __restrict__ order, const unsigned* __restrict__ start,
+               float* __restrict__ centroids) {
+    const unsigned c = blockIdx.x, k = gridDim.x, m = blockIdx.y;
+    const unsigned* ord = order + (long long)m * rows;
+    const unsigned* st = start + (long long)m * (k + 1);
+    const unsigned lo = st[c], hi = st[c + 1];
     if (lo == hi) return;
     const double inv = 1.0 / (double)(hi - lo);
-    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-        double sum = 0.0;
-        for (unsigned i = lo; i < hi; ++i) sum += (double)data[(long long)order[i] * dim + d];
-        centroids[(long long)c * dim + d] = (float)(sum * inv);
+    for (int d = threadIdx.x; d < width; d += blockDim.x) {
+        const long long col = (long long)m * width + d;
+        double sum = 0.0;  // stays +0.0 past column ld, as the CPU's sum of padding zeros does
+        if (col < ld)
+            for (unsigned i = lo; i < hi; ++i) sum += (double)data[(long long)ord[i] * ld + col];
+        centroids[((long long)m * k + c) * width + d] = (float)(sum * inv);
     }
+}
+
+// Each problem's objective: out[m] = x[m·n] + x[m·n + 1] + … in f64, one addition at a time in
+// index order from 0, as Rust's `Iterator::sum` adds the k-means distances.
+//
+// x:   [count, n]
+// out: [count]
+//
+// grid: (ceil(count / 32)), block: 32 (a thread per problem).
+extern "C" __global__ void __launch_bounds__(32)
+ordered_sums(const float* __restrict__ x, long long n, int count, double* __restrict__ out) {
+    const int m = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= count) return;
+    const float* row = x + (long long)m * n;
+    double sum = 0.0;
+    for (long long i = 0; i < n; ++i) sum += (double)row[i];
+    out[m] = sum;
 }
 
 // PQ codes of residual rows, every sub-space in one launch. Sub-vector m of a row is its
@@ -46,13 +73,15 @@ centroid_means(const float* __restrict__ data, int dim, const unsigned* __restri
 // residuals: [rows, dim] row-major
 // codebooks: [pq_dim · ksub, dsub] row-major (codebook m is rows m·ksub ..)
 // codes:     [rows, pq_dim] bytes
+// dists:     [pq_dim, rows] each code's squared distance (PQ training's objective), or null
 //
 // grid: (ceil(rows / ENCODE_THREADS), pq_dim), block: ENCODE_THREADS (a thread per row and
 // sub-space; a block's threads read the same centroid at the same time). dsub ≤ MAX_DSUB,
 // ksub ≤ 256.
 extern "C" __global__ void __launch_bounds__(ENCODE_THREADS)
 pq_encode(const float* __restrict__ residuals, long long rows, int dim, int dsub, int ksub,
-          const float* __restrict__ codebooks, unsigned char* __restrict__ codes) {
+          const float* __restrict__ codebooks, unsigned char* __restrict__ codes,
+          float* __restrict__ dists) {
     const long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const int m = blockIdx.y;
     const int pq_dim = gridDim.y;
@@ -81,4 +110,5 @@ pq_encode(const float* __restrict__ residuals, long long rows, int dim, int dsub
         }
     }
     codes[row * pq_dim + m] = (unsigned char)best_code;
+    if (dists) dists[(long long)m * rows + row] = best;
 }

@@ -70,6 +70,16 @@ impl Backend for CpuBackend {
         Ok(crate::index::cagra::optimize::prune(knn, d_out))
     }
 
+    fn subspace_lloyds<'a>(
+        &'a self,
+        data: ArrayView2<'a, f32>,
+        pq_dim: usize,
+        _ksub: usize,
+    ) -> Result<Option<Box<dyn crate::backend::Lloyds + 'a>>> {
+        let held = crate::index::pq::HostSubspaces::hold(self, data, pq_dim);
+        Ok(Some(Box::new(held)))
+    }
+
     fn assign_nearest(
         &self,
         data: ArrayView2<'_, f32>,

@@ -78,6 +78,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("cagra_search.cu", "cagra_search"),
     ("quantize.cu", "centroid_means"),
     ("quantize.cu", "pq_encode"),
+    ("quantize.cu", "ordered_sums"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -375,6 +376,7 @@ struct Device {
     cagra_search: CudaFunction,
     centroid_means: CudaFunction,
     pq_encode: CudaFunction,
+    ordered_sums: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -503,6 +505,7 @@ impl CudaBackend {
                 cagra_search: load("cagra_search")?,
                 centroid_means: load("centroid_means")?,
                 pq_encode: load("pq_encode")?,
+                ordered_sums: load("ordered_sums")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
                 tile_bytes,
@@ -1273,6 +1276,15 @@ impl Backend for CudaBackend {
         data: ArrayView2<'a, f32>,
     ) -> Result<Option<Box<dyn crate::backend::Lloyd + 'a>>> {
         quantize::DeviceLloyd::hold(self, data)
+    }
+
+    fn subspace_lloyds<'a>(
+        &'a self,
+        data: ArrayView2<'a, f32>,
+        pq_dim: usize,
+        ksub: usize,
+    ) -> Result<Option<Box<dyn crate::backend::Lloyds + 'a>>> {
+        quantize::DeviceSubspaces::hold(self, data, pq_dim, ksub)
     }
 
     fn pq_encode(

@@ -87,6 +87,9 @@ pub struct ListJoin<'a> {
     pub k: usize,
 }
 
+/// What one Lloyd iteration reports: the cluster sizes and the assignment's objective.
+pub type Step = (Vec<u64>, f64);
+
 /// Rows a backend holds across the iterations of Lloyd's k-means ([`Backend::lloyd`]), so a
 /// GPU copies them to the device once instead of once per iteration.
 pub trait Lloyd {
@@ -95,10 +98,26 @@ pub trait Lloyd {
     /// multiplied by `1 / size` (centroids without rows stay where they are). Returns the
     /// cluster sizes and the assignment's objective: the squared distances added in row order
     /// in f64.
-    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)>;
+    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<Step>;
 
     /// Cluster sizes of the held rows' nearest-centroid assignment.
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>>;
+}
+
+/// Several k-means problems of the same shape over one set of rows, stepped together by
+/// [`crate::index::kmeans::train_many`]: PQ training's sub-spaces ([`Backend::subspace_lloyds`]),
+/// which a GPU steps in a few launches per iteration instead of a few per sub-space.
+pub trait Lloyds {
+    /// How many problems there are.
+    fn count(&self) -> usize;
+
+    /// One [`Lloyd::step`] of each problem `p` with `running[p]`, on `centroids[p]`; `None` for
+    /// the others, whose centroids are left as they are.
+    fn step(
+        &mut self,
+        centroids: &mut [Array2<f32>],
+        running: &[bool],
+    ) -> Result<Vec<Option<Step>>>;
 }
 
 /// The stages an index build or search needs from a compute device.
@@ -213,6 +232,19 @@ pub trait Backend: Sync {
     /// rows apart from the host (a GPU, when they fit in its memory). `None`: iterate with
     /// [`Backend::assign_nearest`] on the rows where they lie (the CPU).
     fn lloyd<'a>(&'a self, _data: ArrayView2<'a, f32>) -> Result<Option<Box<dyn Lloyd + 'a>>> {
+        Ok(None)
+    }
+
+    /// Holds `data: [n, dim]` for training a product quantizer's `pq_dim` sub-spaces of `ksub`
+    /// centroids together ([`Lloyds`]; sub-space `m` is columns `m·dsub ..`, zero past the last,
+    /// as [`crate::index::pq`] cuts them). `None`: train them one after another by
+    /// [`crate::index::kmeans::train`].
+    fn subspace_lloyds<'a>(
+        &'a self,
+        _data: ArrayView2<'a, f32>,
+        _pq_dim: usize,
+        _ksub: usize,
+    ) -> Result<Option<Box<dyn Lloyds + 'a>>> {
         Ok(None)
     }
 

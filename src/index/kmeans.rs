@@ -18,7 +18,7 @@
 //! Known limits: Lloyd's algorithm finds a local optimum; training data is held in memory (the
 //! caller samples it).
 
-use crate::backend::{Backend, Lloyd};
+use crate::backend::{Backend, Lloyd, Lloyds};
 use crate::synth::Rng;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
@@ -69,29 +69,22 @@ pub fn train(
             "k-means needs at least k = {k} training rows, got {n}"
         )));
     }
-    let mut rng = Rng::new(seed);
+    let (mut run, first) = Run::start(n, k, seed);
     let mut centroids = Array2::<f32>::zeros((k, dim));
-    for (c, row) in sample_indices(n, k, &mut rng).into_iter().enumerate() {
+    for (c, row) in first.into_iter().enumerate() {
         centroids.row_mut(c).assign(&data.row(row));
     }
     let mut lloyd: Box<dyn Lloyd + '_> = match backend.lloyd(data)? {
         Some(held) => held,
         None => Box::new(HostLloyd { backend, data }),
     };
-    let mut objective = Vec::with_capacity(n_iters);
-    let mut splits = 0;
     for iter in 0..n_iters.max(1) {
-        let (mut sizes, current) = lloyd.step(&mut centroids)?;
-        let converged = objective
-            .last()
-            .is_some_and(|&prev: &f64| prev - current >= 0.0 && prev - current <= TOLERANCE * prev);
-        objective.push(current);
-        let split = split_empty(&mut centroids, &mut sizes, &mut rng);
-        splits += split;
+        let (sizes, current) = lloyd.step(&mut centroids)?;
+        let stop = run.record(&mut centroids, sizes, current);
         if let Some(p) = progress {
             p(iter + 1);
         }
-        if converged && split == 0 {
+        if stop {
             break;
         }
     }
@@ -100,9 +93,93 @@ pub fn train(
     Ok(KMeans {
         centroids,
         sizes,
-        objective,
-        splits,
+        objective: run.objective,
+        splits: run.splits,
     })
+}
+
+/// What one k-means training carries from iteration to iteration besides its centroids: the
+/// random stream (initial rows, then splits), the objective so far and the splits made. Shared
+/// by [`train`] and [`train_many`], so a problem trained with others takes the same steps as
+/// one trained alone.
+struct Run {
+    rng: Rng,
+    objective: Vec<f64>,
+    splits: usize,
+}
+
+impl Run {
+    /// A run of `k` centroids over `n` rows seeded with `seed`, and the rows its centroids
+    /// start at.
+    fn start(n: usize, k: usize, seed: u64) -> (Run, Vec<usize>) {
+        let mut rng = Rng::new(seed);
+        let first = sample_indices(n, k, &mut rng);
+        let run = Run {
+            rng,
+            objective: Vec::new(),
+            splits: 0,
+        };
+        (run, first)
+    }
+
+    /// Takes one Lloyd step's cluster sizes and objective, re-seeds the empty clusters of
+    /// `centroids`, and says whether training stops here: no split, and an objective that
+    /// improved by less than [`TOLERANCE`] relative.
+    fn record(&mut self, centroids: &mut Array2<f32>, mut sizes: Vec<u64>, current: f64) -> bool {
+        let converged = self
+            .objective
+            .last()
+            .is_some_and(|&prev: &f64| prev - current >= 0.0 && prev - current <= TOLERANCE * prev);
+        self.objective.push(current);
+        let split = split_empty(centroids, &mut sizes, &mut self.rng);
+        self.splits += split;
+        converged && split == 0
+    }
+}
+
+/// Trains `problems.count()` k-means problems of `k` centroids each, together: problem `p`
+/// takes the steps [`train`] would take on its rows `[n, width]` with seed `seeds(p)` (its
+/// first centroids from `first(p, row)`, a row of its own), but every iteration steps all the
+/// problems still running at once ([`Lloyds`]). Returns each problem's centroids `[k, width]`.
+pub fn train_many(
+    problems: &mut dyn Lloyds,
+    n: usize,
+    k: usize,
+    width: usize,
+    n_iters: usize,
+    seeds: &dyn Fn(usize) -> u64,
+    first: &dyn Fn(usize, usize) -> Vec<f32>,
+) -> Result<Vec<Array2<f32>>> {
+    if k == 0 || n < k {
+        return Err(Error::param(format!(
+            "k-means needs at least k = {k} training rows, got {n}"
+        )));
+    }
+    let count = problems.count();
+    let mut runs = Vec::with_capacity(count);
+    let mut centroids = Vec::with_capacity(count);
+    for p in 0..count {
+        let (run, rows) = Run::start(n, k, seeds(p));
+        let mut c = Array2::<f32>::zeros((k, width));
+        for (mut centroid, row) in c.rows_mut().into_iter().zip(rows) {
+            centroid.assign(&ndarray::ArrayView1::from(&first(p, row)));
+        }
+        runs.push(run);
+        centroids.push(c);
+    }
+    let mut running = vec![true; count];
+    for _ in 0..n_iters.max(1) {
+        if !running.contains(&true) {
+            break;
+        }
+        let steps = problems.step(&mut centroids, &running)?;
+        for (p, step) in steps.into_iter().enumerate() {
+            if let (true, Some((sizes, current))) = (running[p], step) {
+                running[p] = !runs[p].record(&mut centroids[p], sizes, current);
+            }
+        }
+    }
+    Ok(centroids)
 }
 
 /// `count` distinct indices below `n`, uniformly (partial Fisher–Yates over a sparse map).
@@ -127,15 +204,26 @@ struct HostLloyd<'a> {
 
 impl Lloyd for HostLloyd<'_> {
     fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)> {
-        let (labels, dists) = assign(self.backend, self.data, centroids.view())?;
-        let objective: f64 = dists.iter().map(|&d| d as f64).sum();
-        Ok((update(self.data, &labels, centroids), objective))
+        host_step(self.backend, self.data, centroids)
     }
 
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>> {
         let (labels, _) = assign(self.backend, self.data, centroids)?;
         Ok(group_by_label(&labels, centroids.nrows()).sizes)
     }
+}
+
+/// One Lloyd iteration on rows where they lie: `data`'s rows assigned by
+/// [`Backend::assign_nearest`], `centroids` moved by [`update`]. Returns the cluster sizes and
+/// the objective (squared distances added in row order in f64).
+pub fn host_step(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    centroids: &mut Array2<f32>,
+) -> Result<(Vec<u64>, f64)> {
+    let (labels, dists) = assign(backend, data, centroids.view())?;
+    let objective: f64 = dists.iter().map(|&d| d as f64).sum();
+    Ok((update(data, &labels, centroids), objective))
 }
 
 /// Rows grouped by their label (a counting sort, so row order is kept within a group).

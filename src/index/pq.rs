@@ -5,7 +5,9 @@
 //!    `pq_dim` subvectors of `dsub` floats. Zero padding changes no L2 distance or inner
 //!    product, so any `pq_dim` works, divisor of `dim` or not.
 //! 2. Each subspace gets its own codebook of `ksub = 2^pq_bits` codewords, trained by k-means
-//!    ([`super::kmeans`]) on that subspace of the training vectors.
+//!    ([`super::kmeans`]) on that subspace of the training vectors. The subspaces' k-means
+//!    iterate together ([`kmeans::train_many`]: side by side on all cores on the CPU, in one
+//!    pass per iteration on a GPU), each taking exactly the steps it would take alone.
 //! 3. A vector's code is the index of the nearest codeword in each subspace: `pq_dim` codes,
 //!    stored one byte each (for `pq_bits < 8` the upper bits stay zero; packing is left to
 //!    exports that need it).
@@ -16,9 +18,10 @@
 //! `m · ksub + j`.
 
 use super::kmeans;
-use crate::backend::Backend;
+use crate::backend::{Backend, Lloyds, Step};
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 /// Entries per subspace in a lookup table: 256 whatever `pq_bits`, so a one-byte code indexes
 /// a `[f32; 256]` without a bounds check.
@@ -65,20 +68,40 @@ impl ProductQuantizer {
         }
         let ksub = 1usize << pq_bits;
         let dsub = dim.div_ceil(pq_dim);
+        let seeds = |m: usize| seed.wrapping_add(m as u64);
+        let books = match backend.subspace_lloyds(data, pq_dim, ksub)? {
+            Some(mut held) => {
+                let first = |m: usize, row: usize| {
+                    let mut word = vec![0f32; dsub];
+                    let (lo, hi) = columns(dim, m, dsub);
+                    for (w, v) in word.iter_mut().zip(data.slice(ndarray::s![row, lo..hi])) {
+                        *w = *v;
+                    }
+                    word
+                };
+                kmeans::train_many(
+                    held.as_mut(),
+                    data.nrows(),
+                    ksub,
+                    dsub,
+                    n_iters,
+                    &seeds,
+                    &first,
+                )?
+            }
+            None => (0..pq_dim)
+                .map(|m| {
+                    let sub = subspace(data, m, dsub);
+                    kmeans::train(backend, sub.view(), ksub, n_iters, seeds(m), None)
+                        .map(|km| km.centroids)
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
         let mut codebooks = Array2::<f32>::zeros((pq_dim * ksub, dsub));
-        for m in 0..pq_dim {
-            let sub = subspace(data, m, dsub);
-            let km = kmeans::train(
-                backend,
-                sub.view(),
-                ksub,
-                n_iters,
-                seed.wrapping_add(m as u64),
-                None,
-            )?;
+        for (m, book) in books.iter().enumerate() {
             codebooks
                 .slice_mut(ndarray::s![m * ksub..(m + 1) * ksub, ..])
-                .assign(&km.centroids);
+                .assign(book);
         }
         Ok(ProductQuantizer {
             dim,
@@ -223,13 +246,58 @@ fn table_generic(
     }
 }
 
+/// The columns `lo..hi` of `[dim]` that sub-space `m` takes (`hi − lo < dsub` past the last
+/// column, where it is zero-padded).
+fn columns(dim: usize, m: usize, dsub: usize) -> (usize, usize) {
+    ((m * dsub).min(dim), (m * dsub + dsub).min(dim))
+}
+
 /// Columns `m·dsub .. (m+1)·dsub` of `data`, zero-padded past its last column: `[n, dsub]`.
 fn subspace(data: ArrayView2<'_, f32>, m: usize, dsub: usize) -> Array2<f32> {
-    let dim = data.ncols();
-    let lo = (m * dsub).min(dim);
-    let hi = (m * dsub + dsub).min(dim);
+    let (lo, hi) = columns(data.ncols(), m, dsub);
     let mut out = Array2::<f32>::zeros((data.nrows(), dsub));
     out.slice_mut(ndarray::s![.., ..hi - lo])
         .assign(&data.slice(ndarray::s![.., lo..hi]));
     out
+}
+
+/// A product quantizer's sub-spaces held on the host for training them together
+/// ([`Backend::subspace_lloyds`]): each step runs the running sub-spaces' Lloyd iterations
+/// ([`kmeans::host_step`]) side by side on all cores. A sub-space's iteration alone (65,536
+/// rows of 2 floats) is too small to keep many cores busy.
+pub struct HostSubspaces<'a> {
+    backend: &'a dyn Backend,
+    subs: Vec<Array2<f32>>,
+}
+
+impl<'a> HostSubspaces<'a> {
+    /// Cuts `data: [n, dim]` into `pq_dim` sub-spaces of `⌈dim / pq_dim⌉` columns.
+    pub fn hold(backend: &'a dyn Backend, data: ArrayView2<'_, f32>, pq_dim: usize) -> Self {
+        let dsub = data.ncols().div_ceil(pq_dim.max(1));
+        let subs = (0..pq_dim).map(|m| subspace(data, m, dsub)).collect();
+        HostSubspaces { backend, subs }
+    }
+}
+
+impl Lloyds for HostSubspaces<'_> {
+    fn count(&self) -> usize {
+        self.subs.len()
+    }
+
+    fn step(
+        &mut self,
+        centroids: &mut [Array2<f32>],
+        running: &[bool],
+    ) -> Result<Vec<Option<Step>>> {
+        let backend = self.backend;
+        self.subs
+            .par_iter()
+            .zip(centroids.par_iter_mut())
+            .zip(running.par_iter())
+            .map(|((sub, c), &run)| {
+                run.then(|| kmeans::host_step(backend, sub.view(), c))
+                    .transpose()
+            })
+            .collect()
+    }
 }

@@ -40,10 +40,13 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "select_topk",
             "argmin_rows",
             "assign_small",
+            "to_half",
             "prune_graph",
+            "refine_graph",
             "cagra_search",
             "centroid_means",
             "pq_encode",
+            "ordered_sums",
         ] {
             let line = out
                 .stdout

@@ -144,6 +144,54 @@ fn stored_search_defaults_are_used() {
     assert!(err.to_string().contains("--refine"), "{err}");
 }
 
+/// The sub-spaces of a product quantizer are trained together (one step of every sub-space
+/// still running per iteration): each must come out as `kmeans::train` makes it alone, splits
+/// and early stops included.
+#[test]
+fn pq_sub_spaces_trained_together_equal_each_trained_alone() {
+    let (n, dim, pq_dim, pq_bits) = (3000usize, 10usize, 4usize, 4u32);
+    let (dsub, ksub) = (dim.div_ceil(pq_dim), 1usize << pq_bits);
+    let mut rng = vecbuild::synth::Rng::new(17);
+    // Columns 6..9 take 2 values: their sub-space has 8 distinct rows for 16 centroids, so
+    // clusters empty and are split at every iteration; the others stop early, each at its own
+    // iteration, while their centroids still move. The last sub-space is column 9 and zeros.
+    let data = Array2::from_shape_fn((n, dim), |(_, c)| match c {
+        6..=8 => (rng.below(2) as f32) * 0.25,
+        _ => rng.uniform() as f32,
+    });
+    let (n_iters, seed) = (40, 40);
+    let pq =
+        ProductQuantizer::train(&CpuBackend, data.view(), pq_dim, pq_bits, n_iters, seed).unwrap();
+    let (mut iterations, mut splits) = (Vec::new(), 0);
+    for m in 0..pq_dim {
+        let sub = Array2::from_shape_fn((n, dsub), |(r, j)| match m * dsub + j {
+            c if c < dim => data[[r, c]],
+            _ => 0.0,
+        });
+        let alone = kmeans::train(
+            &CpuBackend,
+            sub.view(),
+            ksub,
+            n_iters,
+            seed + m as u64,
+            None,
+        )
+        .unwrap();
+        iterations.push(alone.objective.len());
+        splits += alone.splits;
+        let together = pq.codebook(m);
+        for (a, t) in alone.centroids.iter().zip(together.iter()) {
+            assert_eq!(a.to_bits(), t.to_bits(), "sub-space {m}: {a} vs {t}");
+        }
+    }
+    // Early stops at different iterations, and splits: the cases the joint loop must keep.
+    assert!(splits > 0, "no split made");
+    assert!(
+        iterations.iter().any(|&i| i != iterations[0]),
+        "all sub-spaces ran {iterations:?} iterations"
+    );
+}
+
 #[test]
 fn kmeans_leaves_no_empty_cluster_and_lowers_the_objective() {
     let data = vecbuild::synth::clustered(8_000, 0, 16, 40, 6).base;

@@ -10,7 +10,7 @@ use crate::common::*;
 use ndarray::Array2;
 use std::path::Path;
 use std::process::Command;
-use vecbuild::backend::CpuBackend;
+use vecbuild::backend::{Backend, CpuBackend};
 use vecbuild::index::kmeans;
 use vecbuild::index::pq::ProductQuantizer;
 use vecbuild::synth::Rng;
@@ -223,60 +223,87 @@ fn random(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
     Array2::from_shape_fn((rows, cols), |_| rng.uniform() as f32 * 4.0 - 2.0)
 }
 
+/// Columns `m·width .. (m+1)·width` of `data`, zero past its last column (a PQ sub-space).
+fn columns(data: &Array2<f32>, m: usize, width: usize) -> Array2<f32> {
+    Array2::from_shape_fn((data.nrows(), width), |(r, j)| {
+        data.get((r, m * width + j)).copied().unwrap_or(0.0)
+    })
+}
+
 #[test]
 fn centroid_means_kernel_moves_centroids_as_the_cpu_update_does() {
     let dir = tmp();
     let d = dir.path();
     let main = r#"
-    int dim = std::atoi(argv[2]);
-    unsigned k = std::atoi(argv[3]);
+    long long rows = std::atoll(argv[2]);
+    int ld = std::atoi(argv[3]), width = std::atoi(argv[4]);
+    unsigned k = std::atoi(argv[5]), problems = std::atoi(argv[6]), threads = std::atoi(argv[7]);
     auto data = load<float>(dir + "data");
     auto order = load<unsigned>(dir + "order");
     auto start = load<unsigned>(dir + "start");
     auto c = load<float>(dir + "centroids");
-    launch({k, 1, 1}, {MEAN_THREADS, 1, 1},
-           [&] { centroid_means(data.data(), dim, order.data(), start.data(), c.data()); });
+    launch({k, problems, 1}, {threads, 1, 1}, [&] {
+        centroid_means(data.data(), rows, ld, width, order.data(), start.data(), c.data());
+    });
     save(dir + "out", c);"#;
     let Some(exe) = host_build(d, "quantize.cu", main) else {
         return;
     };
-    // 37 dimensions (threads stride past the block's 128 only when dim > 128: also 300).
-    for (n, dim, k) in [(3000usize, 37usize, 25usize), (500, 300, 7)] {
-        let data = random(n, dim, 5);
+    // (rows, ld, width, k, problems, threads): whole rows of 37 and 300 dimensions (threads
+    // stride past the block only when the width exceeds it), then PQ sub-spaces: 30 columns in
+    // 8 of 4 (the last is 2 columns and 2 zeros) and 64 in 32 of 2, a warp per block.
+    let shapes = [
+        (3000usize, 37usize, 37usize, 25usize, 1usize, 128u32),
+        (500, 300, 300, 7, 1, 128),
+        (900, 30, 4, 16, 8, 32),
+        (700, 64, 2, 256, 32, 32),
+    ];
+    for (n, ld, width, k, problems, threads) in shapes {
+        let data = random(n, ld, 5);
         let mut rng = Rng::new(9);
-        // Cluster 3 left empty: its centroid must stay where it is.
-        let labels: Vec<u32> = (0..n)
-            .map(|_| match rng.below(k as u64) as u32 {
-                3 => 4,
-                l => l,
-            })
-            .collect();
-        let start_centroids = random(k, dim, 11);
-        let mut cpu = start_centroids.clone();
-        let sizes = kmeans::update(data.view(), &labels, &mut cpu);
-        assert_eq!(sizes[3], 0);
-        let groups = kmeans::group_by_label(&labels, k);
-        let start: Vec<u32> = groups.start.iter().map(|&s| s as u32).collect();
+        let start_centroids = random(problems * k, width, 11);
+        let (mut want, mut order, mut start) = (Vec::new(), Vec::new(), Vec::new());
+        for m in 0..problems {
+            // Cluster 3 left empty: its centroid must stay where it is.
+            let labels: Vec<u32> = (0..n)
+                .map(|_| match rng.below(k as u64) as u32 {
+                    3 => 4,
+                    l => l,
+                })
+                .collect();
+            let mut cpu = start_centroids
+                .slice(ndarray::s![m * k..(m + 1) * k, ..])
+                .to_owned();
+            let sub = columns(&data, m, width);
+            let sizes = kmeans::update(sub.view(), &labels, &mut cpu);
+            assert_eq!(sizes[3], 0);
+            want.extend(cpu.iter().copied());
+            let groups = kmeans::group_by_label(&labels, k);
+            order.extend(groups.order);
+            start.extend(groups.start.iter().map(|&s| s as u32));
+        }
         write(&d.join("data"), data.as_slice().unwrap());
-        write(&d.join("order"), &groups.order);
+        write(&d.join("order"), &order);
         write(&d.join("start"), &start);
         write(&d.join("centroids"), start_centroids.as_slice().unwrap());
-        run_driver(&exe, d, &[dim.to_string(), k.to_string()]);
-        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&std::fs::read(d.join("out")).unwrap());
-        let want = cpu.as_slice().unwrap();
+        let args = [n, ld, width, k, problems, threads as usize].map(|v| v.to_string());
+        run_driver(&exe, d, &args);
+        let got = read_f32(&d.join("out"));
         assert_eq!(got.len(), want.len());
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(
                 g.to_bits(),
                 w.to_bits(),
-                "centroid {} dim {}: {g} vs {w}",
-                i / dim,
-                i % dim
+                "width {width}: centroid {} dim {}: {g} vs {w}",
+                i / width,
+                i % width
             );
         }
     }
 }
 
+/// The codes are the CPU's; with a distance buffer (PQ training) so are each code's squared
+/// distance and each sub-space's objective, added by `ordered_sums`.
 #[test]
 fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     let dir = tmp();
@@ -287,30 +314,68 @@ fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     unsigned pq_dim = std::atoi(argv[6]);
     auto x = load<float>(dir + "residuals");
     auto books = load<float>(dir + "books");
-    std::vector<unsigned char> codes(rows * pq_dim, 0xff);
+    std::vector<unsigned char> codes(rows * pq_dim, 0xff), codes2(rows * pq_dim, 0xff);
+    std::vector<float> dists(rows * pq_dim, -1.0f);
+    std::vector<double> sums(pq_dim, -1.0);
     unsigned blocks = (rows + ENCODE_THREADS - 1) / ENCODE_THREADS;
-    launch({blocks, pq_dim, 1}, {ENCODE_THREADS, 1, 1},
-           [&] { pq_encode(x.data(), rows, dim, dsub, ksub, books.data(), codes.data()); });
-    save(dir + "out", codes);"#;
+    launch({blocks, pq_dim, 1}, {ENCODE_THREADS, 1, 1}, [&] {
+        pq_encode(x.data(), rows, dim, dsub, ksub, books.data(), codes.data(), nullptr);
+    });
+    launch({blocks, pq_dim, 1}, {ENCODE_THREADS, 1, 1}, [&] {
+        pq_encode(x.data(), rows, dim, dsub, ksub, books.data(), codes2.data(), dists.data());
+    });
+    launch({(pq_dim + 31) / 32, 1, 1}, {32, 1, 1},
+           [&] { ordered_sums(dists.data(), rows, (int)pq_dim, sums.data()); });
+    save(dir + "out", codes);
+    save(dir + "out2", codes2);
+    save(dir + "dists", dists);
+    save(dir + "sums", sums);"#;
     let Some(exe) = host_build(d, "quantize.cu", main) else {
         return;
     };
-    // dim 30 in 8 sub-spaces of 4: the last one is 2 columns and 2 zeros. 4-bit and 8-bit codes.
-    for (dim, pq_dim, pq_bits) in [(30usize, 8usize, 4u32), (64, 32, 8), (16, 1, 8)] {
+    // dim 30 in 8 sub-spaces of 4: the last one is 2 columns and 2 zeros. 4-bit and 8-bit
+    // codes; 40 sub-spaces take two blocks of ordered_sums.
+    for (dim, pq_dim, pq_bits) in [
+        (30usize, 8usize, 4u32),
+        (64, 32, 8),
+        (16, 1, 8),
+        (80, 40, 4),
+    ] {
         let train = random(4000, dim, 21);
         let pq = ProductQuantizer::train(&CpuBackend, train.view(), pq_dim, pq_bits, 5, 3).unwrap();
-        let residuals = random(700, dim, 23);
+        let rows = 700;
+        let residuals = random(rows, dim, 23);
         let cpu = pq.encode(&CpuBackend, residuals.view()).unwrap();
         write(&d.join("residuals"), residuals.as_slice().unwrap());
         write(&d.join("books"), pq.codebooks.as_slice().unwrap());
-        let args = [700, dim, pq.dsub(), pq.ksub(), pq_dim].map(|v| v.to_string());
+        let args = [rows, dim, pq.dsub(), pq.ksub(), pq_dim].map(|v| v.to_string());
         run_driver(&exe, d, &args);
-        let got = std::fs::read(d.join("out")).unwrap();
-        assert_eq!(
-            got,
-            cpu.as_slice().unwrap(),
-            "dim {dim}, pq_dim {pq_dim}, {pq_bits} bits"
+        let case = format!("dim {dim}, pq_dim {pq_dim}, {pq_bits} bits");
+        for out in ["out", "out2"] {
+            let got = std::fs::read(d.join(out)).unwrap();
+            assert_eq!(got, cpu.as_slice().unwrap(), "{case}");
+        }
+        let (dists, sums) = (
+            read_f32(&d.join("dists")),
+            std::fs::read(d.join("sums")).unwrap(),
         );
+        let sums: Vec<f64> = bytemuck::pod_collect_to_vec(&sums);
+        for m in 0..pq_dim {
+            let sub = columns(&residuals, m, pq.dsub());
+            let (_, want) = CpuBackend
+                .assign_nearest(sub.view(), pq.codebook(m))
+                .unwrap();
+            let got = &dists[m * rows..(m + 1) * rows];
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{case}: sub-space {m}, row {r}");
+            }
+            let objective: f64 = want.iter().map(|&v| v as f64).sum();
+            assert_eq!(
+                sums[m].to_bits(),
+                objective.to_bits(),
+                "{case}: sub-space {m}"
+            );
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Quantizers on the GPU: Lloyd's k-means iterations with the rows on the device
-//! ([`Backend::lloyd`](crate::backend::Backend)), and PQ encoding of every sub-space in one
-//! launch ([`pq_encode`]).
+//! ([`Backend::lloyd`](crate::backend::Backend)), PQ training with every sub-space's
+//! iterations in the same launches ([`DeviceSubspaces`]), and PQ encoding of every sub-space in
+//! one launch ([`pq_encode`]).
 //!
 //! The rows are copied to the device once. Each iteration uploads the centroids, assigns every
 //! row as [`Backend::assign_nearest`](crate::backend::Backend) does (the same GEMM tiles and
@@ -10,13 +11,14 @@
 //! with the CPU's arithmetic in the CPU's order. Per iteration that is `12·n` bytes each way
 //! plus the centroids, instead of the rows.
 
-use super::{assigns_small, gpu_err, raw, CudaBackend};
-use crate::backend::Lloyd;
-use crate::index::kmeans::group_by_label;
+use super::{assigns_small, gpu_err, raw, CudaBackend, Device};
+use crate::backend::{Lloyd, Lloyds, Step};
+use crate::index::kmeans::{group_by_label, Groups};
 use crate::metric::squared_norms;
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 /// Threads per block of `centroid_means` (`MEAN_THREADS` in kernels/quantize.cu).
 const MEAN_THREADS: u32 = 128;
@@ -53,24 +55,9 @@ pub(super) fn pq_encode(
         &stream,
         super::grown(&stream, &mut dev.scratch.out_col, words)?,
     );
-    let (rows, dim_i, dsub_i, ksub_i) = (n as i64, dim as i32, dsub as i32, ksub as i32);
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(ENCODE_THREADS as usize) as u32, pq_dim as u32, 1),
-        block_dim: (ENCODE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = stream.launch_builder(&dev.pq_encode);
-    launch
-        .arg(&x_ptr)
-        .arg(&rows)
-        .arg(&dim_i)
-        .arg(&dsub_i)
-        .arg(&ksub_i)
-        .arg(&book_ptr)
-        .arg(&out_ptr);
-    // SAFETY: arguments match pq_encode's signature; the buffers hold n·dim residuals,
-    // pq_dim·ksub·dsub codebook floats and n·pq_dim code bytes.
-    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching pq_encode", e))?;
+    launch_pq_encode(
+        &dev, x_ptr, n, dim, pq_dim, dsub, ksub, book_ptr, out_ptr, 0,
+    )?;
     let mut packed = vec![0u32; words];
     dev.download(|s| &s.out_col, &mut packed)?;
     stream
@@ -243,24 +230,12 @@ impl Lloyd for DeviceLloyd<'_> {
         stream
             .memcpy_htod(&start, start_dev)
             .map_err(|e| gpu_err("copying cluster starts to the device", e))?;
-        let dim_i = self.dim as i32;
         let (rows_ptr, order_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.order));
         let (start_ptr, c_ptr) = (raw(&stream, start_dev), raw(&stream, c_dev));
-        let cfg = LaunchConfig {
-            grid_dim: (kc as u32, 1, 1),
-            block_dim: (MEAN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&dev.centroid_means);
-        launch
-            .arg(&rows_ptr)
-            .arg(&dim_i)
-            .arg(&order_ptr)
-            .arg(&start_ptr)
-            .arg(&c_ptr);
-        // SAFETY: arguments match centroid_means' signature; the rows hold n·dim floats, the
-        // order n rows, the starts kc + 1 entries and the centroids kc·dim floats.
-        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching centroid_means", e))?;
+        let shape = (kc, 1, MEAN_THREADS);
+        launch_means(
+            &dev, rows_ptr, self.n, self.dim, self.dim, shape, order_ptr, start_ptr, c_ptr,
+        )?;
         let flat = centroids
             .as_slice_mut()
             .ok_or_else(|| Error::Gpu("k-means centroids not contiguous".into()))?;
@@ -276,5 +251,293 @@ impl Lloyd for DeviceLloyd<'_> {
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>> {
         let (labels, _) = self.assign(centroids)?;
         Ok(group_by_label(&labels, centroids.nrows()).sizes)
+    }
+}
+
+/// Launches `pq_encode` (kernels/quantize.cu) over `x_ptr: [n, dim]` with `pq_dim` codebooks
+/// of `ksub` rows of `dsub` floats at `book_ptr`: codes to `codes_ptr` (`[n, pq_dim]` bytes)
+/// and, unless `dists_ptr` is 0, each code's squared distance to `dists_ptr` (`[pq_dim, n]`).
+#[allow(clippy::too_many_arguments)]
+fn launch_pq_encode(
+    dev: &Device,
+    x_ptr: u64,
+    n: usize,
+    dim: usize,
+    pq_dim: usize,
+    dsub: usize,
+    ksub: usize,
+    book_ptr: u64,
+    codes_ptr: u64,
+    dists_ptr: u64,
+) -> Result<()> {
+    let (rows, dim_i, dsub_i, ksub_i) = (n as i64, dim as i32, dsub as i32, ksub as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(ENCODE_THREADS as usize) as u32, pq_dim as u32, 1),
+        block_dim: (ENCODE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream.launch_builder(&dev.pq_encode);
+    launch
+        .arg(&x_ptr)
+        .arg(&rows)
+        .arg(&dim_i)
+        .arg(&dsub_i)
+        .arg(&ksub_i)
+        .arg(&book_ptr)
+        .arg(&codes_ptr)
+        .arg(&dists_ptr);
+    // SAFETY: arguments match pq_encode's signature; the caller's buffers hold n·dim rows,
+    // pq_dim·ksub·dsub codebook floats, n·pq_dim code bytes and (unless null) pq_dim·n floats.
+    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching pq_encode", e))?;
+    Ok(())
+}
+
+/// Launches `centroid_means` (kernels/quantize.cu) for `(k, problems, threads)`: each of
+/// `problems` k-means problems over columns `m·width ..` of `rows_ptr: [n, ld]` moves its `k`
+/// centroids (`c_ptr: [problems · k, width]`) to the means of their rows (`order_ptr:
+/// [problems, n]`, `start_ptr: [problems, k + 1]`).
+#[allow(clippy::too_many_arguments)]
+fn launch_means(
+    dev: &Device,
+    rows_ptr: u64,
+    n: usize,
+    ld: usize,
+    width: usize,
+    (k, problems, threads): (usize, usize, u32),
+    order_ptr: u64,
+    start_ptr: u64,
+    c_ptr: u64,
+) -> Result<()> {
+    let (rows, ld_i, width_i) = (n as i64, ld as i32, width as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (k as u32, problems as u32, 1),
+        block_dim: (threads.min(MEAN_THREADS), 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = dev.stream.launch_builder(&dev.centroid_means);
+    launch
+        .arg(&rows_ptr)
+        .arg(&rows)
+        .arg(&ld_i)
+        .arg(&width_i)
+        .arg(&order_ptr)
+        .arg(&start_ptr)
+        .arg(&c_ptr);
+    // SAFETY: arguments match centroid_means' signature; the caller's buffers hold n·ld row
+    // floats, problems·n order entries, problems·(k + 1) starts and problems·k·width centroid
+    // floats.
+    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching centroid_means", e))?;
+    Ok(())
+}
+
+/// A product quantizer's training rows held on the device, every sub-space's k-means stepped
+/// together ([`Backend::subspace_lloyds`](crate::backend::Backend)). Per iteration: one
+/// `pq_encode` launch assigns every row in every sub-space (the codes `assign_small` gives the
+/// CPU, with their distances), `ordered_sums` adds each sub-space's objective in row order, the
+/// codes (a byte per row and sub-space) come back for the host's counting sorts (side by side),
+/// and one `centroid_means` launch moves every running sub-space's centroids. Before, each
+/// sub-space took its own Lloyd iterations: pq_dim times the launches and round trips.
+pub(super) struct DeviceSubspaces<'a> {
+    backend: &'a CudaBackend,
+    n: usize,
+    dim: usize,
+    pq_dim: usize,
+    dsub: usize,
+    ksub: usize,
+    /// `[n, dim]`.
+    rows: CudaSlice<f32>,
+    /// `[n, pq_dim]` bytes, in words.
+    codes: CudaSlice<u32>,
+    /// `[pq_dim, n]`.
+    dists: CudaSlice<f32>,
+    /// `[pq_dim]`.
+    sums: CudaSlice<f64>,
+    /// `[pq_dim, n]`.
+    order: CudaSlice<u32>,
+    /// `[pq_dim, ksub + 1]`.
+    start: CudaSlice<u32>,
+    /// `[pq_dim · ksub, dsub]`.
+    books: CudaSlice<f32>,
+}
+
+impl<'a> DeviceSubspaces<'a> {
+    /// Copies `data` to the device; `None` where a sub-space is wider than `pq_encode` takes or
+    /// the buffers would take more than half the free memory (the caller then trains the
+    /// sub-spaces one by one).
+    pub(super) fn hold(
+        backend: &'a CudaBackend,
+        data: ArrayView2<'a, f32>,
+        pq_dim: usize,
+        ksub: usize,
+    ) -> Result<Option<Box<dyn Lloyds + 'a>>> {
+        let (n, dim) = data.dim();
+        let dsub = dim.div_ceil(pq_dim.max(1));
+        if n == 0 || pq_dim == 0 || n > u32::MAX as usize || ksub > 256 {
+            return Ok(None);
+        }
+        if !assigns_small(dsub, ksub) {
+            return Ok(None);
+        }
+        let dev = backend.lock()?;
+        let stream = dev.stream.clone();
+        let words = (n * pq_dim).div_ceil(4);
+        let bytes = 4 * (n * dim + words + 2 * n * pq_dim + pq_dim * (ksub + 3 + ksub * dsub));
+        if !super::fits_half_free(&stream, bytes)? {
+            return Ok(None);
+        }
+        let host = super::contiguous(&data);
+        let rows = stream
+            .clone_htod(host.as_ref())
+            .map_err(|e| gpu_err("copying PQ training rows to the device", e))?;
+        let alloc = || -> std::result::Result<_, cudarc::driver::DriverError> {
+            // SAFETY: each is written before it is read: codes, distances and sums by the
+            // kernels of a step, order, starts and codebooks by that step's uploads.
+            Ok(unsafe {
+                (
+                    stream.alloc::<u32>(words)?,
+                    stream.alloc::<f32>(pq_dim * n)?,
+                    stream.alloc::<f64>(pq_dim)?,
+                    stream.alloc::<u32>(pq_dim * n)?,
+                    stream.alloc::<u32>(pq_dim * (ksub + 1))?,
+                    stream.alloc::<f32>(pq_dim * ksub * dsub)?,
+                )
+            })
+        };
+        let (codes, dists, sums, order, start, books) =
+            alloc().map_err(|e| gpu_err("allocating device memory", e))?;
+        Ok(Some(Box::new(DeviceSubspaces {
+            backend,
+            n,
+            dim,
+            pq_dim,
+            dsub,
+            ksub,
+            rows,
+            codes,
+            dists,
+            sums,
+            order,
+            start,
+            books,
+        })))
+    }
+}
+
+impl Lloyds for DeviceSubspaces<'_> {
+    fn count(&self) -> usize {
+        self.pq_dim
+    }
+
+    fn step(
+        &mut self,
+        centroids: &mut [Array2<f32>],
+        running: &[bool],
+    ) -> Result<Vec<Option<Step>>> {
+        let (n, pq_dim, ksub, dsub) = (self.n, self.pq_dim, self.ksub, self.dsub);
+        if centroids.len() != pq_dim || centroids.iter().any(|c| c.dim() != (ksub, dsub)) {
+            return Err(Error::Gpu(
+                "PQ training on the GPU: codebooks missing or of another shape".into(),
+            ));
+        }
+        let mut books: Vec<f32> = Vec::with_capacity(pq_dim * ksub * dsub);
+        for c in centroids.iter() {
+            books.extend(c.iter());
+        }
+        // Assign every row in every sub-space, and add each sub-space's objective.
+        let mut packed = vec![0u32; self.codes.len()];
+        let mut sums = vec![0f64; pq_dim];
+        {
+            let dev = self.backend.lock()?;
+            let stream = dev.stream.clone();
+            stream
+                .memcpy_htod(&books, &mut self.books)
+                .map_err(|e| gpu_err("copying codebooks to the device", e))?;
+            let (x_ptr, book_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.books));
+            let (codes_ptr, dists_ptr) = (raw(&stream, &self.codes), raw(&stream, &self.dists));
+            launch_pq_encode(
+                &dev, x_ptr, n, self.dim, pq_dim, dsub, ksub, book_ptr, codes_ptr, dists_ptr,
+            )?;
+            let (n_i, count_i, sums_ptr) = (n as i64, pq_dim as i32, raw(&stream, &self.sums));
+            let cfg = LaunchConfig {
+                grid_dim: (pq_dim.div_ceil(32) as u32, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&dev.ordered_sums);
+            launch
+                .arg(&dists_ptr)
+                .arg(&n_i)
+                .arg(&count_i)
+                .arg(&sums_ptr);
+            // SAFETY: arguments match ordered_sums' signature; the distances hold pq_dim·n
+            // floats and the sums pq_dim doubles.
+            unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ordered_sums", e))?;
+            stream
+                .memcpy_dtoh(&self.codes, &mut packed)
+                .map_err(|e| gpu_err("copying PQ codes from the device", e))?;
+            stream
+                .memcpy_dtoh(&self.sums, &mut sums)
+                .map_err(|e| gpu_err("copying objectives from the device", e))?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("assigning PQ training rows", e))?;
+        }
+        // Each running sub-space's rows grouped by code, side by side (the device is not held:
+        // see `host_threads`); a stopped one's clusters are all empty, so it stays put.
+        let codes: &[u8] = bytemuck::cast_slice(&packed);
+        let grouped: Vec<Option<Groups>> = (0..pq_dim)
+            .into_par_iter()
+            .map(|m| {
+                running[m].then(|| {
+                    let labels: Vec<u32> = (0..n).map(|r| codes[r * pq_dim + m] as u32).collect();
+                    group_by_label(&labels, ksub)
+                })
+            })
+            .collect();
+        let mut order = vec![0u32; pq_dim * n];
+        let mut start = vec![0u32; pq_dim * (ksub + 1)];
+        for (m, g) in grouped.iter().enumerate() {
+            if let Some(g) = g {
+                order[m * n..(m + 1) * n].copy_from_slice(&g.order);
+                for (s, &v) in start[m * (ksub + 1)..].iter_mut().zip(&g.start) {
+                    *s = v as u32;
+                }
+            }
+        }
+        {
+            let dev = self.backend.lock()?;
+            let stream = dev.stream.clone();
+            stream
+                .memcpy_htod(&order, &mut self.order)
+                .map_err(|e| gpu_err("copying the row order to the device", e))?;
+            stream
+                .memcpy_htod(&start, &mut self.start)
+                .map_err(|e| gpu_err("copying cluster starts to the device", e))?;
+            let (rows_ptr, order_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.order));
+            let (start_ptr, c_ptr) = (raw(&stream, &self.start), raw(&stream, &self.books));
+            let shape = (ksub, pq_dim, 32);
+            launch_means(
+                &dev, rows_ptr, n, self.dim, dsub, shape, order_ptr, start_ptr, c_ptr,
+            )?;
+            stream
+                .memcpy_dtoh(&self.books, &mut books)
+                .map_err(|e| gpu_err("copying codebooks from the device", e))?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("updating PQ codebooks", e))?;
+        }
+        let words = ksub * dsub;
+        Ok(grouped
+            .into_iter()
+            .zip(centroids.iter_mut())
+            .enumerate()
+            .map(|(m, (g, c))| {
+                let g = g?;
+                for (v, &b) in c.iter_mut().zip(&books[m * words..(m + 1) * words]) {
+                    *v = b;
+                }
+                Some((g.sizes, sums[m]))
+            })
+            .collect())
     }
 }
