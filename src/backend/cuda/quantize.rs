@@ -381,8 +381,14 @@ impl<'a> DeviceSubspaces<'a> {
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
         let words = (n * pq_dim).div_ceil(4);
-        let bytes = 4 * (n * dim + words + 2 * n * pq_dim + pq_dim * (ksub + 3 + ksub * dsub));
-        if !super::fits_half_free(&stream, bytes)? {
+        let bytes = crate::plan::subspace_rows(
+            n as u64,
+            dim as u64,
+            pq_dim as u64,
+            ksub as u64,
+            dsub as u64,
+        );
+        if !super::fits_half_free(&stream, bytes as usize)? {
             return Ok(None);
         }
         let host = super::contiguous(&data);
