@@ -23,6 +23,7 @@ use crate::backend::Backend;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
 use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Rows used to train the product quantizer (256 per codeword at 8 bits, as faiss caps it).
@@ -256,8 +257,7 @@ pub fn train(
     let pq_rows = sample_indices(sample.nrows(), PQ_TRAIN_ROWS.min(sample.nrows()), &mut rng);
     let pq_sample = sample.select(Axis(0), &pq_rows);
     let labels = assign_lists(backend, pq_sample.view(), coarse.centroids.view(), metric)?;
-    let all: Vec<usize> = (0..pq_sample.nrows()).collect();
-    let pq_train = residuals(pq_sample.view(), &all, &labels, coarse.centroids.view());
+    let pq_train = residuals(pq_sample.view(), &labels, coarse.centroids.view());
     let pq = ProductQuantizer::train(
         backend,
         pq_train.view(),
@@ -292,8 +292,7 @@ impl Trained {
     ) -> Result<()> {
         for chunk in batch.axis_chunks_iter(Axis(0), ENCODE_CHUNK) {
             let labels = assign_lists(backend, chunk, self.centroids.view(), self.metric)?;
-            let all: Vec<usize> = (0..chunk.nrows()).collect();
-            let r = residuals(chunk, &all, &labels, self.centroids.view());
+            let r = residuals(chunk, &labels, self.centroids.view());
             let codes = self.pq.encode(backend, r.view())?;
             out.codes.extend(codes.iter());
             out.labels.extend(labels);
@@ -387,16 +386,25 @@ fn assign_lists(
     Ok(labels)
 }
 
-/// Residuals `x − c(list)` of the given rows: `[rows.len(), dim]`.
+/// Residuals `x − c(list)` of `data: [n, dim]` with `labels: [n]`, blocks of rows on all cores
+/// (the same subtractions as row by row).
 fn residuals(
     data: ArrayView2<'_, f32>,
-    rows: &[usize],
     labels: &[u32],
     centroids: ArrayView2<'_, f32>,
 ) -> Array2<f32> {
-    let mut out = data.select(Axis(0), rows);
-    for (mut r, &row) in out.rows_mut().into_iter().zip(rows) {
-        r -= &centroids.row(labels[row] as usize);
+    let dim = data.ncols().max(1);
+    let mut out = data.as_standard_layout().into_owned();
+    if let Some(flat) = out.as_slice_mut() {
+        flat.par_chunks_mut(dim * 1024)
+            .zip(labels.par_chunks(1024))
+            .for_each(|(rows, labels)| {
+                for (row, &l) in rows.chunks_mut(dim).zip(labels) {
+                    for (x, c) in row.iter_mut().zip(centroids.row(l as usize)) {
+                        *x -= *c;
+                    }
+                }
+            });
     }
     out
 }
