@@ -88,12 +88,18 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let m = searcher.manifest().clone();
     if m.kind != IndexKind::IvfPq && backend.device_name().is_some() {
         let t = Instant::now();
-        searcher.load_on(&*backend)?;
-        ui.note(format!(
-            "copied the index to {} in {:.3} s (not counted in the search time)",
-            backend.name(),
-            t.elapsed().as_secs_f64()
-        ));
+        ui.note(match searcher.load_on(&*backend)? {
+            true => format!(
+                "copied the index to {} in {:.3} s (not counted in the search time)",
+                backend.name(),
+                t.elapsed().as_secs_f64()
+            ),
+            false => format!(
+                "the index takes more than half of {}'s free memory: its rows go to the device \
+                 with each query batch",
+                backend.name()
+            ),
+        });
     }
     if args.k == 0 || args.k as u64 > m.count {
         return Err(Error::param(format!(

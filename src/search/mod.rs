@@ -153,27 +153,34 @@ impl Searcher {
     /// index (vectors, graph, upper levels) or of a flat index's rows (where they fit), kept
     /// until the searcher is dropped or loaded on another backend. [`Searcher::search_on`] does
     /// this on first use; calling it first keeps the copy out of the first batch's time.
-    pub fn load_on(&self, backend: &dyn Backend) -> Result<()> {
+    /// Returns whether `backend` now holds a copy (false on the CPU, for IVF-PQ, and for a flat
+    /// index too large for the device, whose rows then go with each query batch).
+    pub fn load_on(&self, backend: &dyn Backend) -> Result<bool> {
         if matches!(self.engine, Engine::IvfPq { .. }) {
-            return Ok(());
+            return Ok(false);
         }
         let name = backend.name();
-        let current =
-            |l: &Option<(String, Option<Loaded>)>| l.as_ref().is_some_and(|(n, _)| *n == name);
-        if current(&*self.loaded.read().map_err(|_| poisoned())?) {
-            return Ok(());
+        let current = |l: &Option<(String, Option<Loaded>)>| {
+            l.as_ref()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, l)| l.is_some())
+        };
+        if let Some(held) = current(&*self.loaded.read().map_err(|_| poisoned())?) {
+            return Ok(held);
         }
         let mut slot = self.loaded.write().map_err(|_| poisoned())?;
-        if !current(&slot) {
-            // Free the old copy before making the new one.
-            *slot = None;
-            let loaded = match self.engine {
-                Engine::Cagra { .. } => backend.load_cagra(&self.cagra_index()?)?,
-                _ => backend.load_flat(self.vectors()?, self.flat_norms()?)?,
-            };
-            *slot = Some((name, loaded));
+        if let Some(held) = current(&slot) {
+            return Ok(held);
         }
-        Ok(())
+        // Free the old copy before making the new one.
+        *slot = None;
+        let loaded = match self.engine {
+            Engine::Cagra { .. } => backend.load_cagra(&self.cagra_index()?)?,
+            _ => backend.load_flat(self.vectors()?, self.flat_norms()?)?,
+        };
+        let held = loaded.is_some();
+        *slot = Some((name, loaded));
+        Ok(held)
     }
 
     /// [`Searcher::search`] on a given backend. Flat and CAGRA indexes search on any backend;

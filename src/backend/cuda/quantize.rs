@@ -81,6 +81,9 @@ pub(super) struct DeviceLloyd<'a> {
     labels: CudaSlice<u32>,
     scores: CudaSlice<f32>,
     order: CudaSlice<u32>,
+    /// The rows on the host, and whether they were checked against fp16's range.
+    data: ArrayView2<'a, f32>,
+    rows_checked: bool,
     /// Centroids, their norms and the cluster starts, sized by the first call.
     centroids: Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<u32>)>,
 }
@@ -96,13 +99,12 @@ impl<'a> DeviceLloyd<'a> {
         if n == 0 || dim == 0 || n > u32::MAX as usize {
             return Ok(None);
         }
+        let host = super::contiguous(&data);
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
         if !super::fits_half_free(&stream, 4 * n * (dim + 3))? {
             return Ok(None);
         }
-        let host = super::contiguous(&data);
-        backend.fp16_range("the k-means rows", &host, dim, 0)?;
         let rows = stream
             .clone_htod(host.as_ref())
             .map_err(|e| gpu_err("copying k-means rows to the device", e))?;
@@ -121,6 +123,8 @@ impl<'a> DeviceLloyd<'a> {
             labels,
             scores,
             order,
+            data,
+            rows_checked: false,
             centroids: None,
         })))
     }
@@ -135,9 +139,22 @@ impl<'a> DeviceLloyd<'a> {
                 "k-means on the GPU: centroids missing or of another dimension".into(),
             ));
         }
+        let small = assigns_small(dim, kc);
+        if !small {
+            // Only a product (GEMM) assignment rounds to fp16 (`assign_small` works in fp32):
+            // the rows are checked on the first, the centroids on each, since a split moves a
+            // centroid by 1/1024 of itself. Before the lock: the checks run on rayon's threads.
+            if !self.rows_checked {
+                let rows = super::contiguous(&self.data);
+                self.backend.fp16_range("the k-means rows", &rows, dim, 0)?;
+                self.rows_checked = true;
+            }
+            let c = super::contiguous(&centroids);
+            self.backend
+                .fp16_range("the k-means centroids", &c, dim, 0)?;
+        }
         let mut dev = self.backend.lock()?;
         let stream = dev.stream.clone();
-        let small = assigns_small(dim, kc);
         if self
             .centroids
             .as_ref()
@@ -372,7 +389,8 @@ impl<'a> DeviceSubspaces<'a> {
     ) -> Result<Option<Box<dyn Lloyds + 'a>>> {
         let (n, dim) = data.dim();
         let dsub = dim.div_ceil(pq_dim.max(1));
-        if n == 0 || pq_dim == 0 || n > u32::MAX as usize || ksub > 256 {
+        // pq_dim is a grid dimension of the launches (at most 65535 blocks).
+        if n == 0 || pq_dim == 0 || pq_dim > 65_535 || n > u32::MAX as usize || ksub > 256 {
             return Ok(None);
         }
         if !assigns_small(dsub, ksub) {
