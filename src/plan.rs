@@ -241,14 +241,21 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     assign_scratch(&mut scratch, chunk, ksub, dsub, tile);
                 }
             }
+            // Where the sample is every row, it is encoded (and kept as the raw vectors) instead
+            // of the inputs being read again.
+            let whole = sample == n;
             stages.push(Stage {
-                name: "reading (encoding)",
+                name: if whole {
+                    "encoding (the sample)"
+                } else {
+                    "reading (encoding)"
+                },
                 host: vec![
                     ("training sample", 4 * sample * dim),
                     ("ids", ids),
-                    reader,
+                    if whole { ("reader", 0) } else { reader },
                     ("codes and labels", n * pq_dim + 4 * n),
-                    ("raw vectors (--refine)", raw),
+                    ("raw vectors (--refine)", if whole { 0 } else { raw }),
                 ],
                 device: dev(scratch.with(&[])),
             });

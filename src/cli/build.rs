@@ -588,7 +588,8 @@ fn build_cagra(
 
 /// Streams the inputs twice: pass 1 collects the training sample (and the ids), pass 2 encodes
 /// batch by batch, so memory holds the codes, the sample and one batch (plus the raw vectors
-/// when --refine keeps them for the artifact).
+/// when --refine keeps them for the artifact). Where the sample is every row, pass 2 encodes
+/// the sample instead.
 fn build_ivf_pq(
     backend: &dyn Backend,
     args: &BuildArgs,
@@ -654,16 +655,24 @@ fn build_ivf_pq(
     let trained = ivf_pq::train(backend, sample.view(), n, args.metric, &p, Some(&say))?;
     say("encoding");
     bar.finish_and_clear();
-    // Pass 2: encode batch by batch.
     let mut encoded = ivf_pq::Encoded::default();
-    let mut raw: Option<Vec<f32>> = p.refine.then(Vec::new);
-    read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
-        trained.encode(backend, b.vectors.view(), &mut encoded)?;
-        if let Some(r) = raw.as_mut() {
-            r.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
-        }
-        Ok(())
-    })?;
+    let raw = if rows.len() == n {
+        // The sample is every row, in order (up to 256 per list, so with the automatic list
+        // count up to about a million rows): encode it rather than read the inputs again.
+        trained.encode(backend, sample.view(), &mut encoded)?;
+        p.refine.then(|| sample.into_raw_vec_and_offset().0)
+    } else {
+        // Pass 2: encode batch by batch.
+        let mut raw: Option<Vec<f32>> = p.refine.then(Vec::new);
+        read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
+            trained.encode(backend, b.vectors.view(), &mut encoded)?;
+            if let Some(r) = raw.as_mut() {
+                r.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+            }
+            Ok(())
+        })?;
+        raw
+    };
     let index = trained.finish(encoded);
     say("");
     if let Ok(s) = stages.lock() {

@@ -285,6 +285,56 @@ fn same_seed_same_index() {
     );
 }
 
+/// The CLI build reads its input twice (sampling, then encoding) unless the sample is every
+/// row, when it encodes the sample instead; either way it builds the index the library builds
+/// from the rows in memory, raw vectors (`--refine`) included.
+#[test]
+fn cli_ivf_pq_encodes_the_sample_or_reads_again_as_the_library_does() {
+    use vecbuild::artifact::container::{Container, DType};
+    let dir = tmp();
+    let d = dir.path();
+    let data = vecbuild::synth::clustered(70_000, 0, 8, 20, 3).base;
+    vecbuild::io::npy::write(&d.join("x.npy"), data.view()).unwrap();
+    // 16 lists: a sample of 65,536 rows (PQ's), so the input is read again; 300 lists: 76,800
+    // rows wanted, so the sample is all 70,000.
+    for (n_lists, whole) in [("16", false), ("300", true)] {
+        let args = [
+            "build",
+            "--input",
+            "x.npy",
+            "--index",
+            "ivf-pq",
+            "--n-lists",
+            n_lists,
+            "--pq-dim",
+            "4",
+            "--refine",
+            "--out",
+            "i.vbx",
+        ];
+        ok(d, &args);
+        let info = ok(d, &["info", "i.vbx", "--json"]);
+        let m: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let p: IvfPqParams = serde_json::from_value(m["params"]["ivf_pq"].clone()).unwrap();
+        let sample = ivf_pq::training_rows(70_000, &p).len();
+        assert_eq!(
+            sample == 70_000,
+            whole,
+            "{n_lists} lists: sample of {sample} rows"
+        );
+        let lib = ivf_pq::build(&CpuBackend, data.view(), Metric::L2, &p, None).unwrap();
+        let cli = Container::open(&d.join("i.vbx")).unwrap();
+        let f32s = |name: &str| cli.slice::<f32>(name, DType::F32).unwrap().0.to_vec();
+        assert_eq!(f32s("ivf.centroids"), lib.centroids.as_slice().unwrap());
+        assert_eq!(f32s("pq.codebooks"), lib.pq.codebooks.as_slice().unwrap());
+        assert_eq!(f32s("vectors"), data.as_slice().unwrap(), "{n_lists} lists");
+        let codes = cli.slice::<u8>("ivf.codes", DType::U8).unwrap().0;
+        assert_eq!(codes, lib.codes.as_slice().unwrap(), "{n_lists} lists");
+        let rows = cli.slice::<u64>("ivf.rows", DType::U64).unwrap().0;
+        assert_eq!(rows, &lib.list_rows[..], "{n_lists} lists");
+    }
+}
+
 #[test]
 fn cli_builds_and_searches_ivf_pq_and_rejects_bad_parameters() {
     let dir = tmp();
