@@ -409,6 +409,32 @@ if not small:
         timings.append((f"CAGRA search itopk {itopk} vs PyTorch exact (fp32, data on GPU)", 1e5 / qg, t_exact,
                         t_exact * qg / 1e5, f"PyTorch {1e5 / t_exact:.0f} QPS at recall 1"))
 
+    # IVF-PQ at 1M rows: our GPU build with its automatic parameters (4096 lists, PQ64x8; whole
+    # CLI run, Parquet read included) against faiss-cpu's train + add on the same rows and
+    # parameters, data already in memory.
+    r, g = vb("build", "--input", cbase, "--index", "ivf-pq", "--out", f"{W}/ivfpq1m-gpu.vbx",
+              "--gpu", args.gpu, quiet=False)
+    for line in r.stderr.splitlines():
+        if "stages" in line or "n_lists" in line:
+            say(f"  ivf-pq 1M on gpu ({g:.2f} s in all): {line.strip()}")
+    try:
+        import faiss
+
+        x = matrix(cbase)
+        fidx = faiss.index_factory(128, "IVF4096,PQ64x8")
+        fidx.do_polysemous_training = False
+        faiss.extract_index_ivf(fidx).cp.niter = 20
+        fidx.pq.cp.niter = 20
+        t = time.perf_counter()
+        fidx.train(x)
+        fidx.add(x)
+        tf = time.perf_counter() - t
+        del x, fidx
+        timings.append(("build ivf-pq IVF4096,PQ64x8 1000000 × 128 vs faiss-cpu", g, tf, tf / g,
+                        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
+    except ImportError:
+        say("faiss not importable: IVF-PQ 1M build not timed against faiss-cpu")
+
 # Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
 # against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).
 if not args.only_cagra1m:
