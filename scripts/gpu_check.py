@@ -360,6 +360,28 @@ if not args.only_cagra1m:
         timings.append((what + " vs our CPU backend", ours["median_s"], cpu["median_s"],
                         cpu["median_s"] / ours["median_s"], f"{os.cpu_count()} CPU cores"))
 
+def faiss_ivf_pq(parquet, nl, rows, ours):
+    """Times faiss-cpu's IVF{nl},PQ64x8 train + add on the rows of `parquet` (data already in
+    memory; 20 k-means iterations for both quantizers, polysemous training off, as our builds)
+    and adds the row against our GPU build's `ours` seconds."""
+    try:
+        import faiss
+    except ImportError:
+        say(f"faiss not importable: IVF-PQ build of {rows} rows not timed against faiss-cpu")
+        return
+    x = matrix(parquet)
+    fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
+    fidx.do_polysemous_training = False
+    faiss.extract_index_ivf(fidx).cp.niter = 20
+    fidx.pq.cp.niter = 20
+    t = time.perf_counter()
+    fidx.train(x)
+    fidx.add(x)
+    tf = time.perf_counter() - t
+    timings.append((f"build ivf-pq IVF{nl},PQ64x8 {rows} × 128 vs faiss-cpu", ours, tf, tf / ours,
+                    f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
+
+
 # CAGRA at 1M rows: build on GPU and CPU, then batch search on the GPU against the same
 # search on the CPU (all cores) and against PyTorch's exact search, at matched itopk_size.
 if not small:
@@ -417,23 +439,7 @@ if not small:
     for line in r.stderr.splitlines():
         if "stages" in line or "n_lists" in line:
             say(f"  ivf-pq 1M on gpu ({g:.2f} s in all): {line.strip()}")
-    try:
-        import faiss
-
-        x = matrix(cbase)
-        fidx = faiss.index_factory(128, "IVF4096,PQ64x8")
-        fidx.do_polysemous_training = False
-        faiss.extract_index_ivf(fidx).cp.niter = 20
-        fidx.pq.cp.niter = 20
-        t = time.perf_counter()
-        fidx.train(x)
-        fidx.add(x)
-        tf = time.perf_counter() - t
-        del x, fidx
-        timings.append(("build ivf-pq IVF4096,PQ64x8 1000000 × 128 vs faiss-cpu", g, tf, tf / g,
-                        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
-    except ImportError:
-        say("faiss not importable: IVF-PQ 1M build not timed against faiss-cpu")
+    faiss_ivf_pq(cbase, 4096, 1_000_000, g)
 
 # Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
 # against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).
@@ -441,24 +447,7 @@ if not args.only_cagra1m:
     for label in ["cagra", "cagra exact", "ivf-pq"]:
         g, c = build_times[(label, "gpu")], build_times[(label, "cpu")]
         timings.append((f"build {label} {n} × 128", g, c, c / g, "our CPU build, same CLI run"))
-    try:
-        import faiss
-
-        x = matrix(data["clustered"][0])
-        nl = 256 if small else 1024
-        fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
-        fidx.do_polysemous_training = False
-        faiss.extract_index_ivf(fidx).cp.niter = 20
-        fidx.pq.cp.niter = 20
-        t = time.perf_counter()
-        fidx.train(x)
-        fidx.add(x)
-        tf = time.perf_counter() - t
-        g = build_times[("ivf-pq", "gpu")]
-        timings.append((f"build ivf-pq IVF{nl},PQ64x8 {n} × 128 vs faiss-cpu", g, tf, tf / g,
-                        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, data in memory"))
-    except ImportError:
-        say("faiss not importable: IVF-PQ build not timed against faiss-cpu")
+    faiss_ivf_pq(data["clustered"][0], 256 if small else 1024, n, build_times[("ivf-pq", "gpu")])
 
 name = torch.cuda.get_device_name(dev)
 say("")

@@ -18,7 +18,7 @@
 //! Known limits: Lloyd's algorithm finds a local optimum; training data is held in memory (the
 //! caller samples it).
 
-use crate::backend::{Backend, Lloyd, Lloyds};
+use crate::backend::{Backend, Lloyd, Lloyds, Step};
 use crate::synth::Rng;
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
@@ -203,7 +203,7 @@ struct HostLloyd<'a> {
 }
 
 impl Lloyd for HostLloyd<'_> {
-    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)> {
+    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<Step> {
         host_step(self.backend, self.data, centroids)
     }
 
@@ -220,7 +220,7 @@ pub fn host_step(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
     centroids: &mut Array2<f32>,
-) -> Result<(Vec<u64>, f64)> {
+) -> Result<Step> {
     let (labels, dists) = assign(backend, data, centroids.view())?;
     let objective: f64 = dists.iter().map(|&d| d as f64).sum();
     Ok((update(data, &labels, centroids), objective))

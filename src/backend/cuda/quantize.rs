@@ -229,7 +229,7 @@ impl<'a> DeviceLloyd<'a> {
 }
 
 impl Lloyd for DeviceLloyd<'_> {
-    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<(Vec<u64>, f64)> {
+    fn step(&mut self, centroids: &mut Array2<f32>) -> Result<Step> {
         let (labels, dists) = self.assign(centroids.view())?;
         let objective: f64 = dists.iter().map(|&d| d as f64).sum();
         let kc = centroids.nrows();
