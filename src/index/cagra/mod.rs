@@ -549,13 +549,6 @@ pub fn write(
     crate::artifact::write(path, manifest, &tensors)
 }
 
-/// The order rows are stored in: the upper levels' rows first (in hierarchy position order, so
-/// the descent through them reads one compact block), then the rest breadth first over the
-/// graph from the entry points (then any row left), with the index and ids relabelled to it.
-/// Neighbours get nearby row numbers, so a search reads nearby memory: on 200k × 128 in 1000
-/// clusters (2 threads, interleaved runs, same recall) breadth-first order took CPU search from
-/// ~28k to ~49k QPS at itopk 16 and ~21k to ~31k at itopk 32; upper rows first then added 8 %
-/// at itopk 16 and 15 % at itopk 32 (medians of 8 interleaved runs).
 /// `rows[order[i]]` for each `i`, as one `[order.len(), dim]` array, blocks of rows copied on
 /// all cores.
 fn gather_rows(rows: ArrayView2<'_, f32>, order: &[usize]) -> ndarray::Array2<f32> {
@@ -573,6 +566,13 @@ fn gather_rows(rows: ArrayView2<'_, f32>, order: &[usize]) -> ndarray::Array2<f3
     out
 }
 
+/// The order rows are stored in: the upper levels' rows first (in hierarchy position order, so
+/// the descent through them reads one compact block), then the rest breadth first over the
+/// graph from the entry points (then any row left), with the index and ids relabelled to it.
+/// Neighbours get nearby row numbers, so a search reads nearby memory: on 200k × 128 in 1000
+/// clusters (2 threads, interleaved runs, same recall) breadth-first order took CPU search from
+/// ~28k to ~49k QPS at itopk 16 and ~21k to ~31k at itopk 32; upper rows first then added 8 %
+/// at itopk 16 and 15 % at itopk 32 (medians of 8 interleaved runs).
 fn reordered(index: &Cagra, ids: &crate::Ids) -> (Vec<usize>, Cagra, crate::Ids) {
     let n = index.graph.len();
     let d = index.graph.degree;
