@@ -185,14 +185,16 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                 host: [base.clone(), vec![("coarse rows", 4 * coarse * dim)]].concat(),
                 device: dev(scratch.with(&own)),
             });
-            // PQ: the sampled rows and their residuals, and every sub-space stepped together:
-            // on the CPU, the sub-spaces cut out and each running one's labels, distances and
-            // order;
-            // on a GPU, the rows held on the device and, per step, the codes and each
-            // sub-space's labels and counting sort on the host (wider sub-spaces: one at a
-            // time, as the coarse k-means).
+            // PQ: the sampled rows (assigned to their lists) and their residuals, and every
+            // sub-space stepped together: on the CPU, the sub-spaces cut out and each running
+            // one's labels, distances and order; on a GPU, the rows held on the device and,
+            // per step, the codes and each sub-space's labels and counting sort on the host
+            // (wider sub-spaces: one at a time, as the coarse k-means).
             let together = dsub as usize <= crate::backend::cpu::SMALL_DIM;
             let mut own = Vec::new();
+            if gpu {
+                assign_scratch(&mut scratch, pq_rows, k, dim, tile);
+            }
             let steps = match (gpu, together) {
                 (false, _) => vec![
                     ("sub-spaces", 4 * pq_rows * pq_dim * dsub),
@@ -209,7 +211,6 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     vec![("codes, labels and row orders", 13 * pq_rows * pq_dim)]
                 }
                 (true, false) => {
-                    assign_scratch(&mut scratch, pq_rows, k, dim, tile);
                     own.push((
                         "sub-space rows (held on the device)",
                         lloyd_rows(pq_rows, ksub, dsub),
