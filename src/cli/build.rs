@@ -572,7 +572,7 @@ fn build_cagra(
     bar.finish_and_clear();
     let s = &index.stats;
     ui.note(format!(
-        "CAGRA stages: kNN graph {:.2} s (recall {:.4} on {} sampled rows), optimisation {:.2} s (pruning {:.2} s, connectivity {:.2} s, upper levels {:.2} s), {} edges rewired for connectivity, {} entry point(s)",
+        "CAGRA stages: kNN graph {:.2} s (recall {:.4} on {} sampled rows), optimisation {:.2} s (pruning {:.2} s, connectivity {:.2} s, upper levels {:.2} s{}), {} edges rewired for connectivity, {} entry point(s)",
         s.knn_graph_seconds,
         s.knn_graph_recall,
         cagra::RECALL_SAMPLE.min(n),
@@ -580,6 +580,10 @@ fn build_cagra(
         s.prune_seconds,
         s.connect_seconds,
         s.upper_levels_seconds,
+        match s.upper_levels_beside {
+            true => " on the host, beside the graph stages",
+            false => "",
+        },
         s.rewired_edges,
         index.entry_points.len()
     ));

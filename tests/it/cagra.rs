@@ -111,6 +111,63 @@ fn every_builder_gives_a_fixed_degree_graph_reachable_from_its_entry_points() {
     }
 }
 
+/// The CPU's stages behind a backend that names a device: `cagra::build` then builds the
+/// upper levels on a thread of their own while the graph stages run, as it does beside a GPU.
+struct NamedDevice;
+
+impl vecbuild::backend::Backend for NamedDevice {
+    fn name(&self) -> String {
+        "cpu (as a device)".into()
+    }
+    fn device_name(&self) -> Option<String> {
+        Some("the host".into())
+    }
+    fn knn_block(
+        &self,
+        queries: vecbuild::backend::Queries<'_>,
+        base: ndarray::ArrayView2<'_, f32>,
+        base_sq_norms: &[f32],
+        first_row: u64,
+        topk: &mut [vecbuild::TopK],
+    ) -> vecbuild::Result<()> {
+        CpuBackend.knn_block(queries, base, base_sq_norms, first_row, topk)
+    }
+    fn prune_graph(&self, knn: &Graph, d_out: usize) -> vecbuild::Result<Graph> {
+        CpuBackend.prune_graph(knn, d_out)
+    }
+    fn assign_nearest(
+        &self,
+        data: ndarray::ArrayView2<'_, f32>,
+        centroids: ndarray::ArrayView2<'_, f32>,
+    ) -> vecbuild::Result<(Vec<u32>, Vec<f32>)> {
+        CpuBackend.assign_nearest(data, centroids)
+    }
+}
+
+#[test]
+fn upper_levels_built_beside_the_graph_stages_equal_those_built_after_them() {
+    use vecbuild::backend::Backend;
+    let data = vecbuild::synth::clustered(4_000, 0, 16, 30, 5);
+    for metric in [Metric::L2, Metric::InnerProduct] {
+        let params = CagraParams {
+            graph_degree: 16,
+            intermediate_graph_degree: 32,
+            ..Default::default()
+        };
+        let after = cagra::build(&CpuBackend, data.base.view(), metric, &params, &|_, _| {});
+        let beside = cagra::build(&NamedDevice, data.base.view(), metric, &params, &|_, _| {});
+        let (after, beside) = (after.unwrap(), beside.unwrap());
+        assert!(NamedDevice.device_name().is_some() && CpuBackend.device_name().is_none());
+        assert!(
+            !after.hierarchy.rows.is_empty(),
+            "{metric}: no upper levels to compare"
+        );
+        assert_eq!(after.hierarchy, beside.hierarchy, "{metric}");
+        assert_eq!(after.graph, beside.graph, "{metric}");
+        assert_eq!(after.entry_points, beside.entry_points, "{metric}");
+    }
+}
+
 #[test]
 fn optimisation_improves_recall_per_visited_row_over_the_raw_knn_graph() {
     // Overlapping clusters, so the raw kNN graph is connected and the comparison is fair.

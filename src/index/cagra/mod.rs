@@ -232,8 +232,12 @@ pub struct CagraStats {
     pub prune_seconds: f64,
     /// The connectivity guarantee.
     pub connect_seconds: f64,
-    /// The upper levels.
+    /// The upper levels (their own time, where they were built beside the graph stages).
     pub upper_levels_seconds: f64,
+    /// Whether the upper levels were built on the host beside the graph stages (a device
+    /// build), rather than after them.
+    #[serde(default)]
+    pub upper_levels_beside: bool,
     /// Edges rewired by the connectivity guarantee.
     pub rewired_edges: usize,
 }
@@ -258,7 +262,7 @@ pub fn build(
     params: &CagraParams,
     progress: &(dyn Fn(&str, f64) + Sync),
 ) -> Result<Cagra> {
-    let (n, dim) = data.dim();
+    let n = data.nrows();
     params.validate(n)?;
     if metric == Metric::InnerProduct {
         // Maximum inner product search as nearest-neighbour search (Bachrach et al., "Speeding
@@ -279,6 +283,59 @@ pub fn build(
     } else {
         Vec::new()
     };
+    // The upper levels need only the rows. Where the graph stages run on a device, the host's
+    // cores build them meanwhile; on the CPU they come last (the cores are busy either way).
+    let upper_levels = || -> Result<(Hierarchy, f64)> {
+        let t = Instant::now();
+        let m = params.graph_degree / 2;
+        let h = Hierarchy::build(backend, data.view(), &norms, metric, m, params.seed)?;
+        Ok((h, t.elapsed().as_secs_f64()))
+    };
+    if backend.device_name().is_none() {
+        let upper = (upper_levels, false);
+        return graph_stages(
+            backend,
+            data.view(),
+            &norms,
+            metric,
+            params,
+            progress,
+            upper,
+        );
+    }
+    std::thread::scope(|s| {
+        let early = s.spawn(upper_levels);
+        let joined = || {
+            early
+                .join()
+                .map_err(|_| Error::param("internal: the upper-level build panicked"))?
+        };
+        let upper = (joined, true);
+        graph_stages(
+            backend,
+            data.view(),
+            &norms,
+            metric,
+            params,
+            progress,
+            upper,
+        )
+    })
+}
+
+/// The stages after the rows are prepared: kNN graph, pruning, reverse edges, connectivity,
+/// and the upper levels from `upper_levels` (built there, or waited for: `upper_levels_beside`),
+/// with their own time.
+fn graph_stages(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    norms: &[f32],
+    metric: Metric,
+    params: &CagraParams,
+    progress: &(dyn Fn(&str, f64) + Sync),
+    (upper_levels, upper_levels_beside): (impl FnOnce() -> Result<(Hierarchy, f64)>, bool),
+) -> Result<Cagra> {
+    let (n, dim) = data.dim();
     let k = params.intermediate_graph_degree;
     let mut algo = params.resolve_algo(n, dim);
     let started = Instant::now();
@@ -293,7 +350,7 @@ pub fn build(
             Some(SampleTruth::new(
                 backend,
                 data.view(),
-                &norms,
+                norms,
                 metric,
                 k,
                 rows,
@@ -303,7 +360,7 @@ pub fn build(
     let mut ivf = None;
     let mut nn_descent_iters = None;
     let exact = |label: &str| {
-        knn_graph::exact(backend, data.view(), &norms, metric, k, &|f| {
+        knn_graph::exact(backend, data.view(), norms, metric, k, &|f| {
             progress(label, f)
         })
     };
@@ -324,7 +381,7 @@ pub fn build(
                 algo = BuildAlgo::Exact;
                 exact("knn graph (exact: data too spread for the ivf join)")?
             } else {
-                knn_graph::ivf(backend, data.view(), &norms, metric, k, &part, &|f| {
+                knn_graph::ivf(backend, data.view(), norms, metric, k, &part, &|f| {
                     progress("knn graph (ivf)", f)
                 })?
             }
@@ -335,7 +392,7 @@ pub fn build(
                 delta: 0.001,
                 seed: params.seed,
             };
-            let (g, iters) = knn_graph::nn_descent(data.view(), &norms, metric, k, &p, &|f| {
+            let (g, iters) = knn_graph::nn_descent(data.view(), norms, metric, k, &p, &|f| {
                 progress("knn graph (nn-descent)", f)
             })?;
             nn_descent_iters = Some(iters);
@@ -354,25 +411,17 @@ pub fn build(
     let reverse = optimize::reverse_edges(&pruned);
     let mut graph = optimize::merge(&pruned, &reverse);
     let prune_seconds = started.elapsed().as_secs_f64();
-    let entry = nearest_to_mean(data.view(), &norms, metric);
+    let entry = nearest_to_mean(data.view(), norms, metric);
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
-        optimize::guarantee_connectivity(&mut graph, &knn, entry, data.view(), &norms, metric)
+        optimize::guarantee_connectivity(&mut graph, &knn, entry, data.view(), norms, metric)
     } else {
         (vec![entry], 0)
     };
     fill_short_rows(&mut graph, &knn);
     let connect_seconds = started.elapsed().as_secs_f64() - prune_seconds;
-    let upper_started = Instant::now();
     progress("upper levels", 0.0);
-    let hierarchy = Hierarchy::build(
-        backend,
-        data.view(),
-        &norms,
-        metric,
-        params.graph_degree / 2,
-        params.seed,
-    )?;
+    let (hierarchy, upper_levels_seconds) = upper_levels()?;
     hierarchy.share_links(&mut graph);
     Ok(Cagra {
         graph,
@@ -387,7 +436,8 @@ pub fn build(
             optimize_seconds: started.elapsed().as_secs_f64(),
             prune_seconds,
             connect_seconds,
-            upper_levels_seconds: upper_started.elapsed().as_secs_f64(),
+            upper_levels_seconds,
+            upper_levels_beside,
             rewired_edges,
         },
     })
