@@ -291,26 +291,20 @@ pub fn build(
         let h = Hierarchy::build(backend, data.view(), &norms, metric, m, params.seed)?;
         Ok((h, t.elapsed().as_secs_f64()))
     };
-    if backend.device_name().is_none() {
-        let upper = (upper_levels, false);
-        return graph_stages(
-            backend,
-            data.view(),
-            &norms,
-            metric,
-            params,
-            progress,
-            upper,
-        );
-    }
+    let beside = backend.device_name().is_some();
     std::thread::scope(|s| {
-        let early = s.spawn(upper_levels);
-        let joined = || {
-            early
-                .join()
-                .map_err(|_| Error::param("internal: the upper-level build panicked"))?
+        let mut now = Some(upper_levels);
+        let early = match beside {
+            true => now.take().map(|build| s.spawn(build)),
+            false => None,
         };
-        let upper = (joined, true);
+        let upper = || match (early, now) {
+            (Some(thread), _) => thread
+                .join()
+                .map_err(|_| Error::param("internal: the upper-level build panicked"))?,
+            (None, Some(build)) => build(),
+            (None, None) => Err(Error::param("internal: no upper-level build")),
+        };
         graph_stages(
             backend,
             data.view(),
@@ -318,7 +312,7 @@ pub fn build(
             metric,
             params,
             progress,
-            upper,
+            (upper, beside),
         )
     })
 }
