@@ -64,11 +64,7 @@ pub fn train(
     progress: Option<&dyn Fn(usize)>,
 ) -> Result<KMeans> {
     let (n, dim) = data.dim();
-    if k == 0 || n < k {
-        return Err(Error::param(format!(
-            "k-means needs at least k = {k} training rows, got {n}"
-        )));
-    }
+    enough_rows(n, k)?;
     let (mut run, first) = Run::start(n, k, seed);
     let mut centroids = Array2::<f32>::zeros((k, dim));
     for (c, row) in first.into_iter().enumerate() {
@@ -150,11 +146,7 @@ pub fn train_many(
     seeds: &dyn Fn(usize) -> u64,
     first: &dyn Fn(usize, usize) -> Vec<f32>,
 ) -> Result<Vec<Array2<f32>>> {
-    if k == 0 || n < k {
-        return Err(Error::param(format!(
-            "k-means needs at least k = {k} training rows, got {n}"
-        )));
-    }
+    enough_rows(n, k)?;
     let count = problems.count();
     let mut runs = Vec::with_capacity(count);
     let mut centroids = Vec::with_capacity(count);
@@ -180,6 +172,16 @@ pub fn train_many(
         }
     }
     Ok(centroids)
+}
+
+/// Refuses `k` centroids over fewer than `k` rows (or none at all).
+fn enough_rows(n: usize, k: usize) -> Result<()> {
+    if k == 0 || n < k {
+        return Err(Error::param(format!(
+            "k-means needs at least k = {k} training rows, got {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// `count` distinct indices below `n`, uniformly (partial Fisher–Yates over a sparse map).
