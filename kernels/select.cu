@@ -1,8 +1,8 @@
-// Selection kernels for exact k-NN and nearest-centroid assignment.
+// Selection kernels for exact k-NN, nearest-centroid assignment and IVF-PQ list scans.
 //
-// Both read a tile of scores that cuBLAS wrote (row-major [rows, n], one row per query or data
-// row, already scaled: -2·q·x for L2, -q·x otherwise), add a per-column term (‖x‖² for L2;
-// none otherwise) and keep the best per row. Order is total, as on the CPU: smaller score
+// The first two read a tile of scores that cuBLAS wrote (row-major [rows, n], one row per query
+// or data row, already scaled: -2·q·x for L2, -q·x otherwise), add a per-column term (‖x‖² for
+// L2; none otherwise) and keep the best per row. Order is total, as on the CPU: smaller score
 // first, then smaller column, so results are deterministic.
 //
 // Compiled at run time by NVRTC for the GPU present (src/backend/cuda), and in CI to sm_80 and
@@ -38,6 +38,46 @@ __device__ void bitonic_sort(float* s, unsigned* idx, unsigned m) {
     }
 }
 
+// A block's running best k (select_topk, ivf_pq_scan): the best kp (k rounded up to a power of
+// two) sorted at the front of s/idx in shared memory, candidates appended behind them (count of
+// them), threshold the k-th best score so far (a candidate must score at most it).
+__device__ void start_best(float* s, unsigned* idx, int* count, float* threshold, float start) {
+    for (int t = threadIdx.x; t < SELECT_SLOTS; t += blockDim.x) {
+        s[t] = __int_as_float(0x7f800000);
+        idx[t] = NO_ROW;
+    }
+    if (threadIdx.x == 0) {
+        *count = 0;
+        *threshold = start;
+    }
+    __syncthreads();
+}
+
+// Called by every thread after a round of appends: once `trigger` candidates have gathered (or
+// on the last round, when any have), sorts the occupied prefix rounded up to a power of two,
+// keeps the best and tightens the threshold.
+__device__ void keep_best(float* s, unsigned* idx, int* count, float* threshold, int k, int kp,
+                          int trigger, bool last) {
+    __syncthreads();
+    int filled = *count;
+    __syncthreads();
+    if (filled >= trigger || (last && filled > 0)) {
+        unsigned m = 2;
+        while (m < (unsigned)(kp + filled)) m <<= 1;
+        bitonic_sort(s, idx, m);
+        if (threadIdx.x == 0) {
+            *count = 0;
+            *threshold = fminf(*threshold, s[k - 1]);
+        }
+        // Everything behind the kept kp is spent: reset it for the next candidates.
+        for (int t = kp + threadIdx.x; t < (int)m; t += blockDim.x) {
+            s[t] = __int_as_float(0x7f800000);
+            idx[t] = NO_ROW;
+        }
+        __syncthreads();
+    }
+}
+
 // Best k (k <= 1024) of each row of a score tile.
 //
 // scores:     [rows, ld] row-major; the first n columns of each row are read
@@ -68,15 +108,8 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
     const int cap = SELECT_SLOTS - kp;
     const int trigger = min(max(kp, (int)blockDim.x), cap - (int)blockDim.x + 1);
 
-    for (int t = threadIdx.x; t < SELECT_SLOTS; t += blockDim.x) {
-        s[t] = __int_as_float(0x7f800000);
-        idx[t] = NO_ROW;
-    }
-    if (threadIdx.x == 0) {
-        count = 0;
-        threshold = thresholds ? thresholds[row] : __int_as_float(0x7f800000);
-    }
-    __syncthreads();
+    start_best(s, idx, &count, &threshold,
+               thresholds ? thresholds[row] : __int_as_float(0x7f800000));
 
     for (int start = 0; start < n; start += blockDim.x) {
         int j = start + threadIdx.x;
@@ -88,30 +121,119 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
                 idx[kp + pos] = (unsigned)j;
             }
         }
-        __syncthreads();
-        int filled = count;
-        bool last = start + (int)blockDim.x >= n;
-        __syncthreads();
-        if (filled >= trigger || (last && filled > 0)) {
-            unsigned m = 2;
-            while (m < (unsigned)(kp + filled)) m <<= 1;
-            bitonic_sort(s, idx, m);
-            if (threadIdx.x == 0) {
-                count = 0;
-                threshold = fminf(threshold, s[k - 1]);
-            }
-            // Everything behind the kept kp is spent: reset it for the next candidates.
-            for (int t = kp + threadIdx.x; t < (int)m; t += blockDim.x) {
-                s[t] = __int_as_float(0x7f800000);
-                idx[t] = NO_ROW;
-            }
-            __syncthreads();
-        }
+        keep_best(s, idx, &count, &threshold, k, kp, trigger, start + (int)blockDim.x >= n);
     }
 
     for (int t = threadIdx.x; t < k; t += blockDim.x) {
         out_score[row * k + t] = s[t];
         out_col[row * k + t] = idx[t];
+    }
+}
+
+// IVF-PQ list scan: each query's probed lists scored by asymmetric distance (ADC) through a
+// lookup table, its best k kept. The CPU's arithmetic and order (src/search/ivf_pq.rs: the
+// table of ProductQuantizer::table, the four running sums of scan_list), so the scores and
+// the lists equal the CPU's for the same probes; ties go to the smaller row.
+//
+// queries:      [b, dim] (unit rows for cosine)
+// centroids:    [n_lists, dim]
+// books_t:      [pq_dim · dsub, ksub]: entry (m·dsub + d, j) is dimension d of codeword j of
+//               sub-space m (dimensions past dim are the zero padding's)
+// probes:       [b, n_probes] list numbers; one of n_lists or more is skipped
+// bases:        [b, n_probes] each list's constant: the probe's score for inner product (−q·c),
+//               unused for L2
+// ip:           0: L2, tables of the residual q − c, one per list; 1: inner product, tables of
+//               q, one per query
+// list_offsets: [n_lists + 1]; codes: [n, pq_dim] in list order; list_rows: [n] the row at each
+//               position
+// work:         null: the block's vector (dim_pad floats) and table (pq_dim · ksub floats) live
+//               in dynamic shared memory; else [b, dim_pad + pq_dim · ksub] floats of global
+//               memory, a region per block, for tables too large for shared memory
+// out_score:    [b, k] best first, +inf where empty; out_row: [b, k] rows, 0xffffffff where empty
+//
+// grid: (b), block: SELECT_THREADS. Per list: the table is filled (a thread per entry), then
+// a thread per code sums its pq_dim lookups and offers the row to the block's best k.
+extern "C" __global__ void __launch_bounds__(SELECT_THREADS)
+ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
+            const float* __restrict__ centroids, int n_lists, const float* __restrict__ books_t,
+            int pq_dim, int dsub, int ksub, const unsigned* __restrict__ probes,
+            const float* __restrict__ bases, int n_probes, int ip,
+            const long long* __restrict__ list_offsets, const unsigned char* __restrict__ codes,
+            const unsigned* __restrict__ list_rows, float* __restrict__ work, int k, int kp,
+            float* __restrict__ out_score, unsigned* __restrict__ out_row) {
+    __shared__ float s[SELECT_SLOTS];
+    __shared__ unsigned idx[SELECT_SLOTS];
+    __shared__ int count;
+    __shared__ float threshold;
+    extern __shared__ float region[];
+
+    const long long q = blockIdx.x;
+    const int entries = pq_dim * ksub;
+    float* x = work ? work + q * (long long)(dim_pad + entries) : region;
+    float* table = x + dim_pad;
+    const float* qr = queries + q * dim;
+    const int cap = SELECT_SLOTS - kp;
+    const int trigger = min(max(kp, (int)blockDim.x), cap - (int)blockDim.x + 1);
+    start_best(s, idx, &count, &threshold, __int_as_float(0x7f800000));
+
+    bool filled_table = false;
+    for (int p = 0; p < n_probes; ++p) {
+        const unsigned list = probes[q * n_probes + p];
+        if (list >= (unsigned)n_lists) continue;
+        if (!ip || !filled_table) {
+            for (int d = threadIdx.x; d < dim; d += blockDim.x)
+                x[d] = ip ? qr[d] : __fsub_rn(qr[d], centroids[(long long)list * dim + d]);
+            __syncthreads();
+            for (int e = threadIdx.x; e < entries; e += blockDim.x) {
+                const int m = e / ksub, j = e % ksub;
+                float o = 0.0f;
+                for (int d = 0; d < dsub; ++d) {
+                    const int col = m * dsub + d;
+                    const float xd = col < dim ? x[col] : 0.0f;
+                    const float c = books_t[(long long)col * ksub + j];
+                    if (ip) {
+                        o = __fsub_rn(o, __fmul_rn(xd, c));
+                    } else {
+                        const float t = __fsub_rn(xd, c);
+                        o = __fadd_rn(o, __fmul_rn(t, t));
+                    }
+                }
+                table[e] = o;
+            }
+            __syncthreads();
+            filled_table = true;
+        }
+        const float base = ip ? bases[q * n_probes + p] : 0.0f;
+        const long long start = list_offsets[list];
+        const long long len = list_offsets[list + 1] - start;
+        for (long long r0 = 0; r0 < len; r0 += blockDim.x) {
+            const long long i = r0 + threadIdx.x;
+            if (i < len) {
+                const unsigned char* c = codes + (start + i) * pq_dim;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                int m = 0;
+                for (; m + 4 <= pq_dim; m += 4) {
+                    a0 = __fadd_rn(a0, table[m * ksub + c[m]]);
+                    a1 = __fadd_rn(a1, table[(m + 1) * ksub + c[m + 1]]);
+                    a2 = __fadd_rn(a2, table[(m + 2) * ksub + c[m + 2]]);
+                    a3 = __fadd_rn(a3, table[(m + 3) * ksub + c[m + 3]]);
+                }
+                for (; m < pq_dim; ++m) a0 = __fadd_rn(a0, table[m * ksub + c[m]]);
+                const float v = __fadd_rn(__fadd_rn(base, __fadd_rn(a0, a1)), __fadd_rn(a2, a3));
+                if (v <= threshold) {
+                    int pos = atomicAdd(&count, 1);
+                    s[kp + pos] = v;
+                    idx[kp + pos] = list_rows[start + i];
+                }
+            }
+            keep_best(s, idx, &count, &threshold, k, kp, trigger, false);
+        }
+    }
+    keep_best(s, idx, &count, &threshold, k, kp, trigger, true);
+
+    for (int t = threadIdx.x; t < k; t += blockDim.x) {
+        out_score[q * k + t] = s[t];
+        out_row[q * k + t] = idx[t];
     }
 }
 

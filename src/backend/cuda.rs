@@ -33,18 +33,21 @@
 //! block per query, on a copy of the index made once ([`Backend::load_cagra`], [`cagra`]).
 
 mod cagra;
+mod ivf_pq;
 mod join;
 pub mod kernel_cache;
 mod quantize;
 
 pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
+pub use ivf_pq::{tables as ivf_pq_tables, Tables as IvfPqTables};
 pub use join::refine_slots;
 
 use super::cpu::SMALL_DIM;
 use super::{Backend, ListJoin, Loaded, Queries};
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
+use crate::search::ivf_pq::IvfPqIndex;
 use crate::search::SearchResults;
 use crate::{Error, Metric, Result, TopK};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
@@ -73,6 +76,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "argmin_rows"),
     ("select.cu", "assign_small"),
     ("select.cu", "to_half"),
+    ("select.cu", "ivf_pq_scan"),
     ("cagra.cu", "prune_graph"),
     ("cagra.cu", "refine_graph"),
     ("cagra_search.cu", "cagra_search"),
@@ -84,8 +88,12 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
 pub const MAX_GPU_K: usize = 1024;
 
-/// Threads per block of `select_topk` (`SELECT_THREADS` in kernels/select.cu).
+/// Threads per block of `select_topk` and `ivf_pq_scan` (`SELECT_THREADS` in
+/// kernels/select.cu).
 const SELECT_THREADS: u32 = 256;
+
+/// An empty slot in a kernel's row or column output (`NO_ROW` in the kernels).
+const NO_ROW: u32 = u32::MAX;
 
 /// The arithmetic of the GPU's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -374,6 +382,7 @@ struct Device {
     prune_graph: CudaFunction,
     refine_graph: CudaFunction,
     cagra_search: CudaFunction,
+    ivf_pq_scan: CudaFunction,
     centroid_means: CudaFunction,
     pq_encode: CudaFunction,
     ordered_sums: CudaFunction,
@@ -503,6 +512,7 @@ impl CudaBackend {
                 prune_graph: load("prune_graph")?,
                 refine_graph: load("refine_graph")?,
                 cagra_search: load("cagra_search")?,
+                ivf_pq_scan: load("ivf_pq_scan")?,
                 centroid_means: load("centroid_means")?,
                 pq_encode: load("pq_encode")?,
                 ordered_sums: load("ordered_sums")?,
@@ -606,7 +616,7 @@ fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, fi
     let push = |tks: &mut [TopK], sc: &[f32], cl: &[u32]| {
         for (i, tk) in tks.iter_mut().enumerate() {
             for j in i * k..(i + 1) * k {
-                if cl[j] != u32::MAX {
+                if cl[j] != NO_ROW {
                     tk.push(sc[j], first + cl[j] as u64);
                 }
             }
@@ -1269,6 +1279,21 @@ impl Backend for CudaBackend {
         p: &CagraSearchParams,
     ) -> Result<(SearchResults, SearchStats)> {
         cagra::search(self, index, loaded, queries, k, p)
+    }
+
+    fn load_ivf_pq(&self, index: &IvfPqIndex<'_>) -> Result<Option<Loaded>> {
+        ivf_pq::load(self, index).map(Some)
+    }
+
+    fn ivf_pq_scan(
+        &self,
+        index: &IvfPqIndex<'_>,
+        loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        probes: &[Vec<crate::Neighbor>],
+        candidates: usize,
+    ) -> Result<Vec<Vec<crate::Neighbor>>> {
+        ivf_pq::scan(self, index, loaded, queries, probes, candidates)
     }
 
     fn lloyd<'a>(

@@ -9,12 +9,13 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
+use crate::search::ivf_pq::IvfPqIndex;
 use crate::search::SearchResults;
-use crate::{Metric, Result, TopK};
+use crate::{Metric, Neighbor, Result, TopK};
 use ndarray::{Array2, ArrayView2};
 
-/// An index copied to a device by [`Backend::load_cagra`]: only the backend that made it
-/// knows what it holds.
+/// An index copied to a device by [`Backend::load_cagra`], [`Backend::load_ivf_pq`] or
+/// [`Backend::load_flat`]: only the backend that made it knows what it holds.
 pub type Loaded = Box<dyn std::any::Any + Send + Sync>;
 
 pub use cpu::CpuBackend;
@@ -226,6 +227,28 @@ pub trait Backend: Sync {
         p: &CagraSearchParams,
     ) -> Result<(SearchResults, SearchStats)> {
         index.search(queries, k, p)
+    }
+
+    /// Copies an IVF-PQ index (centroids, codebooks, codes, row map) to the device for
+    /// [`Backend::ivf_pq_scan`], owned by the caller (the [`crate::Searcher`] keeps it while the
+    /// index is open). `None`: this backend scans the index where it lies (the CPU).
+    fn load_ivf_pq(&self, _index: &IvfPqIndex<'_>) -> Result<Option<Loaded>> {
+        Ok(None)
+    }
+
+    /// IVF-PQ list scan: each query's `candidates` best rows of its probed lists (`probes`,
+    /// from [`IvfPqIndex::probes`]) by asymmetric distance, best first, with what
+    /// [`Backend::load_ivf_pq`] returned for this index. The CPU's is [`IvfPqIndex::scan`]; a
+    /// GPU scans each query's lists in a kernel with the same tables, sums and order.
+    fn ivf_pq_scan(
+        &self,
+        index: &IvfPqIndex<'_>,
+        _loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        probes: &[Vec<Neighbor>],
+        candidates: usize,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        Ok(index.scan(queries, probes, candidates))
     }
 
     /// Holds `data: [n, dim]` for k-means iterations ([`Lloyd`]) where this backend keeps

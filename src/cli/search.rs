@@ -4,7 +4,6 @@ use super::input::{read_with_progress, ColumnArgs};
 use super::{open_backend, Ui};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use vecbuild::artifact::IndexKind;
 use vecbuild::io::parquet::ResultsWriter;
 use vecbuild::io::Batch;
 use vecbuild::search::NO_NEIGHBOR;
@@ -16,9 +15,11 @@ use vecbuild::{Error, Ids, SearchParams, Searcher};
 /// `neighbors` (list of the index's ids, nearest first) and `distances` (list of float32:
 /// squared L2 for l2, inner product for ip, 1 − cos for cosine).
 ///
-/// With --gpu, flat and CAGRA indexes are searched on that GPU (CAGRA: the same beam search
-/// as on the CPU, one thread block per query; itopk_size at most 512, search_width ×
-/// graph_degree at most 1024). IVF-PQ is searched on the CPU only: --gpu is an error for it.
+/// With --gpu, every index kind is searched on that GPU: flat by exact k-NN; CAGRA by the same
+/// beam search as on the CPU, one thread block per query (itopk_size at most 512, search_width
+/// × graph_degree at most 1024); IVF-PQ with the probes chosen on the GPU and each query's
+/// lists scanned in a thread block with the CPU's lookup tables (k × refine_ratio at most
+/// 1024), re-ranking on the host.
 ///
 /// Example: vecbuild search --index emb.vbx --queries q.parquet --k 10 --out results.parquet
 #[derive(Debug, clap::Args)]
@@ -86,7 +87,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let searcher = Searcher::open(&args.index)?;
     let backend = open_backend(&args.gpu)?;
     let m = searcher.manifest().clone();
-    if m.kind != IndexKind::IvfPq && backend.device_name().is_some() {
+    if backend.device_name().is_some() {
         let t = Instant::now();
         ui.note(match searcher.load_on(&*backend)? {
             true => format!(

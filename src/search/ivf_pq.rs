@@ -11,14 +11,16 @@
 //! 4. With `refine_ratio > 1` and raw vectors in the artifact, candidates are re-scored with
 //!    exact distances and the best `k` kept.
 //!
-//! Queries are processed in parallel (rayon), each with its own table buffer.
+//! On the CPU queries are processed in parallel (rayon), each with its own table buffer; a GPU
+//! scans each query's lists in a thread block ([`Backend::ivf_pq_scan`]), with the same
+//! tables, sums and order.
 
 use super::{SearchResults, NO_NEIGHBOR};
-use crate::backend::{Backend, Queries};
+use crate::backend::{Backend, Loaded, Queries};
 use crate::index::ivf_pq::coarse_metric;
 use crate::index::pq::{ProductQuantizer, TABLE_STRIDE};
 use crate::metric::squared_norms;
-use crate::{Error, Metric, Result, TopK};
+use crate::{Error, Metric, Neighbor, Result, TopK};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
@@ -42,17 +44,18 @@ pub struct IvfPqIndex<'a> {
 }
 
 impl IvfPqIndex<'_> {
-    /// `queries: [nq, dim]` prepared (unit rows for cosine) → the `k` best per query.
+    /// `queries: [nq, dim]` prepared (unit rows for cosine) → the `k` best per query: probes by
+    /// `backend`'s exact k-NN, lists scanned by [`Backend::ivf_pq_scan`] (with what
+    /// [`Backend::load_ivf_pq`] returned for this index), re-ranking on the host.
     pub fn search(
         &self,
         backend: &dyn Backend,
+        loaded: Option<&Loaded>,
         queries: ArrayView2<'_, f32>,
         k: usize,
         n_probes: usize,
         refine_ratio: f32,
     ) -> Result<SearchResults> {
-        let n_lists = self.centroids.nrows();
-        let n_probes = n_probes.clamp(1, n_lists);
         if refine_ratio > 1.0 && self.vectors.is_none() {
             return Err(Error::param(
                 "refine_ratio > 1 needs an index built with --refine (it keeps the raw vectors)",
@@ -65,15 +68,77 @@ impl IvfPqIndex<'_> {
             k
         };
         let nq = queries.nrows();
+        let probes = self.probes(backend, queries, n_probes)?;
+        let found = backend.ivf_pq_scan(self, loaded, queries, &probes, candidates)?;
+        if found.len() != nq {
+            return Err(Error::Gpu(format!(
+                "{}: the IVF-PQ scan returned {} queries' candidates for {nq}",
+                backend.name(),
+                found.len()
+            )));
+        }
 
-        // 1. Probe selection.
+        // 4. Re-rank (each query's own, on all cores).
+        let cm = coarse_metric(self.metric);
+        let per_query: Vec<Vec<Neighbor>> = found
+            .into_par_iter()
+            .enumerate()
+            .map(|(qi, found)| match (refine, self.vectors) {
+                (true, Some(vectors)) => {
+                    let q = queries.row(qi);
+                    let q = q.as_slice().unwrap_or(&[]);
+                    let mut exact = TopK::new(k);
+                    for n in found {
+                        let x = vectors.row(n.row as usize);
+                        let x = x.as_slice().unwrap_or(&[]);
+                        let s = match cm {
+                            Metric::L2 => {
+                                q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                            }
+                            _ => -q.iter().zip(x).map(|(a, b)| a * b).sum::<f32>(),
+                        };
+                        exact.push(s, n.row);
+                    }
+                    exact.into_sorted()
+                }
+                _ => found,
+            })
+            .collect();
+
+        // Every query keeps k columns; one whose probed lists hold fewer than k rows is padded.
+        let mut rows = Array2::<u64>::from_elem((nq, k), NO_NEIGHBOR);
+        let mut distances = Array2::<f32>::from_elem((nq, k), f32::NAN);
+        for (i, found) in per_query.iter().enumerate() {
+            for (j, n) in found.iter().take(k).enumerate() {
+                rows[[i, j]] = n.row;
+                distances[[i, j]] = match self.metric {
+                    Metric::L2 => n.score.max(0.0),
+                    // L2 on unit vectors is 2 − 2 cos.
+                    Metric::Cosine => (n.score / 2.0).clamp(0.0, 2.0),
+                    Metric::InnerProduct => -n.score,
+                };
+            }
+        }
+        Ok(SearchResults { rows, distances })
+    }
+
+    /// 1. The `n_probes` lists (clamped to `1..=n_lists`) whose centroids are nearest each
+    ///    query, nearest first, by `backend`'s exact k-NN over the centroids: `row` is the list,
+    ///    `score` its ranking score (`−q·c` for inner product, the list's constant).
+    pub fn probes(
+        &self,
+        backend: &dyn Backend,
+        queries: ArrayView2<'_, f32>,
+        n_probes: usize,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        let n_probes = n_probes.clamp(1, self.centroids.nrows().max(1));
         let cm = coarse_metric(self.metric);
         let q_norms = if cm == Metric::L2 {
             squared_norms(queries)
         } else {
             Vec::new()
         };
-        let mut probes: Vec<TopK> = (0..nq).map(|_| TopK::new(n_probes)).collect();
+        let mut probes: Vec<TopK> = (0..queries.nrows()).map(|_| TopK::new(n_probes)).collect();
         let qv = Queries {
             vectors: queries,
             sq_norms: &q_norms,
@@ -85,11 +150,22 @@ impl IvfPqIndex<'_> {
             &[]
         };
         backend.knn_block(qv, self.centroids, c_norms, 0, &mut probes)?;
+        Ok(probes.into_iter().map(TopK::into_sorted).collect())
+    }
 
-        // 2–4. Scan, then re-rank.
+    /// 2–3. The host's scan, on all cores: each query's `candidates` best rows of its probed
+    /// lists ([`IvfPqIndex::probes`]) by asymmetric distance, best first (the ranking score:
+    /// the squared L2 distance to the residual's code, or `−q·x̂` for inner product).
+    pub fn scan(
+        &self,
+        queries: ArrayView2<'_, f32>,
+        probes: &[Vec<Neighbor>],
+        candidates: usize,
+    ) -> Vec<Vec<Neighbor>> {
+        let cm = coarse_metric(self.metric);
         let pq_dim = self.pq.pq_dim;
-        let per_query: Vec<Vec<(f32, u64)>> = probes
-            .into_par_iter()
+        probes
+            .par_iter()
             .enumerate()
             .map_init(
                 || {
@@ -102,7 +178,7 @@ impl IvfPqIndex<'_> {
                     let q = queries.row(qi);
                     let q = q.as_slice().unwrap_or(&[]);
                     let mut top = TopK::new(candidates);
-                    for p in probe.into_sorted() {
+                    for p in probe {
                         let list = p.row as usize;
                         // The per-list constant: nothing for L2, −q·c for inner product.
                         let base = match cm {
@@ -133,52 +209,10 @@ impl IvfPqIndex<'_> {
                             &mut top,
                         );
                     }
-                    let found = top.into_sorted();
-                    match (refine, self.vectors) {
-                        (true, Some(vectors)) => {
-                            let mut exact = TopK::new(k);
-                            for n in found {
-                                let x = vectors.row(n.row as usize);
-                                let x = x.as_slice().unwrap_or(&[]);
-                                let s = match cm {
-                                    Metric::L2 => {
-                                        q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
-                                    }
-                                    _ => -q.iter().zip(x).map(|(a, b)| a * b).sum::<f32>(),
-                                };
-                                exact.push(s, n.row);
-                            }
-                            exact
-                                .into_sorted()
-                                .into_iter()
-                                .map(|n| (n.score, n.row))
-                                .collect()
-                        }
-                        _ => found
-                            .into_iter()
-                            .take(k)
-                            .map(|n| (n.score, n.row))
-                            .collect(),
-                    }
+                    top.into_sorted()
                 },
             )
-            .collect();
-
-        // Every query keeps k columns; one whose probed lists hold fewer than k rows is padded.
-        let mut rows = Array2::<u64>::from_elem((nq, k), NO_NEIGHBOR);
-        let mut distances = Array2::<f32>::from_elem((nq, k), f32::NAN);
-        for (i, found) in per_query.iter().enumerate() {
-            for (j, &(score, row)) in found.iter().take(k).enumerate() {
-                rows[[i, j]] = row;
-                distances[[i, j]] = match self.metric {
-                    Metric::L2 => score.max(0.0),
-                    // L2 on unit vectors is 2 − 2 cos.
-                    Metric::Cosine => (score / 2.0).clamp(0.0, 2.0),
-                    Metric::InnerProduct => -score,
-                };
-            }
-        }
-        Ok(SearchResults { rows, distances })
+            .collect()
     }
 }
 

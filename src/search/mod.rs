@@ -78,7 +78,7 @@ pub struct SearchResults {
 pub struct Searcher {
     artifact: Artifact,
     engine: Engine,
-    /// The index as [`Backend::load_cagra`] left it on a device, by backend name.
+    /// The index as the backend's `load_*` left it on a device, by backend name.
     loaded: RwLock<Option<(String, Option<Loaded>)>>,
 }
 
@@ -150,15 +150,13 @@ impl Searcher {
     }
 
     /// Makes the index ready for searches on `backend`: a GPU gets its own copy of a CAGRA
-    /// index (vectors, graph, upper levels) or of a flat index's rows (where they fit), kept
-    /// until the searcher is dropped or loaded on another backend. [`Searcher::search_on`] does
-    /// this on first use; calling it first keeps the copy out of the first batch's time.
-    /// Returns whether `backend` now holds a copy (false on the CPU, for IVF-PQ, and for a flat
-    /// index too large for the device, whose rows then go with each query batch).
+    /// index (vectors, graph, upper levels), of an IVF-PQ index (centroids, codebooks, codes,
+    /// row map) or of a flat index's rows (where they fit), kept until the searcher is dropped
+    /// or loaded on another backend. [`Searcher::search_on`] does this on first use; calling it
+    /// first keeps the copy out of the first batch's time.
+    /// Returns whether `backend` now holds a copy (false on the CPU, and for a flat index too
+    /// large for the device, whose rows then go with each query batch).
     pub fn load_on(&self, backend: &dyn Backend) -> Result<bool> {
-        if matches!(self.engine, Engine::IvfPq { .. }) {
-            return Ok(false);
-        }
         let name = backend.name();
         let current = |l: &Option<(String, Option<Loaded>)>| {
             l.as_ref()
@@ -174,17 +172,23 @@ impl Searcher {
         }
         // Free the old copy before making the new one.
         *slot = None;
-        let loaded = match self.engine {
+        let loaded = match &self.engine {
             Engine::Cagra { .. } => backend.load_cagra(&self.cagra_index()?)?,
-            _ => backend.load_flat(self.vectors()?, self.flat_norms()?)?,
+            Engine::IvfPq {
+                pq,
+                pq_transposed,
+                centroid_sq_norms,
+            } => {
+                backend.load_ivf_pq(&self.ivf_pq_index(pq, pq_transposed, centroid_sq_norms)?)?
+            }
+            Engine::Flat => backend.load_flat(self.vectors()?, self.flat_norms()?)?,
         };
         let held = loaded.is_some();
         *slot = Some((name, loaded));
         Ok(held)
     }
 
-    /// [`Searcher::search`] on a given backend. Flat and CAGRA indexes search on any backend;
-    /// IVF-PQ searches on the CPU only for now, and says so when asked for another.
+    /// [`Searcher::search`] on a given backend: every index kind searches on any backend.
     pub fn search_on(
         &self,
         backend: &dyn Backend,
@@ -193,12 +197,6 @@ impl Searcher {
         params: &SearchParams,
     ) -> Result<SearchResults> {
         let m = &self.artifact.manifest;
-        if m.kind == IndexKind::IvfPq && backend.name() != CpuBackend.name() {
-            return Err(Error::Gpu(format!(
-                "{} search on the GPU is not built yet: run this search without --gpu (the CPU searches every index kind)",
-                m.kind
-            )));
-        }
         if k == 0 {
             return Err(Error::param("k must be at least 1"));
         }
@@ -246,7 +244,10 @@ impl Searcher {
                     "n_probes = {n_probes} must be at least 1 and refine_ratio = {refine_ratio} at least 1"
                 )));
             }
-            return index.search(&CpuBackend, q.view(), k, n_probes, refine_ratio);
+            self.load_on(backend)?;
+            let loaded = self.loaded.read().map_err(|_| poisoned())?;
+            let on_device = held_for(&loaded, backend);
+            return index.search(backend, on_device, q.view(), k, n_probes, refine_ratio);
         }
         self.load_on(backend)?;
         let loaded = self.loaded.read().map_err(|_| poisoned())?;

@@ -44,6 +44,7 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "prune_graph",
             "refine_graph",
             "cagra_search",
+            "ivf_pq_scan",
             "centroid_means",
             "pq_encode",
             "ordered_sums",
@@ -309,27 +310,142 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
             d,
             &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
         );
-        let cpu = read_results(&d.join("cpu.parquet")).unwrap();
-        let gpu_r = read_results(&d.join("gpu.parquet")).unwrap();
-        assert_eq!(cpu.offsets, gpu_r.offsets, "{metric}: {gpu}");
-        // The same search: only the order of float additions differs, so lists agree but for
-        // the rare near-tie.
-        let (cn, gn) = (cpu.neighbors.view(), gpu_r.neighbors.view());
-        let same = (0..cn.len()).filter(|&i| cn.get(i) == gn.get(i)).count();
-        assert!(
-            same as f64 >= 0.98 * cn.len() as f64,
-            "{metric}: {same} of {} equal",
-            cn.len()
-        );
-        for (i, (x, y)) in cpu.distances.iter().zip(&gpu_r.distances).enumerate() {
-            if cn.get(i) == gn.get(i) {
-                assert!(
-                    (x - y).abs() <= 1e-3 * x.abs().max(1.0),
-                    "{metric}: {x} vs {y}"
-                );
-            }
+        // The same search: only the order of float additions differs.
+        lists_agree(d, &format!("{metric}: {gpu}"));
+    }
+}
+
+/// The results in `cpu.parquet` and `gpu.parquet` are the same lists but for the rare near-tie
+/// that float rounding orders differently, with the same distances where they agree.
+fn lists_agree(d: &Path, what: &str) {
+    let cpu = read_results(&d.join("cpu.parquet")).unwrap();
+    let gpu = read_results(&d.join("gpu.parquet")).unwrap();
+    assert_eq!(cpu.offsets, gpu.offsets, "{what}");
+    let (cn, gn) = (cpu.neighbors.view(), gpu.neighbors.view());
+    let same = (0..cn.len()).filter(|&i| cn.get(i) == gn.get(i)).count();
+    assert!(
+        same as f64 >= 0.98 * cn.len() as f64,
+        "{what}: {same} of {} equal",
+        cn.len()
+    );
+    for (i, (x, y)) in cpu.distances.iter().zip(&gpu.distances).enumerate() {
+        if cn.get(i) == gn.get(i) {
+            assert!(
+                (x - y).abs() <= 1e-3 * x.abs().max(1.0),
+                "{what}: {x} vs {y}"
+            );
         }
     }
+}
+
+#[test]
+fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if skip_without_gpu(d) {
+        return;
+    }
+    generate_dataset(d, 6000, 48, 30, 300);
+    for metric in ["l2", "ip", "cosine"] {
+        ok(
+            d,
+            &[
+                "build",
+                "--input",
+                "b.parquet",
+                "--index",
+                "ivf-pq",
+                "--n-lists",
+                "64",
+                "--refine",
+                "--metric",
+                metric,
+                "--out",
+                "c.vbx",
+            ],
+        );
+        // Probes by the GPU's exact k-NN over the centroids, lists scanned by ivf_pq_scan with
+        // the CPU's tables and sums; with and without re-ranking.
+        for refine in ["1", "3"] {
+            let search = [
+                "search",
+                "--index",
+                "c.vbx",
+                "--queries",
+                "q.parquet",
+                "--k",
+                "10",
+                "--n-probes",
+                "8",
+                "--refine-ratio",
+                refine,
+            ];
+            ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
+            let gpu = ok(
+                d,
+                &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
+            );
+            lists_agree(d, &format!("{metric}, refine {refine}: {gpu}"));
+        }
+    }
+    // 256 sub-spaces of 256 codewords: 256 KiB tables, beyond any block's shared memory, so
+    // they go to global memory.
+    generate_dataset(d, 2000, 256, 10, 50);
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--n-lists",
+            "8",
+            "--pq-dim",
+            "256",
+            "--out",
+            "w.vbx",
+        ],
+    );
+    let search = [
+        "search",
+        "--index",
+        "w.vbx",
+        "--queries",
+        "q.parquet",
+        "--k",
+        "10",
+    ];
+    ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
+    let gpu = ok(
+        d,
+        &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
+    );
+    lists_agree(d, &format!("tables in global memory: {gpu}"));
+    // More candidates than the kernel's selection keeps: refused, nothing written.
+    let out = run(
+        d,
+        &[
+            "search",
+            "--index",
+            "w.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "1025",
+            "--gpu",
+            "0",
+            "--out",
+            "big.parquet",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("at most 1024 candidates"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("big.parquet").exists());
 }
 
 #[test]

@@ -867,3 +867,159 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
         }
     }
 }
+
+#[test]
+#[cfg(feature = "cuda")]
+fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
+    use vecbuild::backend::cuda::{ivf_pq_tables, IvfPqTables};
+    use vecbuild::index::ivf_pq::{build, IvfPqParams};
+    use vecbuild::search::ivf_pq::IvfPqIndex;
+    use vecbuild::Metric;
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    unsigned b = std::atoi(argv[2]);
+    int dim = std::atoi(argv[3]), dim_pad = std::atoi(argv[4]), n_lists = std::atoi(argv[5]);
+    int pq_dim = std::atoi(argv[6]), dsub = std::atoi(argv[7]), ksub = std::atoi(argv[8]);
+    int n_probes = std::atoi(argv[9]), ip = std::atoi(argv[10]), k = std::atoi(argv[11]);
+    int kp = std::atoi(argv[12]);
+    bool global = std::atoi(argv[13]);
+    auto queries = load<float>(dir + "queries");
+    auto centroids = load<float>(dir + "centroids");
+    auto books = load<float>(dir + "books");
+    auto probes = load<unsigned>(dir + "probes");
+    auto bases = load<float>(dir + "bases");
+    auto offsets = load<long long>(dir + "offsets");
+    auto codes = load<unsigned char>(dir + "codes");
+    auto rows = load<unsigned>(dir + "rows");
+    std::vector<float> work(global ? (size_t)b * (dim_pad + pq_dim * ksub) : 0, -7.0f);
+    std::vector<float> score((size_t)b * k, -1.0f);
+    std::vector<unsigned> row((size_t)b * k, 7);
+    launch({b, 1, 1}, {SELECT_THREADS, 1, 1}, [&] {
+        ivf_pq_scan(queries.data(), dim, dim_pad, centroids.data(), n_lists, books.data(), pq_dim,
+                    dsub, ksub, probes.data(), bases.data(), n_probes, ip, offsets.data(),
+                    codes.data(), rows.data(), global ? work.data() : nullptr, k, kp,
+                    score.data(), row.data());
+    });
+    save(dir + "score", score);
+    save(dir + "row", row);"#;
+    let Some(exe) = host_build(d, "select.cu", main) else {
+        return;
+    };
+    let (n, dim, nq, n_lists, max_probes) = (3000usize, 20usize, 12usize, 16usize, 5usize);
+    let mut data = random(n, dim, 53);
+    // Copies of earlier rows: the same list and code, so tied scores the row number orders.
+    for r in (0..n).step_by(7).skip(1) {
+        let from = data.row(r / 7).to_owned();
+        data.row_mut(r).assign(&from);
+    }
+    let queries = random(nq, dim, 59);
+    // pq_dim 6: sub-spaces of 4 with the last padded, two past the sums of four; pq_dim 5 with
+    // 5 bits: tables of 32 entries, one past the sums of four.
+    for (metric, pq_dim, pq_bits) in [(Metric::L2, 6, 8), (Metric::InnerProduct, 5, 5)] {
+        let params = IvfPqParams {
+            n_lists,
+            pq_dim,
+            pq_bits,
+            kmeans_n_iters: 5,
+            max_train_rows: n,
+            refine: false,
+            seed: 3,
+        };
+        let built = build(&CpuBackend, data.view(), metric, &params, None).unwrap();
+        let transposed = built.pq.transposed();
+        let norms = vecbuild::metric::squared_norms(built.centroids.view());
+        let index = IvfPqIndex {
+            metric,
+            centroids: built.centroids.view(),
+            centroid_sq_norms: &norms,
+            pq: &built.pq,
+            pq_transposed: &transposed,
+            list_offsets: &built.list_offsets,
+            list_rows: &built.list_rows,
+            codes: built.codes.as_slice().unwrap(),
+            vectors: None,
+        };
+        // Query i probes its (i mod 5) + 1 nearest lists; the kernel's rows are padded.
+        let mut probes = index
+            .probes(&CpuBackend, queries.view(), max_probes)
+            .unwrap();
+        for (i, p) in probes.iter_mut().enumerate() {
+            p.truncate(i % max_probes + 1);
+        }
+        let mut lists = vec![u32::MAX; nq * max_probes];
+        let mut bases = vec![0f32; nq * max_probes];
+        for (i, p) in probes.iter().enumerate() {
+            for (j, nb) in p.iter().enumerate() {
+                lists[i * max_probes + j] = nb.row as u32;
+                bases[i * max_probes + j] = nb.score;
+            }
+        }
+        let rows: Vec<u32> = built.list_rows.iter().map(|&r| r as u32).collect();
+        let offsets: Vec<i64> = built.list_offsets.iter().map(|&o| o as i64).collect();
+        write(&d.join("queries"), queries.as_slice().unwrap());
+        write(&d.join("centroids"), built.centroids.as_slice().unwrap());
+        write(&d.join("books"), &transposed);
+        write(&d.join("probes"), &lists);
+        write(&d.join("bases"), &bases);
+        write(&d.join("offsets"), &offsets);
+        write(&d.join("codes"), built.codes.as_slice().unwrap());
+        write(&d.join("rows"), &rows);
+        let ksub = built.pq.ksub();
+        // What the backend chooses on a GPU with 227 KiB (shared) and with 16 KiB (global).
+        let entries = pq_dim * ksub;
+        assert!(matches!(
+            ivf_pq_tables(dim, entries, 227 << 10),
+            IvfPqTables::Shared(_)
+        ));
+        assert!(matches!(
+            ivf_pq_tables(dim, entries, 16 << 10),
+            IvfPqTables::Global(_)
+        ));
+        for k in [1usize, 10, 300] {
+            let cpu = index.scan(queries.view(), &probes, k);
+            for global in [false, true] {
+                let args = [
+                    nq,
+                    dim,
+                    dim.div_ceil(4) * 4,
+                    n_lists,
+                    pq_dim,
+                    built.pq.dsub(),
+                    ksub,
+                    max_probes,
+                    (metric == Metric::InnerProduct) as usize,
+                    k,
+                    k.next_power_of_two(),
+                    global as usize,
+                ];
+                run_driver(&exe, d, &args.map(|v| v.to_string()));
+                let (score, row) = (read_f32(&d.join("score")), read_u32(&d.join("row")));
+                for (q, found) in cpu.iter().enumerate() {
+                    for j in 0..k {
+                        let (s, r) = (score[q * k + j], row[q * k + j]);
+                        match found.get(j) {
+                            Some(nb) => assert!(
+                                s.to_bits() == nb.score.to_bits() && r as u64 == nb.row,
+                                "{metric:?}, k {k}, global {global}: query {q} slot {j}: ({s}, {r}) where the CPU has ({}, {})",
+                                nb.score,
+                                nb.row
+                            ),
+                            None => assert!(
+                                s == f32::INFINITY && r == u32::MAX,
+                                "{metric:?}, k {k}: query {q} slot {j} should be empty"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        // Ties were there to order.
+        let cpu = index.scan(queries.view(), &probes, 300);
+        assert!(
+            cpu.iter()
+                .any(|f| f.windows(2).any(|w| w[0].score == w[1].score)),
+            "{metric:?}: no tied scores among the candidates"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! against the 48 KiB a block may use without opting in, which bounds `itopk_size` (512),
 //! `search_width · graph_degree` (1024) and the dimension.
 
-use super::{contiguous, gpu_err, grown, raw, CudaBackend};
+use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW};
 use crate::backend::{Loaded, Queries};
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
@@ -29,7 +29,6 @@ const MIN_TABLE: usize = 4096;
 const MAX_SHARED: usize = 48 << 10;
 /// Queries per launch.
 const QUERY_BATCH: usize = 1 << 16;
-const NO_ROW: u32 = u32::MAX;
 
 /// A CAGRA index in device memory.
 struct OnDevice {

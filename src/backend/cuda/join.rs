@@ -12,7 +12,7 @@
 //! is `refine_graph` (kernels/cagra.cu), one block per row: the CPU's candidates, scores summed
 //! in the CPU's order and the CPU's (score, row) order, so the lists are the CPU's.
 
-use super::{grown, raw, CudaBackend, MAX_GPU_K};
+use super::{grown, raw, CudaBackend, MAX_GPU_K, NO_ROW};
 use crate::backend::ListJoin;
 use crate::index::cagra::Graph;
 use crate::{Error, Metric, Result};
@@ -119,8 +119,6 @@ pub(super) fn refine_graph(
         .map_err(|e| super::gpu_err("running refine_graph", e))?;
     Ok(true)
 }
-
-const NO_ROW: u32 = u32::MAX;
 
 /// `[n, k]` neighbours by row; see the module docs.
 pub(super) fn join_lists(

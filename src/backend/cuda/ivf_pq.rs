@@ -1,0 +1,260 @@
+//! IVF-PQ search on the GPU: the index (centroids, transposed codebooks, codes, row map) is
+//! copied to device memory once ([`load`]); each batch of queries has its probes chosen by the
+//! backend's exact k-NN over the centroids ([`crate::search::ivf_pq::IvfPqIndex::probes`]), then
+//! `ivf_pq_scan` (kernels/select.cu) scans every query's probed lists in one thread block: the
+//! lookup table of each list in shared memory, a thread per code, the block's best candidates
+//! kept as `select_topk` keeps them. The tables, sums and order are the CPU's
+//! ([`crate::search::ivf_pq::IvfPqIndex::scan`], its oracle), so for the same probes the lists
+//! are the same.
+//!
+//! A table takes `pq_dim · 2^pq_bits` floats (64 KiB at pq_dim 64, 8 bits): the block opts in
+//! to the device's larger shared memory for it; where even that is too small (hundreds of
+//! sub-spaces), the tables go to a global-memory region per block instead, slower but any size.
+
+use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, SELECT_THREADS};
+use crate::backend::Loaded;
+use crate::search::ivf_pq::IvfPqIndex;
+use crate::{Error, Metric, Neighbor, Result};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use ndarray::ArrayView2;
+
+/// Queries per launch (a block each).
+const QUERY_BATCH: usize = 1 << 16;
+/// Largest global-memory table region of one launch, where tables do not fit shared memory.
+const MAX_WORK_BYTES: usize = 256 << 20;
+/// Shared memory `ivf_pq_scan` declares statically: the selection's 2048 scores and rows, its
+/// count and threshold.
+const STATIC_SHARED: usize = 2048 * 8 + 8;
+
+/// An IVF-PQ index in device memory.
+struct OnDevice {
+    n: usize,
+    dim: usize,
+    n_lists: usize,
+    pq_dim: usize,
+    centroids: CudaSlice<f32>,
+    /// `[pq_dim · dsub, ksub]` ([`crate::index::pq::ProductQuantizer::transposed`]).
+    books_t: CudaSlice<f32>,
+    list_offsets: CudaSlice<i64>,
+    codes: CudaSlice<u8>,
+    list_rows: CudaSlice<u32>,
+}
+
+/// Where a launch keeps each block's vector and table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    /// In dynamic shared memory of this many bytes.
+    Shared(usize),
+    /// In global memory, this many floats per block.
+    Global(usize),
+}
+
+/// Where the tables of an index with `dim` dimensions and `pq_dim · ksub` table entries go on
+/// a device whose blocks may opt in to `optin_bytes` of shared memory. Public for the host run
+/// of the kernel (tests/it/kernels.rs).
+pub fn tables(dim: usize, entries: usize, optin_bytes: usize) -> Tables {
+    let floats = dim.div_ceil(4) * 4 + entries;
+    if STATIC_SHARED + floats * 4 <= optin_bytes {
+        Tables::Shared(floats * 4)
+    } else {
+        Tables::Global(floats)
+    }
+}
+
+/// Copies `index` to the GPU.
+pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Loaded> {
+    let (n_lists, dim) = index.centroids.dim();
+    let n = index.list_rows.len();
+    if n >= NO_ROW as usize {
+        return Err(Error::Gpu(format!(
+            "IVF-PQ search on the GPU handles fewer than 2^32 − 1 rows; the index has {n}"
+        )));
+    }
+    let pq = index.pq;
+    let (ksub, dsub) = (pq.ksub(), pq.dsub());
+    if index.pq_transposed.len() != pq.pq_dim * dsub * ksub {
+        return Err(Error::Gpu(format!(
+            "IVF-PQ search on the GPU: the transposed codebooks hold {} floats, expected {}",
+            index.pq_transposed.len(),
+            pq.pq_dim * dsub * ksub
+        )));
+    }
+    let list_rows: Vec<u32> = index.list_rows.iter().map(|&r| r as u32).collect();
+    let list_offsets: Vec<i64> = index.list_offsets.iter().map(|&o| o as i64).collect();
+    let dev = backend.lock()?;
+    let stream = dev.stream.clone();
+    let err = |what: &str| {
+        let what = format!("copying the index's {what} to the device");
+        move |e| gpu_err(&what, e)
+    };
+    let on = OnDevice {
+        n,
+        dim,
+        n_lists,
+        pq_dim: pq.pq_dim,
+        centroids: stream
+            .clone_htod(contiguous(&index.centroids).as_ref())
+            .map_err(err("centroids"))?,
+        books_t: stream
+            .clone_htod(index.pq_transposed)
+            .map_err(err("codebooks"))?,
+        list_offsets: stream.clone_htod(&list_offsets).map_err(err("lists"))?,
+        codes: stream.clone_htod(index.codes).map_err(err("codes"))?,
+        list_rows: stream.clone_htod(&list_rows).map_err(err("row map"))?,
+    };
+    stream
+        .synchronize()
+        .map_err(|e| gpu_err("copying the index to the device", e))?;
+    Ok(Box::new(on))
+}
+
+/// Each query's `candidates` best rows of its probed lists, with the copy [`load`] made.
+pub(super) fn scan(
+    backend: &CudaBackend,
+    index: &IvfPqIndex<'_>,
+    loaded: Option<&Loaded>,
+    queries: ArrayView2<'_, f32>,
+    probes: &[Vec<Neighbor>],
+    candidates: usize,
+) -> Result<Vec<Vec<Neighbor>>> {
+    let on = loaded
+        .and_then(|l| l.downcast_ref::<OnDevice>())
+        .ok_or_else(|| Error::Gpu("the IVF-PQ index is not loaded on this GPU".into()))?;
+    let (n_lists, dim) = index.centroids.dim();
+    let pq = index.pq;
+    if (on.n, on.dim, on.n_lists, on.pq_dim) != (index.list_rows.len(), dim, n_lists, pq.pq_dim)
+        || queries.ncols() != dim
+        || probes.len() != queries.nrows()
+    {
+        return Err(Error::Gpu(
+            "the IVF-PQ index loaded on the GPU is not the one searched".into(),
+        ));
+    }
+    let k = candidates;
+    if k == 0 || k > super::MAX_GPU_K {
+        return Err(Error::Gpu(format!(
+            "IVF-PQ search on the GPU keeps at most {} candidates per query (k × refine_ratio); asked for {k}",
+            super::MAX_GPU_K
+        )));
+    }
+    let nq = queries.nrows();
+    let n_probes = probes.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let (ksub, dsub) = (pq.ksub(), pq.dsub());
+    let entries = pq.pq_dim * ksub;
+    let q_host = contiguous(&queries);
+    let mut dev = backend.lock()?;
+    let stream = dev.stream.clone();
+    let optin = stream
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| gpu_err("reading the device's shared memory size", e))?;
+    let place = tables(dim, entries, optin.max(0) as usize);
+    let (shared_bytes, batch, work_floats) = match place {
+        Tables::Shared(bytes) => (bytes, QUERY_BATCH, 0),
+        Tables::Global(floats) => (
+            0,
+            (MAX_WORK_BYTES / (floats * 4)).clamp(1, QUERY_BATCH),
+            floats,
+        ),
+    };
+    dev.ivf_pq_scan
+        .set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared_bytes as i32,
+        )
+        .map_err(|e| gpu_err("opting in to shared memory for ivf_pq_scan", e))?;
+    let mut work = match work_floats {
+        0 => None,
+        f => Some(
+            // SAFETY: each block writes its vector and table before reading them.
+            unsafe { stream.alloc::<f32>(batch.min(nq).max(1) * f) }
+                .map_err(|e| gpu_err("allocating device memory for the lookup tables", e))?,
+        ),
+    };
+    let ip = i32::from(index.metric == Metric::InnerProduct);
+    let (dim_i, dim_pad_i, lists_i) = (dim as i32, (dim.div_ceil(4) * 4) as i32, n_lists as i32);
+    let (pq_dim_i, dsub_i, ksub_i, probes_i) =
+        (pq.pq_dim as i32, dsub as i32, ksub as i32, n_probes as i32);
+    let (k_i, kp_i) = (k as i32, k.next_power_of_two() as i32);
+    let mut found = Vec::with_capacity(nq);
+    let mut b_rows = Vec::new();
+    let mut b_scores = Vec::new();
+    for q0 in (0..nq).step_by(batch) {
+        let q1 = (q0 + batch).min(nq);
+        let b = q1 - q0;
+        let mut lists = vec![NO_ROW; b * n_probes];
+        let mut bases = vec![0f32; b * n_probes];
+        for (i, probe) in probes[q0..q1].iter().enumerate() {
+            for (j, p) in probe.iter().enumerate() {
+                lists[i * n_probes + j] = p.row as u32;
+                bases[i * n_probes + j] = p.score;
+            }
+        }
+        let q_ptr = dev.upload(|s| &mut s.queries, &q_host[q0 * dim..q1 * dim])?;
+        let lists_dev = stream
+            .clone_htod(&lists)
+            .map_err(|e| gpu_err("copying the probes to the device", e))?;
+        let bases_dev = stream
+            .clone_htod(&bases)
+            .map_err(|e| gpu_err("copying the probes to the device", e))?;
+        let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, b * k)?);
+        let or_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, b * k)?);
+        let work_ptr = work.as_mut().map_or(0, |w| raw(&stream, w));
+        let cfg = LaunchConfig {
+            grid_dim: (b as u32, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: shared_bytes as u32,
+        };
+        let mut launch = stream.launch_builder(&dev.ivf_pq_scan);
+        launch
+            .arg(&q_ptr)
+            .arg(&dim_i)
+            .arg(&dim_pad_i)
+            .arg(&on.centroids)
+            .arg(&lists_i)
+            .arg(&on.books_t)
+            .arg(&pq_dim_i)
+            .arg(&dsub_i)
+            .arg(&ksub_i)
+            .arg(&lists_dev)
+            .arg(&bases_dev)
+            .arg(&probes_i)
+            .arg(&ip)
+            .arg(&on.list_offsets)
+            .arg(&on.codes)
+            .arg(&on.list_rows)
+            .arg(&work_ptr)
+            .arg(&k_i)
+            .arg(&kp_i)
+            .arg(&os_ptr)
+            .arg(&or_ptr);
+        // SAFETY: arguments match ivf_pq_scan's signature; the queries hold b·dim floats, the
+        // probes and bases b·n_probes (list numbers below n_lists or NO_ROW, which the kernel
+        // skips), the index buffers what `load` copied (checked against `index` above), the
+        // work region b·(dim_pad + pq_dim·ksub) floats when tables go to global memory, the
+        // outputs b·k; dynamic shared memory is what `tables` sized and the function was
+        // allowed just above.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ivf_pq_scan", e))?;
+        b_rows.resize(b * k, 0u32);
+        b_scores.resize(b * k, 0f32);
+        dev.download(|s| &s.out_col, &mut b_rows)?;
+        dev.download(|s| &s.out_score, &mut b_scores)?;
+        stream
+            .synchronize()
+            .map_err(|e| gpu_err("running ivf_pq_scan", e))?;
+        for (r, s) in b_rows.chunks(k).zip(b_scores.chunks(k)) {
+            found.push(
+                r.iter()
+                    .zip(s)
+                    .filter(|(&row, _)| row != NO_ROW)
+                    .map(|(&row, &score)| Neighbor {
+                        score,
+                        row: row as u64,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(found)
+}
