@@ -149,7 +149,12 @@ impl IvfPqIndex<'_> {
         } else {
             &[]
         };
-        backend.knn_block(qv, self.centroids, c_norms, 0, &mut probes)?;
+        backend
+            .knn_block(qv, self.centroids, c_norms, 0, &mut probes)
+            .map_err(|e| match e {
+                Error::Gpu(m) => Error::Gpu(format!("choosing {n_probes} lists per query: {m}")),
+                other => other,
+            })?;
         Ok(probes.into_iter().map(TopK::into_sorted).collect())
     }
 

@@ -966,16 +966,17 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
         write(&d.join("codes"), built.codes.as_slice().unwrap());
         write(&d.join("rows"), &rows);
         let ksub = built.pq.ksub();
-        // What the backend chooses on a GPU with 227 KiB (shared) and with 16 KiB (global).
-        let entries = pq_dim * ksub;
-        assert!(matches!(
-            ivf_pq_tables(dim, entries, 227 << 10),
-            IvfPqTables::Shared(_)
-        ));
-        assert!(matches!(
-            ivf_pq_tables(dim, entries, 16 << 10),
-            IvfPqTables::Global(_)
-        ));
+        // What the backend chooses on a GPU with 227 KiB (shared) and with 512 bytes beside
+        // the kernel's own 16 KiB (global).
+        let (entries, own) = (pq_dim * ksub, 2048 * 8 + 8);
+        assert_eq!(
+            ivf_pq_tables(dim, entries, 227 << 10, own),
+            IvfPqTables::Shared((dim.div_ceil(4) * 4 + entries) * 4)
+        );
+        assert_eq!(
+            ivf_pq_tables(dim, entries, own + 512, own),
+            IvfPqTables::Global(dim.div_ceil(4) * 4 + entries)
+        );
         for k in [1usize, 10, 300] {
             let cpu = index.scan(queries.view(), &probes, k);
             for global in [false, true] {

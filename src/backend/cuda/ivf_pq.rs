@@ -23,9 +23,6 @@ use ndarray::ArrayView2;
 const QUERY_BATCH: usize = 1 << 16;
 /// Largest global-memory table region of one launch, where tables do not fit shared memory.
 const MAX_WORK_BYTES: usize = 256 << 20;
-/// Shared memory `ivf_pq_scan` declares statically: the selection's 2048 scores and rows, its
-/// count and threshold.
-const STATIC_SHARED: usize = 2048 * 8 + 8;
 
 /// An IVF-PQ index in device memory.
 struct OnDevice {
@@ -51,11 +48,12 @@ pub enum Tables {
 }
 
 /// Where the tables of an index with `dim` dimensions and `pq_dim · ksub` table entries go on
-/// a device whose blocks may opt in to `optin_bytes` of shared memory. Public for the host run
+/// a device whose blocks may opt in to `optin_bytes` of shared memory, `static_bytes` of which
+/// the kernel declares itself (its selection's 2048 scores and rows). Public for the host run
 /// of the kernel (tests/it/kernels.rs).
-pub fn tables(dim: usize, entries: usize, optin_bytes: usize) -> Tables {
+pub fn tables(dim: usize, entries: usize, optin_bytes: usize, static_bytes: usize) -> Tables {
     let floats = dim.div_ceil(4) * 4 + entries;
-    if STATIC_SHARED + floats * 4 <= optin_bytes {
+    if static_bytes + floats * 4 <= optin_bytes {
         Tables::Shared(floats * 4)
     } else {
         Tables::Global(floats)
@@ -149,7 +147,16 @@ pub(super) fn scan(
         .context()
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(|e| gpu_err("reading the device's shared memory size", e))?;
-    let place = tables(dim, entries, optin.max(0) as usize);
+    let static_bytes = dev
+        .ivf_pq_scan
+        .shared_size_bytes()
+        .map_err(|e| gpu_err("reading ivf_pq_scan's shared memory size", e))?;
+    let place = tables(
+        dim,
+        entries,
+        optin.max(0) as usize,
+        static_bytes.max(0) as usize,
+    );
     let (shared_bytes, batch, work_floats) = match place {
         Tables::Shared(bytes) => (bytes, QUERY_BATCH, 0),
         Tables::Global(floats) => (
