@@ -17,13 +17,13 @@ pub struct Out {
     pub stderr: String,
 }
 
-/// Runs `vecbuild args…` in `dir`.
+/// Runs `vecbuild args…` in `dir` (on the CUDA emulator when the test asked for it,
+/// [`crate::emu::on_emulator`]).
 pub fn run(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_vecbuild"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("vecbuild runs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vecbuild"));
+    cmd.args(args).current_dir(dir);
+    crate::emu::environment(&mut cmd);
+    let out = cmd.output().expect("vecbuild runs");
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

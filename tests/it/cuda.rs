@@ -7,16 +7,38 @@ use vecbuild::io::parquet::read_results;
 
 /// Whether `vecbuild doctor` found a usable GPU 0 (driver, libraries, kernels loaded).
 fn gpu_present(dir: &Path) -> bool {
-    ok(dir, &["doctor"]).contains("kernels compiled by NVRTC and loaded")
+    ok(dir, &["doctor"])
+        .lines()
+        .any(|l| l.starts_with("gpu 0 ") && l.contains("kernels loaded ("))
 }
 
-/// True (and says so) where there is no usable GPU: the GPU tests then have nothing to check.
-fn skip_without_gpu(dir: &Path) -> bool {
-    let skip = !gpu_present(dir);
-    if skip {
-        eprintln!("SKIPPED: no usable GPU here (scripts/gpu-check.sh runs the full GPU checks)");
+/// True (and says so) where there is neither a usable GPU nor the CUDA emulator: the GPU tests
+/// then have nothing to check. Without a GPU, the test's runs of vecbuild go to the emulator
+/// (tests/emu), on the smaller data [`size`] picks.
+fn no_device(dir: &Path) -> bool {
+    if gpu_present(dir) {
+        return false;
     }
-    skip
+    match crate::emu::emulator() {
+        Some(emulator) => {
+            crate::emu::on_emulator(emulator);
+            eprintln!("no GPU here: running on the CUDA emulator (tests/emu), on small data");
+            false
+        }
+        None => {
+            eprintln!("SKIPPED: no usable GPU here and no emulator (scripts/gpu-check.sh runs the full GPU checks)");
+            true
+        }
+    }
+}
+
+/// `gpu` on a GPU, `emulated` on the emulator (whose kernels run on host threads).
+fn size(gpu: usize, emulated: usize) -> usize {
+    if crate::emu::emulated() {
+        emulated
+    } else {
+        gpu
+    }
 }
 
 #[test]
@@ -130,10 +152,10 @@ fn gpu_without_a_usable_device_is_a_clear_error_that_writes_nothing() {
 fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
-    generate_dataset(d, 5000, 32, 20, 200);
+    generate_dataset(d, size(5000, 1500), 32, 20, size(200, 40));
     for metric in ["l2", "ip", "cosine"] {
         let common = [
             "--base",
@@ -168,10 +190,10 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
 fn gpu_flat_search_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
-    generate_dataset(d, 7000, 40, 30, 500);
+    generate_dataset(d, size(7000, 1500), 40, 30, size(500, 40));
     for metric in ["l2", "ip", "cosine"] {
         let build = ["build", "--input", "b.parquet", "--index", "flat"];
         ok(
@@ -222,10 +244,10 @@ fn exact_results_agree(d: &Path, metric: &str) {
 fn gpu_fp16_knn_keeps_recall_and_refuses_what_fp16_cannot_hold_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
-    generate_dataset(d, 20000, 96, 50, 300);
+    generate_dataset(d, size(20000, 2000), 96, 50, size(300, 40));
     let common = ["--base", "b.parquet", "--queries", "q.parquet", "--k", "10"];
     ok(
         d,
@@ -273,10 +295,10 @@ fn gpu_fp16_knn_keeps_recall_and_refuses_what_fp16_cannot_hold_where_a_gpu_is_pr
 fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
-    generate_dataset(d, 6000, 48, 30, 300);
+    generate_dataset(d, size(6000, 1500), 48, 30, size(300, 20));
     for metric in ["l2", "ip", "cosine"] {
         ok(
             d,
@@ -342,10 +364,10 @@ fn lists_agree(d: &Path, what: &str) {
 fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
-    generate_dataset(d, 6000, 48, 30, 300);
+    generate_dataset(d, size(6000, 1500), 48, 30, size(300, 20));
     for metric in ["l2", "ip", "cosine"] {
         ok(
             d,
@@ -390,7 +412,7 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
     }
     // 256 sub-spaces of 256 codewords: 256 KiB tables, beyond any block's shared memory, so
     // they go to global memory.
-    generate_dataset(d, 2000, 256, 10, 50);
+    generate_dataset(d, size(2000, 600), 256, 10, size(50, 10));
     ok(
         d,
         &[
@@ -403,6 +425,7 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
             "8",
             "--pq-dim",
             "256",
+            "--refine",
             "--out",
             "w.vbx",
         ],
@@ -432,7 +455,9 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
             "--queries",
             "q.parquet",
             "--k",
-            "1025",
+            "300",
+            "--refine-ratio",
+            "4",
             "--gpu",
             "0",
             "--out",
@@ -452,11 +477,11 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
 fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
     // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
-    generate_dataset(d, 5000, 32, 40, 10);
+    generate_dataset(d, size(5000, 1500), 32, 40, 10);
     build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
     let graph = |f: &str| {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
@@ -472,12 +497,12 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
 fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
     let d = dir.path();
-    if skip_without_gpu(d) {
+    if no_device(d) {
         return;
     }
     // k-means with the rows held on the GPU (coarse: GEMM path; PQ sub-spaces: direct path),
     // centroids moved by the update kernel: every tensor must be the CPU's, bit for bit.
-    generate_dataset(d, 6000, 48, 30, 10);
+    generate_dataset(d, size(6000, 1500), 48, 30, 10);
     build_on_cpu_and_gpu(d, &["--index", "ivf-pq", "--n-lists", "64"]);
     let tensors = |f: &str| {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();

@@ -15,121 +15,13 @@ use vecbuild::index::kmeans;
 use vecbuild::index::pq::ProductQuantizer;
 use vecbuild::synth::Rng;
 
-/// CUDA's built-ins on the host: a block's threads are real threads, `__syncthreads` a barrier
-/// of the block, warp shuffles and ballots an exchange through a barrier of the warp, atomics
-/// `std::atomic_ref`, shared memory a static array (one block runs at a time). Threads that
-/// return leave the barriers, as exited GPU threads do. `launch` runs the grid's blocks in turn.
-const HOST_RUNTIME: &str = r#"
-#include <algorithm>
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-#include <string>
-#include <thread>
-#include <vector>
-using std::max;
-using std::min;
-struct Dim3 { unsigned x, y, z; };
-static Dim3 blockIdx, blockDim, gridDim;
-static thread_local Dim3 threadIdx;
-static std::barrier<>* block_barrier;
-static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-static std::unique_ptr<std::atomic<unsigned long long>[]> warp_slots;
-alignas(16) static unsigned char dyn_smem[1 << 16];
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __restrict__ __restrict
-#define __shared__ static
-#define __align__(n)
-struct float4 { float x, y, z, w; };
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-static inline unsigned lane_of() { return threadIdx.x % 32; }
-static inline std::atomic<unsigned long long>* slots_of() { return &warp_slots[threadIdx.x / 32 * 32]; }
-static inline unsigned long long swap_in_warp(unsigned long long mine, unsigned src) {
-    slots_of()[lane_of()].store(mine);
-    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-    unsigned long long got = slots_of()[src % 32].load();
-    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-    return got;
-}
-template <class T> static T exchange(T v, unsigned src) {
-    unsigned long long bits = 0;
-    std::memcpy(&bits, &v, sizeof(T));
-    bits = swap_in_warp(bits, src);
-    T r;
-    std::memcpy(&r, &bits, sizeof(T));
-    return r;
-}
-template <class T> static T __shfl_down_sync(unsigned, T v, int offset) {
-    unsigned lane = lane_of();
-    return exchange(v, lane + offset < 32 ? lane + offset : lane);
-}
-template <class T> static T __shfl_xor_sync(unsigned, T v, int mask) { return exchange(v, lane_of() ^ mask); }
-template <class T> static T __shfl_sync(unsigned, T v, int src) { return exchange(v, src); }
-static unsigned __ballot_sync(unsigned, int pred) {
-    slots_of()[lane_of()].store(pred ? 1 : 0);
-    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-    unsigned bits = 0;
-    for (unsigned i = 0; i < 32; ++i) bits |= slots_of()[i].load() ? 1u << i : 0u;
-    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
-    return bits;
-}
-template <class T> static T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
-static unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
-    std::atomic_ref<unsigned>(*p).compare_exchange_strong(expected, desired);
-    return expected;
-}
-static unsigned atomicMax(unsigned* p, unsigned v) {
-    std::atomic_ref<unsigned> a(*p);
-    unsigned old = a.load();
-    while (old < v && !a.compare_exchange_weak(old, v)) {}
-    return old;
-}
-template <class T> static T __ldg(const T* p) { return *p; }
-static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
-static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
-static inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }
-static inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
-static inline float __fsub_rn(float a, float b) { return a - b; }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-
+/// CUDA's built-ins on the host (tests/emu/runtime.h: a block's threads are real threads with
+/// barriers, warp exchanges, atomics and shared memory; `launch` runs a grid's blocks in turn),
+/// the kernel file, and helpers to read and write the driver's files.
+const HOST_RUNTIME: &str = concat!(
+    include_str!("../emu/runtime.h"),
+    r#"
 #include "KERNELS"
-
-template <class F> static void launch(Dim3 grid, Dim3 block, F kernel) {
-    gridDim = grid;
-    blockDim = block;
-    const unsigned threads = block.x * block.y * block.z, warps = (threads + 31) / 32;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = {x, y, z};
-                std::barrier<> bar(threads);
-                block_barrier = &bar;
-                warp_barriers.clear();
-                for (unsigned w = 0; w < warps; ++w)
-                    warp_barriers.emplace_back(new std::barrier<>(std::min(32u, threads - 32 * w)));
-                warp_slots.reset(new std::atomic<unsigned long long>[warps * 32]);
-                std::memset(dyn_smem, 0xcd, sizeof dyn_smem);  // garbage, as on a GPU
-                std::vector<std::thread> team;
-                for (unsigned t = 0; t < threads; ++t)
-                    team.emplace_back([&, t] {
-                        threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
-                        kernel();
-                        slots_of()[lane_of()].store(0);
-                        warp_barriers[t / 32]->arrive_and_drop();
-                        bar.arrive_and_drop();
-                    });
-                for (auto& th : team) th.join();
-            }
-}
 
 template <class T> std::vector<T> load(const std::string& path) {
     FILE* f = std::fopen(path.c_str(), "rb");
@@ -147,35 +39,21 @@ template <class T> void save(const std::string& path, const std::vector<T>& v) {
     std::fwrite(v.data(), sizeof(T), v.size(), f);
     std::fclose(f);
 }
-"#;
+"#
+);
 
 /// Compiles `kernels/<file>` on the host with the runtime above and `main` (which reads and
 /// writes files in the folder given as its first argument), or `None` (test skipped, said)
 /// where there is no C++ compiler and CI does not require one.
 fn host_build(dir: &Path, file: &str, main: &str) -> Option<std::path::PathBuf> {
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("kernels")
-        .join(file);
-    // Dynamic shared memory is the runtime's one array.
-    let source = std::fs::read_to_string(&kernels).unwrap();
-    let mut adapted = String::new();
-    for line in source.lines() {
-        match line.trim().strip_prefix("extern __shared__ ") {
-            Some(decl) => {
-                let (ty, name) = decl.trim_end_matches("[];").rsplit_once(' ').unwrap();
-                adapted += &format!("{ty}* {name} = reinterpret_cast<{ty}*>(dyn_smem);\n");
-            }
-            None => adapted += &format!("{line}\n"),
-        }
-    }
+    let cxx = crate::emu::cxx()?;
     let kernel_copy = dir.join(file);
-    std::fs::write(&kernel_copy, adapted).unwrap();
+    std::fs::write(&kernel_copy, crate::emu::adapted_kernel(file)).unwrap();
     let src = dir.join("driver.cpp");
     let program = HOST_RUNTIME.replace("KERNELS", &kernel_copy.display().to_string());
     std::fs::write(&src, format!("{program}\nint main(int argc, char** argv) {{\n    std::string dir = std::string(argv[1]) + \"/\";\n{main}\n    return 0;\n}}\n")).unwrap();
     let exe = dir.join("driver");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let built = Command::new(&cxx)
+    let out = Command::new(&cxx)
         .args([
             "-std=c++20",
             "-O2",
@@ -186,22 +64,14 @@ fn host_build(dir: &Path, file: &str, main: &str) -> Option<std::path::PathBuf> 
         ])
         .arg(&exe)
         .arg(&src)
-        .output();
-    match built {
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "{cxx} could not compile kernels/{file} on the host:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(exe)
-        }
-        Err(e) if std::env::var_os("VECBUILD_REQUIRE_NVRTC").is_none() => {
-            eprintln!("SKIPPED: no C++ compiler ({cxx}: {e}); CI requires one");
-            None
-        }
-        Err(e) => panic!("no C++ compiler ({cxx}: {e})"),
-    }
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cxx} could not compile kernels/{file} on the host:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
 }
 
 /// Runs a host-built driver on folder `dir` with `args`.

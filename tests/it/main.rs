@@ -6,6 +6,7 @@ mod cagra;
 mod cli;
 mod common;
 mod cuda;
+mod emu;
 mod ivf_pq;
 mod kernels;
 mod knn;
