@@ -13,6 +13,7 @@
 // streams and events are names only.
 
 #define DYN_SMEM_BYTES (96 << 10)
+#define HOST_FIBERS
 #include "runtime.h"
 #include "kernels.inc"
 
