@@ -225,6 +225,101 @@ fn gpu_flat_search_equals_the_cpu_where_a_gpu_is_present() {
 
 /// `cpu.parquet` and `gpu.parquet` in `d` hold the same exact neighbours, distances within
 /// fp32 rounding.
+#[test]
+fn gpu_knn_across_base_tiles_equals_the_cpu_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if no_device(d) {
+        return;
+    }
+    // 20,000 rows of 1024 floats: two base tiles of at most 64 MiB, the second staged while the
+    // first is searched, its selection starting from the thresholds the first reached.
+    let (rows, dim) = (20_000, 1024);
+    assert!(rows > vecbuild::backend::base_tile_rows(dim));
+    generate_dataset(d, rows, dim, 20, 12);
+    for (metric, k) in [("l2", "10"), ("ip", "100")] {
+        let common = [
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--k",
+            k,
+            "--metric",
+            metric,
+        ];
+        ok(
+            d,
+            &[&["knn"][..], &common, &["--out", "cpu.parquet"]].concat(),
+        );
+        ok(
+            d,
+            &[
+                &["knn", "--gpu", "0"][..],
+                &common,
+                &["--out", "gpu.parquet"],
+            ]
+            .concat(),
+        );
+        // 1024 products per score: the GEMM's summation order reorders the rare near-tie.
+        lists_agree(d, &format!("{metric}, k {k}"));
+    }
+}
+
+#[test]
+fn gpu_reports_and_plans_name_the_device_where_a_gpu_is_present() {
+    let dir = tmp();
+    let d = dir.path();
+    if no_device(d) {
+        return;
+    }
+    generate_dataset(d, 1000, 16, 5, 10);
+    let doctor: serde_json::Value = serde_json::from_str(&ok(d, &["doctor", "--json"])).unwrap();
+    let device = &doctor["backends"]["cuda"]["devices"][0];
+    assert!(
+        device["kernels"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("loaded")),
+        "{doctor}"
+    );
+    let bench = ok(
+        d,
+        &[
+            "bench-knn",
+            "--gpu",
+            "0",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--runs",
+            "1",
+        ],
+    );
+    let bench: serde_json::Value = serde_json::from_str(bench.trim()).unwrap();
+    assert_eq!(bench["backend"], "cuda:0", "{bench}");
+    assert_eq!(bench["device"], device["device"]["name"], "{bench}");
+    for index in ["ivf-pq", "cagra"] {
+        let plan = ok(
+            d,
+            &[
+                "build",
+                "--gpu",
+                "0",
+                "--dry-run",
+                "--input",
+                "b.parquet",
+                "--index",
+                index,
+                "--out",
+                "x.vbx",
+            ],
+        );
+        assert!(plan.contains("peak device memory"), "{plan}");
+        assert!(!d.join("x.vbx").exists());
+    }
+}
+
 fn exact_results_agree(d: &Path, metric: &str) {
     let cpu = read_results(&d.join("cpu.parquet")).unwrap();
     let gpu = read_results(&d.join("gpu.parquet")).unwrap();
