@@ -23,6 +23,9 @@ ap.add_argument("--work", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--gpu", default="0")
 ap.add_argument("--quick", action="store_true", help="small sizes only")
+ap.add_argument("--emulated", action="store_true",
+                help="tiny sizes and the checks only, no timings: for trying this script on the CUDA emulator "
+                     "(tests/emu) where there is no GPU")
 ap.add_argument("--only-cagra1m", action="store_true", help="only the CAGRA build and search timings at 1M rows")
 args = ap.parse_args()
 
@@ -126,11 +129,14 @@ def compare_search(label, outs, truth_ids):
 
 
 say(f"seed {SEED}")
-small = args.quick
+tiny = args.emulated
+small = args.quick or tiny
 if not args.only_cagra1m:
     data = {
-        "random": generate("random", 20_000 if small else 100_000, 128, 1, 500 if small else 2000),
-        "clustered": generate("clustered", 50_000 if small else 200_000, 128, 1000, 1000 if small else 5000),
+        "random": generate("random", 2_000 if tiny else 20_000 if small else 100_000, 128, 1,
+                           50 if tiny else 500 if small else 2000),
+        "clustered": generate("clustered", 3_000 if tiny else 50_000 if small else 200_000, 128,
+                              30 if tiny else 1000, 50 if tiny else 1000 if small else 5000),
     }
 
     # 1. Exact k-NN: GPU against the CPU backend. Same ids where no near-tie separates them;
@@ -174,12 +180,13 @@ if not args.only_cagra1m:
     record("flat search --gpu (index held on the device, batches of 500)", rec >= 0.999,
            f"recall vs CPU {rec:.5f}", f"identical lists {same:.4f}")
 
-    # The kernels' PTX comes from the cache on a second start.
-    r, _ = vb("doctor")
-    r, _ = vb("doctor")
-    cached = re.search(r"loaded \((\d+) of (\d+) files' PTX from the cache", r.stdout)
-    record("kernel PTX from the cache on the second start", bool(cached) and cached.group(1) == cached.group(2),
-           cached.group(0) if cached else r.stdout.strip().splitlines()[-1][:90])
+    # The kernels' PTX comes from the cache on a second start (the emulator runs with it off).
+    if not tiny:
+        r, _ = vb("doctor")
+        r, _ = vb("doctor")
+        cached = re.search(r"loaded \((\d+) of (\d+) files' PTX from the cache", r.stdout)
+        record("kernel PTX from the cache on the second start", bool(cached) and cached.group(1) == cached.group(2),
+               cached.group(0) if cached else r.stdout.strip().splitlines()[-1][:90])
 
     # k at the selection's limit.
     base, q = data["random"]
@@ -216,7 +223,7 @@ if not args.only_cagra1m:
     truth_ids = results(truth)[0]
     n = 50_000 if small else 200_000
     for label, build_args, search_args in [
-        ("ivf-pq", ["--index", "ivf-pq", "--n-lists", 256 if small else 1024, "--pq-dim", 64],
+        ("ivf-pq", ["--index", "ivf-pq", "--n-lists", 32 if tiny else 256 if small else 1024, "--pq-dim", 64],
          ["--n-probes", 32]),
         ("cagra", ["--index", "cagra"], []),
         ("cagra exact", ["--index", "cagra", "--build-algo", "exact"], []),
@@ -246,8 +253,12 @@ if not args.only_cagra1m:
         say(f"  {label}: tensors differing GPU vs CPU: {differ or 'none'}")
         if label == "cagra exact":
             # Deterministic end to end (exact kNN lists, integer pruning): the graph must be the same.
-            record("cagra exact: GPU graph identical to the CPU's", "graph" not in differ,
-                   f"{len(tc['graph'])} rows", f"differing tensors: {differ or 'none'}")
+            # (The emulator's GEMM adds in plain order, not the CPU's: near-ties in the kNN lists
+            # come out in another order there, so it is held to 95 % of rows.)
+            same_rows = float(np.mean(np.all(tg["graph"] == tc["graph"], axis=1)))
+            record("cagra exact: GPU graph identical to the CPU's",
+                   same_rows >= 0.95 if tiny else "graph" not in differ,
+                   f"{len(tc['graph'])} rows, {same_rows:.4f} identical", f"differing tensors: {differ or 'none'}")
         ok = recs["gpu"] >= recs["cpu"] - 0.02 and backend.startswith("cuda")
         record(f"build {label} on GPU vs CPU", ok, f"recall@10 GPU {recs['gpu']:.4f} / CPU {recs['cpu']:.4f}",
                f"manifest backend {backend}; build {build_times[(label, 'gpu')]:.2f} s vs {build_times[(label, 'cpu')]:.2f} s")
@@ -279,6 +290,14 @@ if not args.only_cagra1m:
         record(f"IVF-PQ search on GPU vs CPU: n_probes {n_probes}", same >= 0.98 and rg >= rc - 0.005,
                f"identical lists {same:.4f}",
                f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}; {gq:.0f} vs {cq:.0f} QPS ({gq / max(cq, 1e-9):.1f}×)")
+
+if tiny:
+    # On the emulator: the checks are the point; its timings would mean nothing.
+    say("")
+    say(f"GPU check {time.strftime('%Y-%m-%d')} on the CUDA emulator (no timings), seed {SEED}")
+    for c, res, val, det in rows:
+        say(f"{c:46} {res:6} {val:36} {det}")
+    sys.exit(1 if failed else 0)
 
 # 3. Timings. Exact k-NN against PyTorch matmul + topk on the same data, same precision (fp32,
 #    TF32 off on both sides), norms precomputed on both sides.
