@@ -95,6 +95,9 @@ const SELECT_THREADS: u32 = 256;
 /// An empty slot in a kernel's row or column output (`NO_ROW` in the kernels).
 const NO_ROW: u32 = u32::MAX;
 
+/// Queries per launch of a search kernel (a block each): `cagra_search`, `ivf_pq_scan`.
+const QUERY_BATCH: usize = 1 << 16;
+
 /// The arithmetic of the GPU's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {

@@ -419,17 +419,20 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
             "10",
         ];
         // The GPU walks the graph on the f32 vectors: the CPU does the same to be its oracle.
-        ok(
-            d,
-            &[&search[..], &["--exact-walk", "--out", "cpu.parquet"]].concat(),
-        );
-        let gpu = ok(
-            d,
-            &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
-        );
         // The same search: only the order of float additions differs.
-        lists_agree(d, &format!("{metric}: {gpu}"));
+        searches_agree(d, &search, &["--exact-walk"], metric);
     }
+}
+
+/// `vecbuild <search…> <cpu_extra…>` on the CPU and `vecbuild <search…> --gpu 0` find the same
+/// lists ([`lists_agree`]).
+fn searches_agree(d: &Path, search: &[&str], cpu_extra: &[&str], what: &str) {
+    ok(d, &[search, cpu_extra, &["--out", "cpu.parquet"]].concat());
+    let gpu = ok(
+        d,
+        &[search, &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
+    );
+    lists_agree(d, &format!("{what}: {gpu}"));
 }
 
 /// The results in `cpu.parquet` and `gpu.parquet` are the same lists but for the rare near-tie
@@ -497,12 +500,7 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
                 "--refine-ratio",
                 refine,
             ];
-            ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
-            let gpu = ok(
-                d,
-                &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
-            );
-            lists_agree(d, &format!("{metric}, refine {refine}: {gpu}"));
+            searches_agree(d, &search, &[], &format!("{metric}, refine {refine}"));
         }
     }
     // 256 sub-spaces of 256 codewords: 256 KiB tables, beyond any block's shared memory, so
@@ -534,12 +532,7 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
         "--k",
         "10",
     ];
-    ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
-    let gpu = ok(
-        d,
-        &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
-    );
-    lists_agree(d, &format!("tables in global memory: {gpu}"));
+    searches_agree(d, &search, &[], "tables in global memory");
     // More candidates than the kernel's selection keeps: refused, nothing written.
     let out = run(
         d,

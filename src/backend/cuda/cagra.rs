@@ -7,7 +7,7 @@
 //! against the 48 KiB a block may use without opting in, which bounds `itopk_size` (512),
 //! `search_width · graph_degree` (1024) and the dimension.
 
-use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW};
+use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, QUERY_BATCH};
 use crate::backend::{Loaded, Queries};
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
@@ -27,8 +27,6 @@ const SEARCH_THREADS: u32 = 256;
 const MIN_TABLE: usize = 4096;
 /// Shared memory a block may use without opting in.
 const MAX_SHARED: usize = 48 << 10;
-/// Queries per launch.
-const QUERY_BATCH: usize = 1 << 16;
 
 /// A CAGRA index in device memory.
 struct OnDevice {

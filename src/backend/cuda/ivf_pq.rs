@@ -11,7 +11,7 @@
 //! to the device's larger shared memory for it; where even that is too small (hundreds of
 //! sub-spaces), the tables go to a global-memory region per block instead, slower but any size.
 
-use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, SELECT_THREADS};
+use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, QUERY_BATCH, SELECT_THREADS};
 use crate::backend::Loaded;
 use crate::search::ivf_pq::IvfPqIndex;
 use crate::{Error, Metric, Neighbor, Result};
@@ -19,8 +19,6 @@ use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::ArrayView2;
 
-/// Queries per launch (a block each).
-const QUERY_BATCH: usize = 1 << 16;
 /// Largest global-memory table region of one launch, where tables do not fit shared memory.
 const MAX_WORK_BYTES: usize = 256 << 20;
 
