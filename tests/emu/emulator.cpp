@@ -9,8 +9,9 @@
 // the GPU's memory model, float contraction or cuBLAS' summation order (its GEMM adds in order).
 // It is a test instrument, never shipped: the device reports itself as an emulator.
 //
-// Device memory is host memory (a device pointer is a host address), every call is synchronous,
-// streams and events are names only.
+// Device memory is host memory (a device pointer is a host address), poisoned when allocated and
+// guarded past its end (see device_alloc); every call is synchronous, streams and events are
+// names only.
 
 #define DYN_SMEM_BYTES (96 << 10)
 #define HOST_FIBERS
@@ -80,18 +81,41 @@ static std::map<CUdeviceptr, size_t> allocations;
 static size_t allocated = 0;
 static Opaque* const THE_CONTEXT = reinterpret_cast<Opaque*>(0x1000);
 
+// Each allocation is filled with 0xff bytes (NaN floats, all-ones integers), as a GPU leaves
+// memory with whatever was there, so code that reads what it never wrote goes wrong here too;
+// and is followed by a guard of GUARD bytes, checked after every launch and copy and on free, so
+// a write past a buffer's end is reported (and the process aborted) where it happens.
+static const size_t GUARD = 256;
+static const unsigned char GUARD_BYTE = 0xa5;
+
 static CUresult device_alloc(CUdeviceptr* p, size_t bytes) {
     std::lock_guard<std::mutex> g(lock);
     if (allocated + bytes > TOTAL_BYTES) return CUDA_ERROR_OUT_OF_MEMORY;
-    void* host = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    unsigned char* host = static_cast<unsigned char*>(std::aligned_alloc(256, (bytes + 255) / 256 * 256 + GUARD));
     if (!host) return CUDA_ERROR_OUT_OF_MEMORY;
+    std::memset(host, 0xff, bytes);
+    std::memset(host + bytes, GUARD_BYTE, GUARD);
     *p = reinterpret_cast<CUdeviceptr>(host);
     allocations[*p] = bytes;
     allocated += bytes;
     return CUDA_SUCCESS;
 }
 
+static void check_guards(const char* after) {
+    std::lock_guard<std::mutex> g(lock);
+    for (auto& [p, bytes] : allocations) {
+        const unsigned char* guard = reinterpret_cast<const unsigned char*>(p) + bytes;
+        for (size_t i = 0; i < GUARD; ++i)
+            if (guard[i] != GUARD_BYTE) {
+                std::fprintf(stderr, "vecbuild host emulator: %s wrote past the end of a device buffer of %zu bytes\n",
+                             after, bytes);
+                std::abort();
+            }
+    }
+}
+
 static CUresult device_free(CUdeviceptr p) {
+    check_guards("something before this free");
     std::lock_guard<std::mutex> g(lock);
     auto it = allocations.find(p);
     if (it == allocations.end()) return p == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
@@ -167,6 +191,7 @@ CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAlloc(p, by
 CUresult cuMemFreeHost(void* p) { std::free(p); return CUDA_SUCCESS; }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
     std::memcpy(reinterpret_cast<void*>(dst), src, n);
+    check_guards("a copy to the device");
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
@@ -229,6 +254,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
         bx * by * bz == 0 || gx == 0 || gy == 0 || gz == 0)
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     kernels().at(f->name)({gx, gy, gz}, {bx, by, bz}, params);
+    check_guards(("kernel " + f->name).c_str());
     return CUDA_SUCCESS;
 }
 CUresult cuGetErrorString(CUresult, const char** s) { *s = "emulated CUDA error"; return CUDA_SUCCESS; }
@@ -294,6 +320,7 @@ int cublasSetWorkspace_v2(cublasHandle_t, void*, size_t) { return 0; }
 int cublasSgemm_v2(cublasHandle_t, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
                    int lda, const float* b, int ldb, const float* beta, float* c, int ldc) {
     gemm(ta, tb, m, n, k, *alpha, a, lda, b, ldb, *beta, c, ldc, [](float v) { return v; });
+    check_guards("cublasSgemm");
     return 0;
 }
 // fp16 inputs (CUDA_R_16F = 2), f32 output (CUDA_R_32F = 0), f32 arithmetic.
@@ -304,6 +331,7 @@ int cublasGemmEx(cublasHandle_t, int ta, int tb, int m, int n, int k, const void
     gemm(ta, tb, m, n, k, *static_cast<const float*>(alpha), static_cast<const unsigned short*>(a), lda,
          static_cast<const unsigned short*>(b), ldb, *static_cast<const float*>(beta), static_cast<float*>(c),
          ldc, half_to_float);
+    check_guards("cublasGemmEx");
     return 0;
 }
 }
