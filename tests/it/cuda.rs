@@ -466,7 +466,8 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
         return;
     }
     generate_dataset(d, size(6000, 1500), 48, 30, size(300, 20));
-    for metric in ["l2", "ip", "cosine"] {
+    // Tables of 256, 64 and 16 entries per sub-space.
+    for (metric, bits) in [("l2", "8"), ("ip", "6"), ("cosine", "4")] {
         ok(
             d,
             &[
@@ -477,6 +478,8 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
                 "ivf-pq",
                 "--n-lists",
                 "64",
+                "--pq-bits",
+                bits,
                 "--refine",
                 "--metric",
                 metric,
