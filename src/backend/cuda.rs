@@ -557,11 +557,7 @@ impl CudaBackend {
         dev.nearest_small(x_ptr, n, c_ptr, kc, dim, oc_ptr, os_ptr)?;
         let mut labels = vec![0u32; n];
         let mut dists = vec![0f32; n];
-        dev.download(|s| &s.out_col, &mut labels)?;
-        dev.download(|s| &s.out_score, &mut dists)?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("running assign_small", e))?;
+        dev.collect(&mut labels, &mut dists, "assign_small")?;
         Ok((labels, dists))
     }
 
@@ -713,6 +709,16 @@ impl Device {
         self.stream
             .memcpy_dtoh(&buf.slice(0..host.len()), host)
             .map_err(|e| gpu_err("copying results from the device", e))
+    }
+
+    /// Copies the first `cols.len()` entries of a kernel's `out_col` and `out_score` back and
+    /// waits for the stream; `kernel` names it in an error.
+    fn collect(&self, cols: &mut [u32], scores: &mut [f32], kernel: &str) -> Result<()> {
+        self.download(|s| &s.out_col, cols)?;
+        self.download(|s| &s.out_score, scores)?;
+        self.stream
+            .synchronize()
+            .map_err(|e| gpu_err(&format!("running {kernel}"), e))
     }
 
     fn upload(
@@ -1111,11 +1117,7 @@ impl CudaBackend {
             if let (BaseRows::Host { rows, .. }, Some(&(n0, n1))) = (&base, tiles.get(t + 1)) {
                 dev.stage((t + 1) % 2, &rows[n0 * dim..n1 * dim])?;
             }
-            dev.download(|s| &s.out_score, &mut out_score)?;
-            dev.download(|s| &s.out_col, &mut out_col)?;
-            stream
-                .synchronize()
-                .map_err(|e| gpu_err("running select_topk", e))?;
+            dev.collect(&mut out_col, &mut out_score, "select_topk")?;
             push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
         }
         Ok(())
@@ -1367,11 +1369,7 @@ impl Backend for CudaBackend {
             dev.nearest_by_gemm(x_ptr, rt, c_ptr, cn_ptr, kc, dim, oc_ptr, os_ptr)?;
             col.resize(rt, 0u32);
             score.resize(rt, 0f32);
-            dev.download(|s| &s.out_col, &mut col)?;
-            dev.download(|s| &s.out_score, &mut score)?;
-            stream
-                .synchronize()
-                .map_err(|e| gpu_err("running argmin_rows", e))?;
+            dev.collect(&mut col, &mut score, "argmin_rows")?;
             let x_norms = squared_norms(data.slice(ndarray::s![r0..r1, ..]));
             labels.extend_from_slice(&col);
             dists.extend(score.iter().zip(&x_norms).map(|(s, x)| (s + x).max(0.0)));

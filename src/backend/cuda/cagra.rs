@@ -242,11 +242,7 @@ pub(super) fn search(
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching cagra_search", e))?;
         b_rows.resize(b * k, 0u32);
         b_scores.resize(b * k, 0f32);
-        dev.download(|s| &s.out_col, &mut b_rows)?;
-        dev.download(|s| &s.out_score, &mut b_scores)?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("running cagra_search", e))?;
+        dev.collect(&mut b_rows, &mut b_scores, "cagra_search")?;
         for (i, (r, s)) in b_rows.chunks(k).zip(b_scores.chunks(k)).enumerate() {
             let qi = q0 + i;
             let offset = Queries::offset(index.metric, &q_norms, qi);

@@ -243,11 +243,7 @@ pub(super) fn scan(
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ivf_pq_scan", e))?;
         b_rows.resize(b * k, 0u32);
         b_scores.resize(b * k, 0f32);
-        dev.download(|s| &s.out_col, &mut b_rows)?;
-        dev.download(|s| &s.out_score, &mut b_scores)?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("running ivf_pq_scan", e))?;
+        dev.collect(&mut b_rows, &mut b_scores, "ivf_pq_scan")?;
         for (r, s) in b_rows.chunks(k).zip(b_scores.chunks(k)) {
             found.push(
                 r.iter()
