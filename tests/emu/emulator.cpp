@@ -74,7 +74,12 @@ enum : int {
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
 };
 
-static const size_t TOTAL_BYTES = size_t(4) << 30;
+// The device's memory: 4 GiB, or VECBUILD_EMULATED_DEVICE_MIB mebibytes (to run the paths for
+// data that does not fit).
+static const size_t TOTAL_BYTES = [] {
+    const char* mib = std::getenv("VECBUILD_EMULATED_DEVICE_MIB");
+    return mib && *mib ? size_t(std::strtoull(mib, nullptr, 10)) << 20 : size_t(4) << 30;
+}();
 static const int OPTIN_SHARED = DYN_SMEM_BYTES;
 static std::mutex lock;
 static std::map<CUdeviceptr, size_t> allocations;
