@@ -209,14 +209,13 @@ impl Searcher {
         let q = prepare_queries(queries, m.dim, m.metric)?;
         if let Engine::Cagra { .. } = &self.engine {
             let p = self.cagra_params(params);
-            self.load_on(backend)?;
-            let loaded = self.loaded.read().map_err(|_| poisoned())?;
-            let on_device = held_for(&loaded, backend);
             let mut index = self.cagra_index()?;
             if params.exact_walk {
                 index.codes = None;
             }
-            return Ok(backend.cagra_search(&index, on_device, q.view(), k, &p)?.0);
+            return self.with_held(backend, |held| {
+                Ok(backend.cagra_search(&index, held, q.view(), k, &p)?.0)
+            });
         }
         if let Engine::IvfPq {
             pq,
@@ -244,19 +243,28 @@ impl Searcher {
                     "n_probes = {n_probes} must be at least 1 and refine_ratio = {refine_ratio} at least 1"
                 )));
             }
-            self.load_on(backend)?;
-            let loaded = self.loaded.read().map_err(|_| poisoned())?;
-            let on_device = held_for(&loaded, backend);
-            return index.search(backend, on_device, q.view(), k, n_probes, refine_ratio);
+            return self.with_held(backend, |held| {
+                index.search(backend, held, q.view(), k, n_probes, refine_ratio)
+            });
         }
+        let mut search = ExactSearch::new(q, m.metric, k);
+        self.with_held(backend, |held| match held {
+            Some(held) => search.add_loaded(backend, held, m.count as usize),
+            None => search.add(backend, self.vectors()?, self.flat_norms()?),
+        })?;
+        Ok(search.finish())
+    }
+
+    /// Makes the index ready on `backend` ([`Searcher::load_on`]) and calls `f` with the copy
+    /// it holds there (`None` where it searches the index where it lies).
+    fn with_held<R>(
+        &self,
+        backend: &dyn Backend,
+        f: impl FnOnce(Option<&Loaded>) -> Result<R>,
+    ) -> Result<R> {
         self.load_on(backend)?;
         let loaded = self.loaded.read().map_err(|_| poisoned())?;
-        let mut search = ExactSearch::new(q, m.metric, k);
-        match held_for(&loaded, backend) {
-            Some(held) => search.add_loaded(backend, held, m.count as usize)?,
-            None => search.add(backend, self.vectors()?, self.flat_norms()?)?,
-        }
-        Ok(search.finish())
+        f(held_for(&loaded, backend))
     }
 
     /// A flat index's stored squared norms (L2), else `None`.
