@@ -741,7 +741,7 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
 #[test]
 #[cfg(feature = "cuda")]
 fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
-    use vecbuild::backend::cuda::{ivf_pq_tables, IvfPqTables};
+    use vecbuild::backend::cuda::{ivf_pq_probe_arrays, ivf_pq_tables, IvfPqTables};
     use vecbuild::index::ivf_pq::{build, IvfPqParams};
     use vecbuild::search::ivf_pq::IvfPqIndex;
     use vecbuild::Metric;
@@ -817,14 +817,7 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
         for (i, p) in probes.iter_mut().enumerate() {
             p.truncate(i % max_probes + 1);
         }
-        let mut lists = vec![u32::MAX; nq * max_probes];
-        let mut bases = vec![0f32; nq * max_probes];
-        for (i, p) in probes.iter().enumerate() {
-            for (j, nb) in p.iter().enumerate() {
-                lists[i * max_probes + j] = nb.row as u32;
-                bases[i * max_probes + j] = nb.score;
-            }
-        }
+        let (lists, bases) = ivf_pq_probe_arrays(&probes, max_probes);
         let rows: Vec<u32> = built.list_rows.iter().map(|&r| r as u32).collect();
         let offsets: Vec<i64> = built.list_offsets.iter().map(|&o| o as i64).collect();
         write(&d.join("queries"), queries.as_slice().unwrap());

@@ -58,6 +58,21 @@ pub fn tables(dim: usize, entries: usize, optin_bytes: usize, static_bytes: usiz
     }
 }
 
+/// The kernel's `probes` and `bases`: `[probes.len(), n_probes]` list numbers (`NO_ROW` past a
+/// query's own probes) and their scores. Public for the host run of the kernel
+/// (tests/it/kernels.rs).
+pub fn probe_arrays(probes: &[Vec<Neighbor>], n_probes: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut lists = vec![NO_ROW; probes.len() * n_probes];
+    let mut bases = vec![0f32; probes.len() * n_probes];
+    for (i, probe) in probes.iter().enumerate() {
+        for (j, p) in probe.iter().take(n_probes).enumerate() {
+            lists[i * n_probes + j] = p.row as u32;
+            bases[i * n_probes + j] = p.score;
+        }
+    }
+    (lists, bases)
+}
+
 /// Copies `index` to the GPU.
 pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Loaded> {
     let (n_lists, dim) = index.centroids.dim();
@@ -188,14 +203,7 @@ pub(super) fn scan(
     for q0 in (0..nq).step_by(batch) {
         let q1 = (q0 + batch).min(nq);
         let b = q1 - q0;
-        let mut lists = vec![NO_ROW; b * n_probes];
-        let mut bases = vec![0f32; b * n_probes];
-        for (i, probe) in probes[q0..q1].iter().enumerate() {
-            for (j, p) in probe.iter().enumerate() {
-                lists[i * n_probes + j] = p.row as u32;
-                bases[i * n_probes + j] = p.score;
-            }
-        }
+        let (lists, bases) = probe_arrays(&probes[q0..q1], n_probes);
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host[q0 * dim..q1 * dim])?;
         let lists_dev = stream
             .clone_htod(&lists)
