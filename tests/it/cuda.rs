@@ -157,7 +157,8 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
     }
     generate_dataset(d, size(5000, 1500), 32, 20, size(200, 40));
     for metric in ["l2", "ip", "cosine"] {
-        let common = [
+        let knn = [
+            "knn",
             "--base",
             "b.parquet",
             "--queries",
@@ -167,19 +168,7 @@ fn gpu_knn_equals_the_cpu_where_a_gpu_is_present() {
             "--metric",
             metric,
         ];
-        ok(
-            d,
-            &[&["knn"][..], &common, &["--out", "cpu.parquet"]].concat(),
-        );
-        ok(
-            d,
-            &[
-                &["knn", "--gpu", "0"][..],
-                &common,
-                &["--out", "gpu.parquet"],
-            ]
-            .concat(),
-        );
+        on_cpu_and_gpu(d, &knn, &[], &[]);
         exact_results_agree(d, metric);
     }
 }
@@ -209,22 +198,11 @@ fn gpu_flat_search_equals_the_cpu_where_a_gpu_is_present() {
             "--k",
             "15",
         ];
-        ok(d, &[&search[..], &["--out", "cpu.parquet"]].concat());
-        let gpu = [
-            "--gpu",
-            "0",
-            "--batch-queries",
-            "64",
-            "--out",
-            "gpu.parquet",
-        ];
-        ok(d, &[&search[..], &gpu].concat());
+        on_cpu_and_gpu(d, &search, &[], &["--batch-queries", "64"]);
         exact_results_agree(d, metric);
     }
 }
 
-/// `cpu.parquet` and `gpu.parquet` in `d` hold the same exact neighbours, distances within
-/// fp32 rounding.
 #[test]
 fn gpu_knn_across_base_tiles_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();
@@ -238,7 +216,8 @@ fn gpu_knn_across_base_tiles_equals_the_cpu_where_a_gpu_is_present() {
     assert!(rows > vecbuild::backend::base_tile_rows(dim));
     generate_dataset(d, rows, dim, 20, 12);
     for (metric, k) in [("l2", "10"), ("ip", "100")] {
-        let common = [
+        let knn = [
+            "knn",
             "--base",
             "b.parquet",
             "--queries",
@@ -248,19 +227,7 @@ fn gpu_knn_across_base_tiles_equals_the_cpu_where_a_gpu_is_present() {
             "--metric",
             metric,
         ];
-        ok(
-            d,
-            &[&["knn"][..], &common, &["--out", "cpu.parquet"]].concat(),
-        );
-        ok(
-            d,
-            &[
-                &["knn", "--gpu", "0"][..],
-                &common,
-                &["--out", "gpu.parquet"],
-            ]
-            .concat(),
-        );
+        on_cpu_and_gpu(d, &knn, &[], &[]);
         // 1024 products per score: the GEMM's summation order reorders the rare near-tie.
         lists_agree(d, &format!("{metric}, k {k}"));
     }
@@ -420,12 +387,18 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
 /// `vecbuild <search…> <cpu_extra…>` on the CPU and `vecbuild <search…> --gpu 0` find the same
 /// lists ([`lists_agree`]).
 fn searches_agree(d: &Path, search: &[&str], cpu_extra: &[&str], what: &str) {
-    ok(d, &[search, cpu_extra, &["--out", "cpu.parquet"]].concat());
-    let gpu = ok(
-        d,
-        &[search, &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
-    );
+    let gpu = on_cpu_and_gpu(d, search, cpu_extra, &[]);
     lists_agree(d, &format!("{what}: {gpu}"));
+}
+
+/// Runs `vecbuild <args…> <cpu_extra…> --out cpu.parquet`, then `vecbuild <args…> --gpu 0
+/// <gpu_extra…> --out gpu.parquet`; returns the GPU run's output.
+fn on_cpu_and_gpu(d: &Path, args: &[&str], cpu_extra: &[&str], gpu_extra: &[&str]) -> String {
+    ok(d, &[args, cpu_extra, &["--out", "cpu.parquet"]].concat());
+    ok(
+        d,
+        &[args, &["--gpu", "0"], gpu_extra, &["--out", "gpu.parquet"]].concat(),
+    )
 }
 
 /// The results in `cpu.parquet` and `gpu.parquet` are the same lists but for the rare near-tie
