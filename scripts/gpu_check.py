@@ -118,14 +118,22 @@ def search_both(art, q, extra=(), cpu_extra=("--exact-walk",)):
     return outs
 
 
-def compare_search(label, outs, truth_ids):
-    (ci, cd, _), (gi, gd, _) = outs["cpu"], outs["gpu"]
+def compare_search(label, outs, truth_ids, kind="CAGRA"):
+    (ci, cd, cq), (gi, gd, gq) = outs["cpu"], outs["gpu"]
     same = float(np.mean([a == b for a, b in zip(ci, gi)]))
     rc, rg = recall(ci, truth_ids, 10), recall(gi, truth_ids, 10)
-    # The same beam search: lists differ only where float rounding reorders a near-tie.
+    # The same search: lists differ only where float rounding reorders a near-tie.
     ok = same >= 0.98 and rg >= rc - 0.005
-    record(f"CAGRA search on GPU vs CPU: {label}", ok, f"identical lists {same:.4f}",
-           f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}")
+    record(f"{kind} search on GPU vs CPU: {label}", ok, f"identical lists {same:.4f}",
+           f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}; {gq:.0f} vs {cq:.0f} QPS ({gq / max(cq, 1e-9):.1f}×)")
+
+
+def print_checks(title):
+    say("")
+    say(title)
+    say(f"{'check':46} {'result':6} {'value':36} detail")
+    for c, res, val, det in rows:
+        say(f"{c:46} {res:6} {val:36} {det}")
 
 
 say(f"seed {SEED}")
@@ -284,19 +292,11 @@ if not args.only_cagra1m:
     # tables and sums, so the lists differ only where a near-tie among centroids changes a probe.
     for n_probes in [8, 32]:
         outs = search_both(f"{W}/ivf-pq-cpu.vbx", q, ["--n-probes", n_probes], cpu_extra=())
-        (ci, _, cq), (gi, _, gq) = outs["cpu"], outs["gpu"]
-        same = float(np.mean([a == b for a, b in zip(ci, gi)]))
-        rc, rg = recall(ci, truth_ids, 10), recall(gi, truth_ids, 10)
-        record(f"IVF-PQ search on GPU vs CPU: n_probes {n_probes}", same >= 0.98 and rg >= rc - 0.005,
-               f"identical lists {same:.4f}",
-               f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}; {gq:.0f} vs {cq:.0f} QPS ({gq / max(cq, 1e-9):.1f}×)")
+        compare_search(f"n_probes {n_probes}", outs, truth_ids, kind="IVF-PQ")
 
 if tiny:
     # On the emulator: the checks are the point; its timings would mean nothing.
-    say("")
-    say(f"GPU check {time.strftime('%Y-%m-%d')} on the CUDA emulator (no timings), seed {SEED}")
-    for c, res, val, det in rows:
-        say(f"{c:46} {res:6} {val:36} {det}")
+    print_checks(f"GPU check {time.strftime('%Y-%m-%d')} on the CUDA emulator (no timings), seed {SEED}")
     sys.exit(1 if failed else 0)
 
 # 3. Timings. Exact k-NN against PyTorch matmul + topk on the same data, same precision (fp32,
@@ -476,11 +476,7 @@ if not args.only_cagra1m:
     faiss_ivf_pq(data["clustered"][0], 256 if small else 1024, n, build_times[("ivf-pq", "gpu")])
 
 name = torch.cuda.get_device_name(dev)
-say("")
-say(f"GPU check {time.strftime('%Y-%m-%d')} on {name}, seed {SEED}")
-say(f"{'check':46} {'result':6} {'value':36} detail")
-for c, res, val, det in rows:
-    say(f"{c:46} {res:6} {val:36} {det}")
+print_checks(f"GPU check {time.strftime('%Y-%m-%d')} on {name}, seed {SEED}")
 say("")
 say(f"{'timing (median)':64} {'ours s':>9} {'peer s':>9} {'peer/ours':>9}  note")
 for w, a, b, ratio, note in timings:
