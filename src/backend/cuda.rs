@@ -163,8 +163,32 @@ pub struct DeviceInfo {
     pub free_bytes: usize,
 }
 
-fn gpu_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Gpu(format!("{what}: {e:?}"))
+/// The error of a GPU step, `what`, that failed with `e`. Running out of device memory says so,
+/// with the memory free now and where to see what each stage holds.
+fn gpu_err<E: std::fmt::Debug + 'static>(what: &str, e: E) -> Error {
+    use cudarc::cublas::{result::CublasError, sys::cublasStatus_t};
+    use cudarc::driver::{sys::CUresult, DriverError};
+    let any = &e as &dyn std::any::Any;
+    let out_of_memory = matches!(
+        any.downcast_ref::<DriverError>(),
+        Some(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY))
+    ) || matches!(
+        any.downcast_ref::<CublasError>(),
+        Some(CublasError(cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED))
+    );
+    if !out_of_memory {
+        return Error::Gpu(format!("{what}: {e:?}"));
+    }
+    let human = |b: usize| crate::plan::human(b as u64);
+    let free = match cudarc::driver::result::mem_get_info() {
+        Ok((free, total)) => format!("{} free of {}", human(free), human(total)),
+        Err(_) => "free memory unknown".into(),
+    };
+    Error::Gpu(format!(
+        "{what}: out of device memory ({e:?}; {free} now). `vecbuild build --dry-run` with \
+         the build's options prints what each stage holds on the device; other processes on the \
+         GPU (nvidia-smi) hold memory too"
+    ))
 }
 
 /// The GPUs the driver sees. An error when libcuda cannot be opened.
@@ -366,8 +390,13 @@ fn grown<'a, T: cudarc::driver::DeviceRepr>(
     if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = None;
         // SAFETY: every element is written before it is read (uploads, GEMM and kernel outputs).
-        let buf = unsafe { stream.alloc::<T>(len.max(1)) }
-            .map_err(|e| gpu_err("allocating device memory", e))?;
+        let buf = unsafe { stream.alloc::<T>(len.max(1)) }.map_err(|e| {
+            let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
+            gpu_err(
+                &format!("allocating {} of device memory", crate::plan::human(bytes)),
+                e,
+            )
+        })?;
         *slot = Some(buf);
     }
     slot.as_mut()
@@ -642,11 +671,32 @@ fn push_candidates(topk: &mut [TopK], scores: &[f32], cols: &[u32], k: usize, fi
 /// Whether `bytes` more would take at most half the device's free memory: the rule for what
 /// the backend keeps on the device for a whole stage (else that stage streams from the host).
 fn fits_half_free(stream: &Arc<CudaStream>, bytes: usize) -> Result<bool> {
-    let (free, _) = stream
+    Ok(bytes <= free_memory(stream)?.0 / 2)
+}
+
+/// The device's free and total memory now.
+fn free_memory(stream: &Arc<CudaStream>) -> Result<(usize, usize)> {
+    stream
         .context()
         .mem_get_info()
-        .map_err(|e| gpu_err("reading device memory", e))?;
-    Ok(bytes <= free / 2)
+        .map_err(|e| gpu_err("reading device memory", e))
+}
+
+/// An index for GPU search needs `bytes` on the device: an error saying so when they are more
+/// than is free, before any of it is copied.
+fn index_fits(stream: &Arc<CudaStream>, bytes: usize) -> Result<()> {
+    let (free, total) = free_memory(stream)?;
+    if bytes <= free {
+        return Ok(());
+    }
+    let human = |b: usize| crate::plan::human(b as u64);
+    Err(Error::Gpu(format!(
+        "searching on the GPU copies the index to it: {} there, and {} of its {} is free; \
+         search on the CPU (without --gpu), or on a GPU with more free memory",
+        human(bytes),
+        human(free),
+        human(total)
+    )))
 }
 
 fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
@@ -973,6 +1023,7 @@ impl Device {
 
 /// Where [`CudaBackend::knn_tiles`] finds the base rows: on the host (each tile staged in pinned
 /// memory and copied while the GPU works on the one before), or already on the device.
+#[derive(Clone, Copy)]
 enum BaseRows<'a> {
     Host {
         rows: &'a [f32],
@@ -1058,6 +1109,22 @@ impl CudaBackend {
             return Err(Error::Gpu(format!(
                 "k = {k}: the GPU selection keeps at most {MAX_GPU_K} neighbours per query"
             )));
+        }
+        // The queries (with an fp16 copy), their thresholds and candidates stay on the device
+        // while the base streams past: at most a score tile's budget of them at once, the
+        // base streamed again for each further chunk of queries.
+        let chunk = (super::tile_bytes(self.info.free_bytes) / (6 * dim + 8 * k + 4)).max(1);
+        if nq > chunk {
+            for q0 in (0..nq).step_by(chunk) {
+                let q1 = (q0 + chunk).min(nq);
+                let part = Queries {
+                    vectors: queries.vectors.slice(ndarray::s![q0..q1, ..]),
+                    sq_norms: queries.sq_norms.get(q0..q1).unwrap_or(&[]),
+                    metric: queries.metric,
+                };
+                self.knn_tiles(part, base, nb, first_row, &mut topk[q0..q1])?;
+            }
+            return Ok(());
         }
         let l2 = queries.metric == Metric::L2;
         let alpha = if l2 { -2.0 } else { -1.0 };
@@ -1210,14 +1277,21 @@ impl Backend for CudaBackend {
         d_out: usize,
     ) -> Result<crate::index::cagra::Graph> {
         let (n, d) = (knn.len(), knn.degree);
-        if n == 0 || d == 0 || d_out > d || d > 2048 {
+        if n == 0 || d == 0 || d_out > d {
             return Err(Error::Gpu(format!(
                 "prune_graph: degree {d} → {d_out} is not supported on the GPU"
             )));
         }
         let table = (2 * d).next_power_of_two().max(16);
+        // The kernel's tables and lists, and its one static word.
+        let shared = (2 * table + 2 * d) * 4 + 4;
         let dev = self.lock()?;
         let stream = dev.stream.clone();
+        if shared > 48 << 10 || !fits_half_free(&stream, 4 * n * (d + d_out))? {
+            // A degree past the default shared memory, or graphs too large to hold: the CPU
+            // prunes them (the same computation, the same graph).
+            return Ok(crate::index::cagra::optimize::prune(knn, d_out));
+        }
         let knn_dev = stream
             .clone_htod(&knn.neighbors)
             .map_err(|e| gpu_err("copying the kNN graph to the device", e))?;
@@ -1238,7 +1312,7 @@ impl Backend for CudaBackend {
             .arg(&table_i)
             .arg(&mut out);
         // SAFETY: arguments match prune_graph's signature; knn holds n·d entries, out n·d_out,
-        // and the shared memory is sized as the kernel lays it out (≤ 48 KiB for d ≤ 2048).
+        // and the shared memory is sized as the kernel lays it out (checked ≤ 48 KiB above).
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching prune_graph", e))?;
         let neighbors = stream
             .clone_dtoh(&out)

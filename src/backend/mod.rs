@@ -30,9 +30,10 @@ pub const MAX_BASE_TILE: usize = 1 << 17;
 pub const BASE_TILE_BYTES: usize = 64 << 20;
 
 /// The score-tile size a GPU backend picks from the free device memory it finds on opening:
-/// a quarter of it, between 64 MiB and [`MAX_TILE_BYTES`].
+/// a quarter of it, between 1 MiB and [`MAX_TILE_BYTES`] (a GPU that others nearly fill gets
+/// small tiles, not an allocation it cannot make).
 pub fn tile_bytes(free_bytes: usize) -> usize {
-    (free_bytes / 4).clamp(64 << 20, MAX_TILE_BYTES)
+    (free_bytes / 4).clamp(1 << 20, MAX_TILE_BYTES)
 }
 
 /// Base rows per GEMM tile of a GPU's exact k-NN over rows of `dim` floats.

@@ -486,15 +486,18 @@ fn dry_run(
     out.push(format!("peak host memory: {} ({stage})", human(host)));
     if let Some(m) = memory {
         let (stage, device) = plan.device_peak();
+        let free = human(m.free_bytes as u64);
         let fits = if device as usize <= m.free_bytes {
-            "fits"
+            format!("fits in the {free} free")
         } else {
-            "does NOT fit"
+            format!(
+                "does NOT fit in the {free} free: a stage that cannot hold its rows or graphs \
+                 in half of it streams them from the host or runs on the CPU (more slowly)"
+            )
         };
         out.push(format!(
-            "peak device memory: {} ({stage}) — {fits} in the {} free",
-            human(device),
-            human(m.free_bytes as u64)
+            "peak device memory: {} ({stage}) — {fits}",
+            human(device)
         ));
     }
     for a in &plan.assumptions {

@@ -600,3 +600,102 @@ fn build_on_cpu_and_gpu(d: &std::path::Path, args: &[&str]) {
         ok(d, &all);
     }
 }
+
+/// A device too small for a stage's data (the emulator's memory set small): exact k-NN takes
+/// the queries in chunks, the CAGRA build joins, refines and prunes what it cannot hold the
+/// slower way, all with the CPU's results; an index too large to search on the GPU and a
+/// device with no room left are clear errors (exit 2) that write nothing.
+#[test]
+fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_clearly() {
+    let dir = tmp();
+    let d = dir.path();
+    if no_device(d) {
+        return;
+    }
+    if !crate::emu::emulated() {
+        eprintln!("SKIPPED: a real GPU's memory cannot be made small here (the emulator's can)");
+        return;
+    }
+    // 3000 queries' 100 candidates (2.4 MB) do not fit with the rest on a 3 MiB device.
+    generate_dataset(d, 150, 32, 5, 3000);
+    crate::emu::device_memory(3);
+    let knn = [
+        "knn",
+        "--base",
+        "b.parquet",
+        "--queries",
+        "q.parquet",
+        "--k",
+        "100",
+    ];
+    on_cpu_and_gpu(d, &knn, &[], &[]);
+    lists_agree(d, "k-NN in query chunks");
+
+    generate_dataset(d, 1500, 32, 40, 10);
+    crate::emu::device_memory(2);
+    build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
+    let graph = |f: &str| {
+        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+        let shape = a.container.tensors["graph"].shape.clone();
+        a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(graph("c.vbx"), graph("g.vbx"));
+
+    // No room on a 1 MiB device for the build's first score tile and rows.
+    crate::emu::device_memory(1);
+    let build = [
+        "build",
+        "--input",
+        "b.parquet",
+        "--index",
+        "cagra",
+        "--gpu",
+        "0",
+        "--out",
+        "x.vbx",
+    ];
+    let out = run(d, &build);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("out of device memory"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("x.vbx").exists());
+
+    // An index of 4000 × 64 floats (1 MB) and its graph is more than a 1 MiB device holds.
+    generate_dataset(d, 4000, 64, 20, 10);
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "cagra",
+            "--out",
+            "c.vbx",
+        ],
+    );
+    let search = [
+        "search",
+        "--index",
+        "c.vbx",
+        "--queries",
+        "q.parquet",
+        "--gpu",
+        "0",
+        "--out",
+        "r.parquet",
+    ];
+    let out = run(d, &search);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("copies the index to it"),
+        "{}",
+        out.stderr
+    );
+    assert!(!d.join("r.parquet").exists());
+}

@@ -112,6 +112,13 @@ pub fn emulator() -> Option<&'static Path> {
 thread_local! {
     /// The emulator's folder while this test thread runs vecbuild on it ([`on_emulator`]).
     static ACTIVE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    /// The emulated device's memory in MiB, where a test set it ([`device_memory`]).
+    static DEVICE_MIB: RefCell<Option<usize>> = const { RefCell::new(None) };
+}
+
+/// From now on, this test's runs of vecbuild on the emulator see a device of `mib` MiB.
+pub fn device_memory(mib: usize) {
+    DEVICE_MIB.with(|m| *m.borrow_mut() = Some(mib));
 }
 
 /// From now on, this test's runs of vecbuild ([`crate::common::run`]) use the emulator.
@@ -132,6 +139,9 @@ pub fn environment(cmd: &mut Command) {
             let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
             cmd.env("LD_LIBRARY_PATH", format!("{}:{path}", dir.display()))
                 .env("VECBUILD_KERNEL_CACHE", "");
+            if let Some(mib) = DEVICE_MIB.with(|m| *m.borrow()) {
+                cmd.env("VECBUILD_EMULATED_DEVICE_MIB", mib.to_string());
+            }
         }
     });
 }

@@ -91,6 +91,9 @@ pub(super) fn load(backend: &CudaBackend, index: &CagraIndex<'_>) -> Result<Load
     }
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
+    let upper_len = index.hierarchy.map_or(0, |h| h.rows.len() + h.graph.len());
+    let words = n * dim + index.sq_norms.len() + index.graph.len() + upper_len;
+    super::index_fits(&stream, 4 * words)?;
     let err = |what: &str| {
         let what = format!("copying the index's {what} to the device");
         move |e| gpu_err(&what, e)

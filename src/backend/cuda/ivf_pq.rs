@@ -95,6 +95,8 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
     let list_offsets: Vec<i64> = index.list_offsets.iter().map(|&o| o as i64).collect();
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
+    let words = n_lists * dim + index.pq_transposed.len() + 2 * list_offsets.len() + n;
+    super::index_fits(&stream, 4 * words + index.codes.len())?;
     let err = |what: &str| {
         let what = format!("copying the index's {what} to the device");
         move |e| gpu_err(&what, e)

@@ -144,6 +144,15 @@ pub(super) fn join_lists(
     let size = |l: usize| offsets[l + 1] - offsets[l];
     let l2 = job.metric == Metric::L2;
     let alpha = if l2 { -2.0f32 } else { -1.0 };
+    let mut col_start = vec![0usize; n_lists + 1];
+    for l in 0..n_lists {
+        col_start[l + 1] = col_start[l] + probes[l].iter().map(|&p| size(p)).sum::<usize>();
+    }
+    let held = 4 * n * dim + if l2 { 4 * col_start[n_lists] } else { 0 } + 8 * n * kk;
+    if !super::fits_half_free(&backend.lock()?.stream, held)? {
+        // Too large to hold: each list is joined by itself, its rows and columns copied for it.
+        return crate::index::cagra::knn_graph::join_lists(backend, job, progress);
+    }
     // Rows in list order, and each list's columns (rows of its probed lists) with their norms.
     let mut sorted = vec![0f32; n * dim];
     sorted
@@ -154,10 +163,6 @@ pub(super) fn join_lists(
                 *d = *s;
             }
         });
-    let mut col_start = vec![0usize; n_lists + 1];
-    for l in 0..n_lists {
-        col_start[l + 1] = col_start[l] + probes[l].iter().map(|&p| size(p)).sum::<usize>();
-    }
     let col_rows: Vec<u32> = (0..n_lists)
         .flat_map(|l| {
             probes[l]
