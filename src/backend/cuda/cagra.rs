@@ -27,6 +27,9 @@ const SEARCH_THREADS: u32 = 256;
 const MIN_TABLE: usize = 4096;
 /// Shared memory a block may use without opting in.
 const MAX_SHARED: usize = 48 << 10;
+/// The kernel's static shared memory (`fill`, `scored`, `shared_count`, `ep`, `ep_score`),
+/// which the launch's limit counts with the dynamic part.
+const STATIC_SHARED: usize = 5 * 4;
 
 /// A CAGRA index in device memory.
 struct OnDevice {
@@ -67,7 +70,7 @@ pub fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<L
     let table = (2 * (list + cands)).next_power_of_two().max(MIN_TABLE);
     let team = dim.div_ceil(16).next_power_of_two().clamp(2, 32);
     let shared_bytes = (dim.div_ceil(4) * 4 + 2 * p + 2 * list + table + parents.max(1)) * 4;
-    if shared_bytes > MAX_SHARED {
+    if shared_bytes + STATIC_SHARED > MAX_SHARED {
         return Err(Error::Gpu(format!(
             "CAGRA search on the GPU: {dim} dimensions with itopk_size {list} need {shared_bytes} bytes of shared memory per query, more than {MAX_SHARED}; search on the CPU"
         )));
@@ -285,11 +288,15 @@ mod tests {
         // The largest setting: 512 + 1024 → 2048 slots, table 4096.
         let l = layout(128, 512, 1024, 16).unwrap();
         assert_eq!((l.p, l.table), (2048, 4096));
-        assert!(l.shared_bytes <= MAX_SHARED);
+        assert!(l.shared_bytes + STATIC_SHARED <= MAX_SHARED);
         assert_eq!(layout(3, 16, 16, 1).unwrap().team, 2);
         assert_eq!(layout(4096, 64, 64, 1).unwrap().team, 32);
         assert!(layout(128, 513, 32, 1).is_err());
         assert!(layout(128, 64, 1025, 1).is_err());
         assert!(layout(8192, 64, 32, 1).is_err());
+        // The static words count too: 49,136 bytes of dynamic shared memory plus 20 static are
+        // over 48 KiB; 49,120 plus 20 are not.
+        assert_eq!(layout(7796, 64, 32, 4).unwrap().shared_bytes, 49_120);
+        assert!(layout(7800, 64, 32, 4).is_err());
     }
 }
