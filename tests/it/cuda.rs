@@ -118,14 +118,7 @@ fn gpu_without_a_usable_device_is_a_clear_error_that_writes_nothing() {
             "--out",
             "x.vbx",
         ];
-        let out = run(d, &build);
-        assert_eq!(out.code, 2, "{}", out.stderr);
-        assert!(
-            out.stderr.contains("cannot use a GPU here"),
-            "{}",
-            out.stderr
-        );
-        assert!(!d.join("x.vbx").exists());
+        refused(d, &build, "cannot use a GPU here", "x.vbx");
         let doctor = ok(d, &["doctor"]);
         assert!(doctor.contains("cuda libraries"), "{doctor}");
     }
@@ -509,7 +502,7 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
     ];
     searches_agree(d, &search, &[], "tables in global memory");
     // More candidates than the kernel's selection keeps: refused, nothing written.
-    let out = run(
+    refused(
         d,
         &[
             "search",
@@ -526,14 +519,9 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
             "--out",
             "big.parquet",
         ],
+        "at most 1024 candidates",
+        "big.parquet",
     );
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("at most 1024 candidates"),
-        "{}",
-        out.stderr
-    );
-    assert!(!d.join("big.parquet").exists());
 }
 
 #[test]
@@ -546,14 +534,7 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
     generate_dataset(d, size(5000, 1500), 32, 40, 10);
     build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
-    let graph = |f: &str| {
-        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
-        let shape = a.container.tensors["graph"].shape.clone();
-        a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
-            .unwrap()
-            .to_vec()
-    };
-    assert_eq!(graph("c.vbx"), graph("g.vbx"));
+    assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
 }
 
 #[test]
@@ -587,6 +568,23 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
             "tensor {name} differs between the CPU and GPU builds"
         );
     }
+}
+
+/// The `graph` tensor of CAGRA artifact `d/f`.
+fn graph(d: &Path, f: &str) -> Vec<u32> {
+    let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+    let shape = a.container.tensors["graph"].shape.clone();
+    a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
+        .unwrap()
+        .to_vec()
+}
+
+/// `vecbuild <args>` fails with exit 2, says `says`, and leaves no `d/out`.
+fn refused(d: &Path, args: &[&str], says: &str, out: &str) {
+    let run = run(d, args);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains(says), "{}", run.stderr);
+    assert!(!d.join(out).exists());
 }
 
 /// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0.
@@ -634,14 +632,7 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
     generate_dataset(d, 1500, 32, 40, 10);
     crate::emu::device_memory(2);
     build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
-    let graph = |f: &str| {
-        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
-        let shape = a.container.tensors["graph"].shape.clone();
-        a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
-            .unwrap()
-            .to_vec()
-    };
-    assert_eq!(graph("c.vbx"), graph("g.vbx"));
+    assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
 
     // No room on a 1 MiB device for the build's first score tile and rows.
     crate::emu::device_memory(1);
@@ -656,14 +647,7 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
         "--out",
         "x.vbx",
     ];
-    let out = run(d, &build);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("out of device memory"),
-        "{}",
-        out.stderr
-    );
-    assert!(!d.join("x.vbx").exists());
+    refused(d, &build, "out of device memory", "x.vbx");
 
     // An index of 4000 × 64 floats (1 MB) and its graph is more than a 1 MiB device holds.
     generate_dataset(d, 4000, 64, 20, 10);
@@ -690,12 +674,5 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
         "--out",
         "r.parquet",
     ];
-    let out = run(d, &search);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("copies the index to it"),
-        "{}",
-        out.stderr
-    );
-    assert!(!d.join("r.parquet").exists());
+    refused(d, &search, "copies the index to it", "r.parquet");
 }
