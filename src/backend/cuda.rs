@@ -1289,7 +1289,8 @@ impl Backend for CudaBackend {
         let stream = dev.stream.clone();
         if shared > 48 << 10 || !fits_half_free(&stream, 4 * n * (d + d_out))? {
             // A degree past the default shared memory, or graphs too large to hold: the CPU
-            // prunes them (the same computation, the same graph).
+            // prunes them (the same computation, the same graph), the device left to others.
+            drop(dev);
             return Ok(crate::index::cagra::optimize::prune(knn, d_out));
         }
         let knn_dev = stream

@@ -72,7 +72,8 @@ pub fn layout(dim: usize, list: usize, cands: usize, parents: usize) -> Result<L
     let shared_bytes = (dim.div_ceil(4) * 4 + 2 * p + 2 * list + table + parents.max(1)) * 4;
     if shared_bytes + STATIC_SHARED > MAX_SHARED {
         return Err(Error::Gpu(format!(
-            "CAGRA search on the GPU: {dim} dimensions with itopk_size {list} need {shared_bytes} bytes of shared memory per query, more than {MAX_SHARED}; search on the CPU"
+            "CAGRA search on the GPU: {dim} dimensions with itopk_size {list} need {} bytes of shared memory per query, more than {MAX_SHARED}; search on the CPU",
+            shared_bytes + STATIC_SHARED
         )));
     }
     Ok(Layout {
