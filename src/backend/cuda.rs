@@ -431,6 +431,8 @@ pub struct CudaBackend {
     /// Kernel files whose PTX came from the cache ([`kernel_cache`]) when this opened.
     kernels_from_cache: usize,
     device: Mutex<Device>,
+    /// [`Backend::slower_paths`].
+    slower: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -557,7 +559,17 @@ impl CudaBackend {
             info,
             precision,
             kernels_from_cache,
+            slower: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records, once, that a stage took a slower way ([`Backend::slower_paths`]).
+    fn slower(&self, what: String) {
+        if let Ok(mut all) = self.slower.lock() {
+            if !all.contains(&what) {
+                all.push(what);
+            }
+        }
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -1115,6 +1127,10 @@ impl CudaBackend {
         // base streamed again for each further chunk of queries.
         let chunk = (super::tile_bytes(self.info.free_bytes) / (6 * dim + 8 * k + 4)).max(1);
         if nq > chunk {
+            self.slower(format!(
+                "exact k-NN took the queries {chunk} at a time, the base streamed once for each: \
+                 all of them with their candidates need more than a score tile of device memory"
+            ));
             for q0 in (0..nq).step_by(chunk) {
                 let q1 = (q0 + chunk).min(nq);
                 let part = Queries {
@@ -1206,6 +1222,13 @@ impl Backend for CudaBackend {
         Some(self.info.name.clone())
     }
 
+    fn slower_paths(&self) -> Vec<String> {
+        self.slower
+            .lock()
+            .map(|all| all.clone())
+            .unwrap_or_default()
+    }
+
     fn device_memory(&self) -> Option<super::DeviceMemory> {
         Some(super::DeviceMemory {
             free_bytes: self.info.free_bytes,
@@ -1287,10 +1310,20 @@ impl Backend for CudaBackend {
         let shared = (2 * table + 2 * d) * 4 + 4;
         let dev = self.lock()?;
         let stream = dev.stream.clone();
-        if shared > 48 << 10 || !fits_half_free(&stream, 4 * n * (d + d_out))? {
-            // A degree past the default shared memory, or graphs too large to hold: the CPU
-            // prunes them (the same computation, the same graph), the device left to others.
+        let why = if shared > 48 << 10 {
+            Some(format!(
+                "degree {d} needs more shared memory than the kernel may use"
+            ))
+        } else if !fits_half_free(&stream, 4 * n * (d + d_out))? {
+            Some("the graphs need more than half the free device memory".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // The CPU prunes them (the same computation, the same graph), the device left to
+            // others.
             drop(dev);
+            self.slower(format!("the rank-based pruning ran on the CPU: {why}"));
             return Ok(crate::index::cagra::optimize::prune(knn, d_out));
         }
         let knn_dev = stream

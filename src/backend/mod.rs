@@ -137,6 +137,12 @@ pub trait Backend: Sync {
         None
     }
 
+    /// The stages that took a slower way than this backend's usual one so far (a GPU whose
+    /// memory could not hold a stage's data), each once, with why: for the run's summary.
+    fn slower_paths(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Exact k-NN of a block of base rows: scores every query against every row of `base`
     /// and folds the results into `topk` (one per query). Scores are ranking scores: the
     /// internal score less the per-query constant [`Queries::offset`]. `base: [nb, dim]`, `base_sq_norms:

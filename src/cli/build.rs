@@ -367,6 +367,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         }
     }
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    super::note_slower_paths(ui, backend);
     ui.note(format!(
         "built {kind} index of {} rows × {} dims ({}) in {:.2} s → {} ({:.1} MB)",
         summary.rows,

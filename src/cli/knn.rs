@@ -108,6 +108,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     )?;
     writer.finish()?;
     let secs = compute.as_secs_f64();
+    super::note_slower_paths(ui, &*backend);
     ui.note(format!(
         "exact {}-NN of {nq} queries over {} base rows ({}, on {}): {:.3} s computing ({:.0} QPS, {:.1} GFLOP/s), {:.2} s in all → {}",
         args.k,

@@ -183,6 +183,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
         w.finish()?;
     }
     let secs = search_time.as_secs_f64();
+    super::note_slower_paths(ui, &*backend);
     ui.note(format!(
         "searched {searched} queries (k={}) against {} rows in {:.3} s ({:.0} QPS in search; {:.2} s in all) → {}",
         args.k,

@@ -385,13 +385,20 @@ fn searches_agree(d: &Path, search: &[&str], cpu_extra: &[&str], what: &str) {
 }
 
 /// Runs `vecbuild <args…> <cpu_extra…> --out cpu.parquet`, then `vecbuild <args…> --gpu 0
-/// <gpu_extra…> --out gpu.parquet`; returns the GPU run's output.
+/// <gpu_extra…> --out gpu.parquet`; returns the GPU run's summary (stderr).
 fn on_cpu_and_gpu(d: &Path, args: &[&str], cpu_extra: &[&str], gpu_extra: &[&str]) -> String {
     ok(d, &[args, cpu_extra, &["--out", "cpu.parquet"]].concat());
-    ok(
+    succeeds(
         d,
         &[args, &["--gpu", "0"], gpu_extra, &["--out", "gpu.parquet"]].concat(),
     )
+}
+
+/// Runs `vecbuild <args>`, asserts it succeeded and returns its summary (stderr).
+fn succeeds(d: &Path, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert_eq!(out.code, 0, "vecbuild {args:?} failed: {}", out.stderr);
+    out.stderr
 }
 
 /// The results in `cpu.parquet` and `gpu.parquet` are the same lists but for the rare near-tie
@@ -587,16 +594,12 @@ fn refused(d: &Path, args: &[&str], says: &str, out: &str) {
     assert!(!d.join(out).exists());
 }
 
-/// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0.
-fn build_on_cpu_and_gpu(d: &std::path::Path, args: &[&str]) {
-    for (gpu, out) in [(false, "c.vbx"), (true, "g.vbx")] {
-        let mut all = vec!["build", "--input", "b.parquet", "--out", out];
-        all.extend(args);
-        if gpu {
-            all.extend(["--gpu", "0"]);
-        }
-        ok(d, &all);
-    }
+/// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0;
+/// returns the GPU build's summary (stderr).
+fn build_on_cpu_and_gpu(d: &std::path::Path, args: &[&str]) -> String {
+    let build = ["build", "--input", "b.parquet", "--out"];
+    ok(d, &[&build[..], &["c.vbx"], args].concat());
+    succeeds(d, &[&build[..], &["g.vbx"], args, &["--gpu", "0"]].concat())
 }
 
 /// A device too small for a stage's data (the emulator's memory set small): exact k-NN takes
@@ -626,12 +629,20 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
         "--k",
         "100",
     ];
-    on_cpu_and_gpu(d, &knn, &[], &[]);
+    let said = on_cpu_and_gpu(d, &knn, &[], &[]);
     lists_agree(d, "k-NN in query chunks");
+    assert!(said.contains("took the queries"), "{said}");
 
     generate_dataset(d, 1500, 32, 40, 10);
     crate::emu::device_memory(2);
-    build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
+    let said = build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
+    for slower in [
+        "join copied each list's rows",
+        "neighbour-of-neighbour pass ran on the CPU",
+        "rank-based pruning ran on the CPU",
+    ] {
+        assert!(said.contains(slower), "{said}");
+    }
     assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
 
     // No room on a 1 MiB device for the build's first score tile and rows.

@@ -54,6 +54,10 @@ pub(super) fn refine_graph(
         return Ok(true);
     }
     if cap > REFINE_MAX_SLOTS || n >= NO_ROW as usize || graph.neighbors.len() != n * k {
+        backend.slower(format!(
+            "the neighbour-of-neighbour pass ran on the CPU: degree {k} with fan {fan} is more \
+             than the kernel takes"
+        ));
         return Ok(false);
     }
     let l2 = metric == Metric::L2;
@@ -62,6 +66,11 @@ pub(super) fn refine_graph(
     let stream = dev.stream.clone();
     let ordered = crate::index::cagra::knn_graph::is_permutation(order, n);
     if !super::fits_half_free(&stream, 4 * n * (dim + 2 + 2 * k))? {
+        backend.slower(
+            "the neighbour-of-neighbour pass ran on the CPU: its rows and graph need more than \
+             half the free device memory"
+                .into(),
+        );
         return Ok(false);
     }
     let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);
@@ -151,6 +160,11 @@ pub(super) fn join_lists(
     let held = 4 * n * dim + if l2 { 4 * col_start[n_lists] } else { 0 } + 8 * n * kk;
     if !super::fits_half_free(&backend.lock()?.stream, held)? {
         // Too large to hold: each list is joined by itself, its rows and columns copied for it.
+        backend.slower(
+            "the kNN-graph join copied each list's rows and columns for that list: all of them \
+             need more than half the free device memory"
+                .into(),
+        );
         return crate::index::cagra::knn_graph::join_lists(backend, job, progress);
     }
     // Rows in list order, and each list's columns (rows of its probed lists) with their norms.

@@ -103,6 +103,10 @@ impl<'a> DeviceLloyd<'a> {
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
         if !super::fits_half_free(&stream, 4 * n * (dim + 3))? {
+            backend.slower(format!(
+                "k-means over {n} rows copied them to the device for each iteration: held, they \
+                 need more than half the free device memory"
+            ));
             return Ok(None);
         }
         let rows = stream
@@ -407,6 +411,11 @@ impl<'a> DeviceSubspaces<'a> {
             dsub as u64,
         );
         if !super::fits_half_free(&stream, bytes as usize)? {
+            backend.slower(
+                "PQ training stepped each sub-space alone: all of them held need more than half \
+                 the free device memory"
+                    .into(),
+            );
             return Ok(None);
         }
         let host = super::contiguous(&data);
