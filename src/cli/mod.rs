@@ -132,8 +132,6 @@ pub struct GpuArgs {
     pub gpu_precision: String,
 }
 
-/// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
-/// 2) — never a silent CPU fallback.
 /// Notes, for the run's summary, each stage the GPU backend ran the slower way and why.
 pub fn note_slower_paths(ui: &Ui, backend: &dyn vecbuild::backend::Backend) {
     for what in backend.slower_paths() {
@@ -141,6 +139,8 @@ pub fn note_slower_paths(ui: &Ui, backend: &dyn vecbuild::backend::Backend) {
     }
 }
 
+/// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
+/// 2) — never a silent CPU fallback.
 pub fn open_backend(args: &GpuArgs) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {
     match args.gpu {
         None if args.gpu_precision != "fp32" => Err(vecbuild::Error::param(
