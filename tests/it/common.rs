@@ -31,6 +31,14 @@ pub fn run(dir: &Path, args: &[&str]) -> Out {
     }
 }
 
+/// `vecbuild <args>` in `dir` fails with exit 2, says `says`, and leaves no `dir/out`.
+pub fn refused(dir: &Path, args: &[&str], says: &str, out: &str) {
+    let run = run(dir, args);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains(says), "{}", run.stderr);
+    assert!(!dir.join(out).exists());
+}
+
 /// Runs and asserts success, returning stdout.
 pub fn ok(dir: &Path, args: &[&str]) -> String {
     let out = run(dir, args);

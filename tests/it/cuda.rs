@@ -1,7 +1,7 @@
 //! The CUDA backend: kernels compile (always, where NVRTC is installed; CI requires it), `--gpu`
 //! fails clearly where there is no GPU, and GPU results equal the CPU's where there is one.
 
-use crate::common::{generate_dataset, ok, run, tmp};
+use crate::common::{generate_dataset, ok, refused, run, tmp};
 use std::path::Path;
 use vecbuild::io::parquet::read_results;
 
@@ -584,14 +584,6 @@ fn graph(d: &Path, f: &str) -> Vec<u32> {
     a.tensor::<u32>("graph", vecbuild::artifact::container::DType::U32, &shape)
         .unwrap()
         .to_vec()
-}
-
-/// `vecbuild <args>` fails with exit 2, says `says`, and leaves no `d/out`.
-fn refused(d: &Path, args: &[&str], says: &str, out: &str) {
-    let run = run(d, args);
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains(says), "{}", run.stderr);
-    assert!(!d.join(out).exists());
 }
 
 /// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0;
