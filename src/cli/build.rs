@@ -245,10 +245,15 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
+    let mut phases = super::Phases::start();
     let backend = open_backend(&args.gpu)?;
     let backend: &dyn Backend = &*backend;
     if args.dry_run {
         return dry_run(backend, &args, kind, &cagra_params, ui);
+    }
+    match args.gpu.gpu {
+        Some(_) => phases.mark(format!("starting {}", backend.name())),
+        None => phases = super::Phases::start(),
     }
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());
@@ -257,7 +262,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     let mut search_defaults = serde_json::json!({});
     let built = match kind {
         IndexKind::IvfPq => {
-            let (index, raw, summary) = build_ivf_pq(backend, &args, ui, &mut ids, &mut params)?;
+            let (index, raw, summary) =
+                build_ivf_pq(backend, &args, ui, &mut ids, &mut params, &mut phases)?;
             search_defaults = serde_json::json!({
                 "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(index.centroids.nrows()),
                 "refine_ratio": if args.ivf_pq.refine { 2.0 } else { 1.0 },
@@ -283,8 +289,10 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
                 Ok(())
             })?;
             check_ids(&args, &ids, &summary)?;
+            phases.mark("reading");
             if kind == IndexKind::Cagra {
                 let index = build_cagra(backend, &data, &summary, args.metric, &cagra_params, ui)?;
+                phases.mark("building");
                 params["cagra"] = serde_json::to_value(&cagra_params)?;
                 params["cagra_stats"] = serde_json::to_value(&index.stats)?;
                 search_defaults = serde_json::json!({
@@ -366,8 +374,10 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             vecbuild::index::cagra::write(&args.out, index, vectors, &ids, codes, manifest)?
         }
     }
+    phases.mark("writing");
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     super::note_slower_paths(ui, backend);
+    ui.note(phases.line());
     ui.note(format!(
         "built {kind} index of {} rows × {} dims ({}) in {:.2} s → {} ({:.1} MB)",
         summary.rows,
@@ -604,6 +614,7 @@ fn build_ivf_pq(
     ui: &Ui,
     ids: &mut Option<Ids>,
     params: &mut serde_json::Value,
+    phases: &mut super::Phases,
 ) -> anyhow::Result<(IvfPq, Option<Vec<f32>>, InputSummary)> {
     let files = vecbuild::io::resolve_inputs(&args.input)?;
     let n = vecbuild::io::count_rows(&files)? as usize;
@@ -630,6 +641,7 @@ fn build_ivf_pq(
     })?;
     // Reject duplicate ids before the expensive part.
     check_ids(args, ids, &summary)?;
+    phases.mark("reading");
     let (p, reason, rows) = plan.ok_or_else(|| Error::param("input has no rows"))?;
     if summary.rows as usize != n {
         return Err(Error::param(format!(
@@ -682,6 +694,10 @@ fn build_ivf_pq(
         raw
     };
     let index = trained.finish(encoded);
+    phases.mark(match rows.len() == n {
+        true => "building",
+        false => "building (the encoding pass reads the input again)",
+    });
     say("");
     if let Ok(s) = stages.lock() {
         ui.note(format!("IVF-PQ stages: {}", s.2.join(", ")));

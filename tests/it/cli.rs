@@ -358,3 +358,64 @@ fn dry_run_plans_each_build_and_writes_nothing() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("bad.parquet"), "{}", bad.stderr);
 }
+
+#[test]
+fn build_summary_says_where_the_time_went() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 3000, 16, 20, 10);
+    for (index, phases) in [
+        ("flat", vec!["reading", "writing"]),
+        ("ivf-pq", vec!["reading", "building", "writing"]),
+        ("cagra", vec!["reading", "building", "writing"]),
+    ] {
+        let out = run(
+            d,
+            &[
+                "build",
+                "--input",
+                "b.parquet",
+                "--index",
+                index,
+                "--out",
+                "x.vbx",
+            ],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("time: "))
+            .unwrap_or_else(|| panic!("{index}: no time line in {}", out.stderr));
+        let parts: Vec<(&str, f64)> = line["time: ".len()..]
+            .split(", ")
+            .map(|p| {
+                let (name, secs) = p
+                    .rsplit_once(' ')
+                    .and_then(|(n, unit)| {
+                        assert_eq!(unit, "s", "{line}");
+                        n.rsplit_once(' ')
+                    })
+                    .unwrap_or_else(|| panic!("{index}: {p:?} in {line}"));
+                (
+                    name,
+                    secs.parse::<f64>().unwrap_or_else(|_| panic!("{line}")),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = parts.iter().map(|p| p.0).collect();
+        assert_eq!(names, phases, "{index}: {line}");
+        // The phases make up the build's time (each rounded to 10 ms).
+        let total: f64 = out
+            .stderr
+            .lines()
+            .find_map(|l| l.split(" in ").nth(1)?.split(" s → ").next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{index}: no build time in {}", out.stderr));
+        let sum: f64 = parts.iter().map(|p| p.1).sum();
+        assert!(
+            sum <= total + 0.005 * parts.len() as f64 && sum >= total - 0.05,
+            "{index}: phases add up to {sum} s, the build took {total} s: {}",
+            out.stderr
+        );
+    }
+}
