@@ -212,6 +212,23 @@ ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
                 const unsigned char* c = codes + (start + i) * pq_dim;
                 float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
                 int m = 0;
+                if ((pq_dim & 15) == 0) {
+                    // 16 codes per load (a row starts 16-byte aligned); byte b of each word is
+                    // sub-space m + b, so each sum takes the same lookups in the same order.
+                    const uint4* c4 = reinterpret_cast<const uint4*>(c);
+                    for (; m < pq_dim; m += 16) {
+                        const uint4 v = __ldg(c4 + m / 16);
+                        const unsigned words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                        for (int w = 0; w < 4; ++w) {
+                            const float* t = table + (m + 4 * w) * ksub;
+                            a0 = __fadd_rn(a0, t[words[w] & 0xff]);
+                            a1 = __fadd_rn(a1, t[ksub + ((words[w] >> 8) & 0xff)]);
+                            a2 = __fadd_rn(a2, t[2 * ksub + ((words[w] >> 16) & 0xff)]);
+                            a3 = __fadd_rn(a3, t[3 * ksub + (words[w] >> 24)]);
+                        }
+                    }
+                }
                 for (; m + 4 <= pq_dim; m += 4) {
                     a0 = __fadd_rn(a0, table[m * ksub + c[m]]);
                     a1 = __fadd_rn(a1, table[(m + 1) * ksub + c[m + 1]]);

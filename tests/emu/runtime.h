@@ -73,6 +73,7 @@ alignas(16) static unsigned char dyn_smem[DYN_SMEM_BYTES];
 #define __shared__ static
 #define __align__(n)
 struct float4 { float x, y, z, w; };
+struct uint4 { unsigned x, y, z, w; };
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline unsigned lane_of() { return threadIdx.x % 32; }
 static inline std::atomic<unsigned long long>* slots_of() { return &warp_slots[threadIdx.x / 32 * 32]; }

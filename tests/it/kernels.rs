@@ -785,8 +785,14 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
     }
     let queries = random(nq, dim, 59);
     // pq_dim 6: sub-spaces of 4 with the last padded, two past the sums of four; pq_dim 5 with
-    // 5 bits: tables of 32 entries, one past the sums of four.
-    for (metric, pq_dim, pq_bits) in [(Metric::L2, 6, 8), (Metric::InnerProduct, 5, 5)] {
+    // 5 bits: tables of 32 entries, one past the sums of four; pq_dim 16: codes read 16 at a
+    // time.
+    for (metric, pq_dim, pq_bits) in [
+        (Metric::L2, 6, 8),
+        (Metric::InnerProduct, 5, 5),
+        (Metric::L2, 16, 8),
+        (Metric::InnerProduct, 16, 6),
+    ] {
         let params = IvfPqParams {
             n_lists,
             pq_dim,
