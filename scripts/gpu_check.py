@@ -26,7 +26,10 @@ ap.add_argument("--quick", action="store_true", help="small sizes only")
 ap.add_argument("--emulated", action="store_true",
                 help="tiny sizes and the checks only, no timings: for trying this script on the CUDA emulator "
                      "(tests/emu) where there is no GPU")
-ap.add_argument("--only-cagra1m", action="store_true", help="only the CAGRA build and search timings at 1M rows")
+ap.add_argument("--only-cagra1m", action="store_true",
+                help="only the 1M-row timings: CAGRA build and search, IVF-PQ build and search")
+ap.add_argument("--skip-faiss-build", action="store_true",
+                help="leave out faiss-cpu's IVF-PQ builds (minutes at 1M rows), e.g. when measured in an earlier run")
 args = ap.parse_args()
 
 SEED = random.randrange(1, 1 << 30)
@@ -395,6 +398,9 @@ def faiss_ivf_pq(parquet, nl, rows, ours):
     except ImportError:
         say(f"faiss not importable: IVF-PQ build of {rows} rows not timed against faiss-cpu")
         return
+    if args.skip_faiss_build:
+        say(f"--skip-faiss-build: faiss-cpu's IVF-PQ build of {rows} rows not timed")
+        return
     x = matrix(parquet)
     fidx = faiss.index_factory(128, f"IVF{nl},PQ64x8")
     fidx.do_polysemous_training = False
@@ -466,6 +472,39 @@ if not small:
         if "stages" in line or "n_lists" in line:
             say(f"  ivf-pq 1M on gpu ({g:.2f} s in all): {line.strip()}")
     faiss_ivf_pq(cbase, 4096, 1_000_000, g)
+
+    # IVF-PQ search at 1M, 100k queries: our index searched on the GPU and on the CPU (all
+    # cores), and the same index exported to faiss (IndexIVFPQ) and searched by faiss-cpu at
+    # the same n_probes (one call with every query, all threads).
+    ivf1m = f"{W}/ivfpq1m-gpu.vbx"
+    try:
+        import faiss
+        vb("export", "--index", ivf1m, "--format", "faiss", "--out", f"{W}/ivfpq1m.faiss")
+        fx, qx = faiss.read_index(f"{W}/ivfpq1m.faiss"), matrix(cq)
+    except ImportError:
+        fx = None
+        say("faiss not importable: IVF-PQ search at 1M not timed against faiss-cpu")
+    for n_probes in [8, 32, 64]:
+        outs = search_both(ivf1m, cq, ["--n-probes", n_probes], cpu_extra=())
+        (ci, _, qc), (gi, _, qg) = outs["cpu"], outs["gpu"]
+        same = float(np.mean([a == b for a, b in zip(ci, gi)]))
+        rg, rc = recall(gi, ctruth_ids, 10), recall(ci, ctruth_ids, 10)
+        say(f"  IVF-PQ 1M n_probes {n_probes}: GPU {qg:.0f} QPS recall {rg:.4f}; CPU {qc:.0f} QPS recall {rc:.4f}; "
+            f"identical lists {same:.4f}")
+        record(f"IVF-PQ search 1M on GPU vs CPU: n_probes {n_probes}", same >= 0.98 and rg >= rc - 0.005,
+               f"identical lists {same:.4f}", f"recall@10 GPU {rg:.4f} / CPU {rc:.4f}")
+        timings.append((f"IVF-PQ search 100k q × 1M × 128 n_probes {n_probes} (recall GPU {rg:.4f}, CPU {rc:.4f})",
+                        1e5 / qg, 1e5 / qc, qg / qc, f"GPU {qg:.0f} QPS vs our CPU {os.cpu_count()} cores"))
+        if fx is not None:
+            faiss.extract_index_ivf(fx).nprobe = n_probes
+            t = time.perf_counter()
+            _, fi = fx.search(qx, 10)
+            tf = time.perf_counter() - t
+            rf = recall(fi.tolist(), ctruth_ids, 10)
+            say(f"  IVF-PQ 1M n_probes {n_probes}: faiss-cpu {1e5 / tf:.0f} QPS recall {rf:.4f}")
+            timings.append((f"IVF-PQ search n_probes {n_probes} vs faiss-cpu, our index exported (faiss recall {rf:.4f})",
+                            1e5 / qg, tf, tf * qg / 1e5,
+                            f"faiss {1e5 / tf:.0f} QPS, {faiss.omp_get_max_threads()} threads"))
 
 # Builds: ours on the GPU against ours on the CPU (whole CLI runs, Parquet read included) and
 # against faiss-cpu's IVF-PQ train + add on the same data and parameters (data already in memory).

@@ -11,6 +11,7 @@ pub mod export;
 pub mod fsutil;
 pub mod ids;
 pub mod io;
+pub mod laps;
 pub mod metric;
 pub mod topk;
 

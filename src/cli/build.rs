@@ -245,7 +245,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
-    let mut phases = super::Phases::start();
+    let mut phases = vecbuild::laps::Laps::start();
     let backend = open_backend(&args.gpu)?;
     let backend: &dyn Backend = &*backend;
     if args.dry_run {
@@ -253,7 +253,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     }
     match args.gpu.gpu {
         Some(_) => phases.mark(format!("starting {}", backend.name())),
-        None => phases = super::Phases::start(),
+        None => phases = vecbuild::laps::Laps::start(),
     }
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());
@@ -377,7 +377,10 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     phases.mark("writing");
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     super::note_slower_paths(ui, backend);
-    ui.note(phases.line());
+    ui.note(format!(
+        "time: {}",
+        vecbuild::laps::Laps::summary(phases.parts())
+    ));
     ui.note(format!(
         "built {kind} index of {} rows × {} dims ({}) in {:.2} s → {} ({:.1} MB)",
         summary.rows,
@@ -586,8 +589,12 @@ fn build_cagra(
     bar.finish_and_clear();
     let s = &index.stats;
     ui.note(format!(
-        "CAGRA stages: kNN graph {:.2} s (recall {:.4} on {} sampled rows), optimisation {:.2} s (pruning {:.2} s, connectivity {:.2} s, upper levels {:.2} s{}), {} edges rewired for connectivity, {} entry point(s)",
+        "CAGRA stages: kNN graph {:.2} s ({}recall {:.4} on {} sampled rows), optimisation {:.2} s (pruning {:.2} s, connectivity {:.2} s, upper levels {:.2} s{}), {} edges rewired for connectivity, {} entry point(s)",
         s.knn_graph_seconds,
+        match s.knn_graph_parts.is_empty() {
+            true => String::new(),
+            false => format!("{}; ", vecbuild::laps::Laps::summary(&s.knn_graph_parts)),
+        },
         s.knn_graph_recall,
         cagra::RECALL_SAMPLE.min(n),
         s.optimize_seconds,
@@ -614,7 +621,7 @@ fn build_ivf_pq(
     ui: &Ui,
     ids: &mut Option<Ids>,
     params: &mut serde_json::Value,
-    phases: &mut super::Phases,
+    phases: &mut vecbuild::laps::Laps,
 ) -> anyhow::Result<(IvfPq, Option<Vec<f32>>, InputSummary)> {
     let files = vecbuild::io::resolve_inputs(&args.input)?;
     let n = vecbuild::io::count_rows(&files)? as usize;

@@ -139,40 +139,6 @@ pub fn note_slower_paths(ui: &Ui, backend: &dyn vecbuild::backend::Backend) {
     }
 }
 
-/// Where a run's wall time went, phase by phase, for its summary: each [`Phases::mark`] names
-/// the phase that ends there.
-pub struct Phases {
-    last: std::time::Instant,
-    done: Vec<(String, f64)>,
-}
-
-impl Phases {
-    pub fn start() -> Self {
-        Phases {
-            last: std::time::Instant::now(),
-            done: Vec::new(),
-        }
-    }
-
-    /// Ends the phase running since the last mark (or the start) under `name`.
-    pub fn mark(&mut self, name: impl Into<String>) {
-        let now = std::time::Instant::now();
-        self.done
-            .push((name.into(), now.duration_since(self.last).as_secs_f64()));
-        self.last = now;
-    }
-
-    /// `time: reading 0.91 s, building 3.70 s, …` in the order marked.
-    pub fn line(&self) -> String {
-        let parts: Vec<String> = self
-            .done
-            .iter()
-            .map(|(name, s)| format!("{name} {s:.2} s"))
-            .collect();
-        format!("time: {}", parts.join(", "))
-    }
-}
-
 /// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
 /// 2) — never a silent CPU fallback.
 pub fn open_backend(args: &GpuArgs) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {

@@ -108,6 +108,27 @@ fn every_builder_gives_a_fixed_degree_graph_reachable_from_its_entry_points() {
             "{what}: kNN graph recall {:.4} < 0.9",
             index.stats.knn_graph_recall
         );
+        // The kNN stage's parts, in order, within its time.
+        let s = &index.stats;
+        let names: Vec<&str> = s.knn_graph_parts.iter().map(|p| p.0.as_str()).collect();
+        let want: &[&str] = match algo {
+            BuildAlgo::Exact => &[],
+            BuildAlgo::Ivf => &[
+                "exact sample",
+                "partition",
+                "join",
+                "neighbours of neighbours",
+            ],
+            _ => &["exact sample", "nn-descent"],
+        };
+        assert_eq!(names, want, "{what}");
+        let sum: f64 = s.knn_graph_parts.iter().map(|p| p.1).sum();
+        assert!(
+            s.knn_graph_parts.iter().all(|p| p.1 >= 0.0) && sum <= s.knn_graph_seconds + 1e-3,
+            "{what}: parts {:?} beyond the stage's {} s",
+            s.knn_graph_parts,
+            s.knn_graph_seconds
+        );
     }
 }
 

@@ -293,7 +293,8 @@ impl IvfPartition {
 }
 
 /// Approximate kNN graph by an IVF partition, each list joined against the lists it probes
-/// ([`IvfPartition::keep_probes`]), then one [`refine`] pass. See the module docs.
+/// ([`IvfPartition::keep_probes`]), then one [`refine`] pass. See the module docs. Returns the
+/// graph and the join's seconds.
 pub fn ivf(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
@@ -302,7 +303,8 @@ pub fn ivf(
     k: usize,
     part: &IvfPartition,
     progress: &(dyn Fn(f64) + Sync),
-) -> Result<Graph> {
+) -> Result<(Graph, f64)> {
+    let started = std::time::Instant::now();
     let job = ListJoin {
         data,
         norms,
@@ -313,6 +315,7 @@ pub fn ivf(
         k,
     };
     let neighbors = backend.join_lists(&job, &|f| progress(0.9 * f))?;
+    let join_seconds = started.elapsed().as_secs_f64();
     let mut graph = Graph {
         degree: k,
         neighbors,
@@ -320,7 +323,7 @@ pub fn ivf(
     // Neighbours of neighbours fix most boundary misses (and fill short lists).
     backend.refine_graph(data, norms, metric, &mut graph, REFINE_FAN, &part.members)?;
     progress(1.0);
-    Ok(graph)
+    Ok((graph, join_seconds))
 }
 
 /// The ivf builder's join, one `knn_block` per list, lists in parallel (largest first, for load

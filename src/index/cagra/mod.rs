@@ -40,6 +40,7 @@ pub mod optimize;
 use crate::artifact::container::{DType, TensorOut};
 use crate::backend::Backend;
 use crate::index::sq8::Sq8;
+use crate::laps::Laps;
 use crate::metric::squared_norms;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
@@ -226,6 +227,11 @@ pub struct CagraStats {
     /// for inner product, of the lifted rows' L2 neighbours).
     pub knn_graph_recall: f64,
     pub knn_graph_seconds: f64,
+    /// Where the kNN-graph stage's time went, in order, where it has parts (the exact
+    /// neighbours of the sample; the ivf builder's partition, join and neighbour-of-neighbour
+    /// pass).
+    #[serde(default)]
+    pub knn_graph_parts: Vec<(String, f64)>,
     /// Everything after the kNN graph: the three parts below and the rest.
     pub optimize_seconds: f64,
     /// Rank-based pruning, reverse edges and merge.
@@ -333,6 +339,7 @@ fn graph_stages(
     let k = params.intermediate_graph_degree;
     let mut algo = params.resolve_algo(n, dim);
     let started = Instant::now();
+    let mut laps = Laps::start();
     // The approximate builders are measured against (and the ivf probes chosen by) the exact
     // neighbours of a sample of rows.
     let truth = match algo {
@@ -351,6 +358,9 @@ fn graph_stages(
             )?)
         }
     };
+    if truth.is_some() {
+        laps.mark("exact sample");
+    }
     let mut ivf = None;
     let mut nn_descent_iters = None;
     let exact = |label: &str| {
@@ -366,6 +376,7 @@ fn graph_stages(
             (p.n_probes, p.coverage) = part.probes_for(truth, p.n_probes);
             part.keep_probes(p.n_probes);
             ivf = Some(p);
+            laps.mark("partition");
             if params.build_algo == BuildAlgo::Auto
                 && (p.coverage < knn_graph::COVERAGE_TARGET || p.n_probes * 4 > p.n_lists)
             {
@@ -373,11 +384,17 @@ fn graph_stages(
                 // holds them scores a quarter or more of all pairs, and the exact builder does
                 // all of them faster (GEMM tiles, no gathers) for a better graph.
                 algo = BuildAlgo::Exact;
-                exact("knn graph (exact: data too spread for the ivf join)")?
+                let graph = exact("knn graph (exact: data too spread for the ivf join)")?;
+                laps.mark("exact");
+                graph
             } else {
-                knn_graph::ivf(backend, data.view(), norms, metric, k, &part, &|f| {
-                    progress("knn graph (ivf)", f)
-                })?
+                let (graph, join_seconds) =
+                    knn_graph::ivf(backend, data.view(), norms, metric, k, &part, &|f| {
+                        progress("knn graph (ivf)", f)
+                    })?;
+                laps.took("join", join_seconds);
+                laps.mark("neighbours of neighbours");
+                graph
             }
         }
         (BuildAlgo::NnDescent, _) => {
@@ -390,6 +407,7 @@ fn graph_stages(
                 progress("knn graph (nn-descent)", f)
             })?;
             nn_descent_iters = Some(iters);
+            laps.mark("nn-descent");
             g
         }
         _ => exact("knn graph (exact)")?,
@@ -427,6 +445,7 @@ fn graph_stages(
             nn_descent_iters,
             knn_graph_recall,
             knn_graph_seconds,
+            knn_graph_parts: laps.into_parts(),
             optimize_seconds: started.elapsed().as_secs_f64(),
             prune_seconds,
             connect_seconds,
