@@ -247,7 +247,7 @@ if not args.only_cagra1m:
             r, secs = vb("build", "--input", base, *build_args, "--out", art, *extra, quiet=False)
             build_times[(label, dev)] = secs
             for line in r.stderr.splitlines():
-                if "stages" in line:
+                if "stages" in line or line.startswith("time:"):
                     say(f"  {label} on {dev}: {line.strip()}")
             res = f"{W}/{label.replace(' ', '-')}-{dev}-res.parquet"
             poison(res)
@@ -437,7 +437,7 @@ if not small:
             memory["cagra 1M"] = {"dry_run": predicted, "nvidia_smi_peak_mib_above_idle": used}
         build_times[("cagra 1M", where)] = secs
         for line in r.stderr.splitlines():
-            if "stages" in line:
+            if "stages" in line or line.startswith("time:"):
                 say(f"  cagra 1M on {where} ({secs:.2f} s in all): {line.strip()}")
     g, c = build_times[("cagra 1M", "gpu")], build_times[("cagra 1M", "cpu")]
     timings.append(("build cagra 1000000 × 128", g, c, c / g, "our CPU build, same CLI run"))
@@ -469,7 +469,7 @@ if not small:
     r, g = vb("build", "--input", cbase, "--index", "ivf-pq", "--out", f"{W}/ivfpq1m-gpu.vbx",
               "--gpu", args.gpu, quiet=False)
     for line in r.stderr.splitlines():
-        if "stages" in line or "n_lists" in line:
+        if "stages" in line or "n_lists" in line or line.startswith("time:"):
             say(f"  ivf-pq 1M on gpu ({g:.2f} s in all): {line.strip()}")
     faiss_ivf_pq(cbase, 4096, 1_000_000, g)
 
