@@ -184,8 +184,13 @@ ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
             for (int d = threadIdx.x; d < dim; d += blockDim.x)
                 x[d] = ip ? qr[d] : __fsub_rn(qr[d], centroids[(long long)list * dim + d]);
             __syncthreads();
-            for (int e = threadIdx.x; e < entries; e += blockDim.x) {
-                const int m = e / ksub, j = e % ksub;
+            // Entry e = m·ksub + j for e = threadIdx.x, threadIdx.x + blockDim.x, …: ksub (a
+            // power of two up to 256) divides the block, so a thread keeps its j and steps m
+            // by blockDim / ksub, no division per entry; neighbouring threads read
+            // neighbouring codewords.
+            const int j = threadIdx.x % ksub, m_step = blockDim.x / ksub;
+            for (int m = threadIdx.x / ksub; m < pq_dim; m += m_step) {
+                const int e = m * ksub + j;
                 float o = 0.0f;
                 for (int d = 0; d < dsub; ++d) {
                     const int col = m * dsub + d;

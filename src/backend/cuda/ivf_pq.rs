@@ -154,6 +154,12 @@ pub(super) fn scan(
     let nq = queries.nrows();
     let n_probes = probes.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let (ksub, dsub) = (pq.ksub(), pq.dsub());
+    if !(SELECT_THREADS as usize).is_multiple_of(ksub) {
+        // The kernel fills a table with each thread on one codeword column.
+        return Err(Error::Gpu(format!(
+            "IVF-PQ search on the GPU handles up to {SELECT_THREADS} codewords per sub-space; the index has {ksub}"
+        )));
+    }
     let entries = pq.pq_dim * ksub;
     let q_host = contiguous(&queries);
     let mut dev = backend.lock()?;
