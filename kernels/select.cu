@@ -41,8 +41,9 @@ __device__ void bitonic_sort(float* s, unsigned* idx, unsigned m) {
 // A block's running best k (select_topk, ivf_pq_scan): the best kp (k rounded up to a power of
 // two) sorted at the front of s/idx in shared memory, candidates appended behind them (count of
 // them), threshold the k-th best score so far (a candidate must score at most it).
-__device__ void start_best(float* s, unsigned* idx, int* count, float* threshold, float start) {
-    for (int t = threadIdx.x; t < SELECT_SLOTS; t += blockDim.x) {
+__device__ void start_best(float* s, unsigned* idx, int slots, int* count, float* threshold,
+                           float start) {
+    for (int t = threadIdx.x; t < slots; t += blockDim.x) {
         s[t] = __int_as_float(0x7f800000);
         idx[t] = NO_ROW;
     }
@@ -108,7 +109,7 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
     const int cap = SELECT_SLOTS - kp;
     const int trigger = min(max(kp, (int)blockDim.x), cap - (int)blockDim.x + 1);
 
-    start_best(s, idx, &count, &threshold,
+    start_best(s, idx, SELECT_SLOTS, &count, &threshold,
                thresholds ? thresholds[row] : __int_as_float(0x7f800000));
 
     for (int start = 0; start < n; start += blockDim.x) {
@@ -149,6 +150,9 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
 // work:         null: the block's vector (dim_pad floats) and table (pq_dim · ksub floats) live
 //               in dynamic shared memory; else [b, dim_pad + pq_dim · ksub] floats of global
 //               memory, a region per block, for tables too large for shared memory
+// slots:        the selection's (score, row) slots at the front of dynamic shared memory: a power
+//               of two of at least kp + SELECT_THREADS (smaller than select_topk's fixed 2048
+//               for small k, so more blocks fit on a multiprocessor beside their tables)
 // out_score:    [b, k] best first, +inf where empty; out_row: [b, k] rows, 0xffffffff where empty
 //
 // grid: (b), block: SELECT_THREADS. Per list: the table is filled (a thread per entry), then
@@ -159,22 +163,22 @@ ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
             int pq_dim, int dsub, int ksub, const unsigned* __restrict__ probes,
             const float* __restrict__ bases, int n_probes, int ip,
             const long long* __restrict__ list_offsets, const unsigned char* __restrict__ codes,
-            const unsigned* __restrict__ list_rows, float* __restrict__ work, int k, int kp,
-            float* __restrict__ out_score, unsigned* __restrict__ out_row) {
-    __shared__ float s[SELECT_SLOTS];
-    __shared__ unsigned idx[SELECT_SLOTS];
+            const unsigned* __restrict__ list_rows, float* __restrict__ work, int slots, int k,
+            int kp, float* __restrict__ out_score, unsigned* __restrict__ out_row) {
     __shared__ int count;
     __shared__ float threshold;
     extern __shared__ float region[];
 
     const long long q = blockIdx.x;
     const int entries = pq_dim * ksub;
-    float* x = work ? work + q * (long long)(dim_pad + entries) : region;
+    float* s = region;
+    unsigned* idx = reinterpret_cast<unsigned*>(region + slots);
+    float* x = work ? work + q * (long long)(dim_pad + entries) : region + 2 * slots;
     float* table = x + dim_pad;
     const float* qr = queries + q * dim;
-    const int cap = SELECT_SLOTS - kp;
+    const int cap = slots - kp;
     const int trigger = min(max(kp, (int)blockDim.x), cap - (int)blockDim.x + 1);
-    start_best(s, idx, &count, &threshold, __int_as_float(0x7f800000));
+    start_best(s, idx, slots, &count, &threshold, __int_as_float(0x7f800000));
 
     bool filled_table = false;
     for (int p = 0; p < n_probes; ++p) {

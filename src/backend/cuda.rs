@@ -41,7 +41,8 @@ mod quantize;
 pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
 pub use cagra::{MAX_GPU_CANDIDATES, MAX_GPU_ITOPK};
 pub use ivf_pq::{
-    probe_arrays as ivf_pq_probe_arrays, tables as ivf_pq_tables, Tables as IvfPqTables,
+    probe_arrays as ivf_pq_probe_arrays, select_slots as ivf_pq_select_slots,
+    tables as ivf_pq_tables, Tables as IvfPqTables,
 };
 pub use join::refine_slots;
 

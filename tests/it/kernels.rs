@@ -741,7 +741,9 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
 #[test]
 #[cfg(feature = "cuda")]
 fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
-    use vecbuild::backend::cuda::{ivf_pq_probe_arrays, ivf_pq_tables, IvfPqTables};
+    use vecbuild::backend::cuda::{
+        ivf_pq_probe_arrays, ivf_pq_select_slots, ivf_pq_tables, IvfPqTables,
+    };
     use vecbuild::index::ivf_pq::{build, IvfPqParams};
     use vecbuild::search::ivf_pq::IvfPqIndex;
     use vecbuild::Metric;
@@ -754,6 +756,7 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
     int n_probes = std::atoi(argv[9]), ip = std::atoi(argv[10]), k = std::atoi(argv[11]);
     int kp = std::atoi(argv[12]);
     bool global = std::atoi(argv[13]);
+    int slots = std::atoi(argv[14]);
     auto queries = load<float>(dir + "queries");
     auto centroids = load<float>(dir + "centroids");
     auto books = load<float>(dir + "books");
@@ -768,7 +771,7 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
     launch({b, 1, 1}, {SELECT_THREADS, 1, 1}, [&] {
         ivf_pq_scan(queries.data(), dim, dim_pad, centroids.data(), n_lists, books.data(), pq_dim,
                     dsub, ksub, probes.data(), bases.data(), n_probes, ip, offsets.data(),
-                    codes.data(), rows.data(), global ? work.data() : nullptr, k, kp,
+                    codes.data(), rows.data(), global ? work.data() : nullptr, slots, k, kp,
                     score.data(), row.data());
     });
     save(dir + "score", score);
@@ -836,16 +839,19 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
         write(&d.join("rows"), &rows);
         let ksub = built.pq.ksub();
         // What the backend chooses on a GPU with 227 KiB (shared) and with 512 bytes beside
-        // the kernel's own 16 KiB (global).
-        let (entries, own) = (pq_dim * ksub, 2048 * 8 + 8);
+        // the kernel's own 8 bytes and 512 slots (global).
+        let (entries, own, slots) = (pq_dim * ksub, 8, 512);
         assert_eq!(
-            ivf_pq_tables(dim, entries, 227 << 10, own),
-            IvfPqTables::Shared((dim.div_ceil(4) * 4 + entries) * 4)
+            ivf_pq_tables(dim, entries, slots, 227 << 10, own),
+            IvfPqTables::Shared(slots * 8 + (dim.div_ceil(4) * 4 + entries) * 4)
         );
         assert_eq!(
-            ivf_pq_tables(dim, entries, own + 512, own),
+            ivf_pq_tables(dim, entries, slots, own + slots * 8 + 512, own),
             IvfPqTables::Global(dim.div_ceil(4) * 4 + entries)
         );
+        // The slots hold the best kp and a round of candidates from all 256 threads.
+        let slot_counts: Vec<usize> = [1, 16, 256, 512, 1024].map(ivf_pq_select_slots).to_vec();
+        assert_eq!(slot_counts, [512, 512, 512, 1024, 2048]);
         for k in [1usize, 10, 300] {
             let cpu = index.scan(queries.view(), &probes, k);
             for global in [false, true] {
@@ -862,6 +868,7 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
                     k,
                     k.next_power_of_two(),
                     global as usize,
+                    ivf_pq_select_slots(k.next_power_of_two()),
                 ];
                 run_driver(&exe, d, &args.map(|v| v.to_string()));
                 let (score, row) = (read_f32(&d.join("score")), read_u32(&d.join("row")));

@@ -39,20 +39,34 @@ struct OnDevice {
 /// Where a launch keeps each block's vector and table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tables {
-    /// In dynamic shared memory of this many bytes.
+    /// In dynamic shared memory of this many bytes (the selection's slots included).
     Shared(usize),
-    /// In global memory, this many floats per block.
+    /// In global memory, this many floats per block (the slots alone in shared memory).
     Global(usize),
+}
+
+/// The selection slots of `ivf_pq_scan` for `kp` (k rounded up to a power of two): a power of
+/// two holding the best kp and a round of candidates from every thread, at least 512 (4 KiB),
+/// so that for small k three blocks and their 64 KiB tables fit on a multiprocessor. Public
+/// for the host run of the kernel (tests/it/kernels.rs).
+pub fn select_slots(kp: usize) -> usize {
+    (kp + SELECT_THREADS as usize).next_power_of_two().max(512)
 }
 
 /// Where the tables of an index with `dim` dimensions and `pq_dim · ksub` table entries go on
 /// a device whose blocks may opt in to `optin_bytes` of shared memory, `static_bytes` of which
-/// the kernel declares itself (its selection's 2048 scores and rows). Public for the host run
-/// of the kernel (tests/it/kernels.rs).
-pub fn tables(dim: usize, entries: usize, optin_bytes: usize, static_bytes: usize) -> Tables {
+/// the kernel declares itself, beside `slots` selection slots (score and row, 8 bytes each).
+/// Public for the host run of the kernel (tests/it/kernels.rs).
+pub fn tables(
+    dim: usize,
+    entries: usize,
+    slots: usize,
+    optin_bytes: usize,
+    static_bytes: usize,
+) -> Tables {
     let floats = dim.div_ceil(4) * 4 + entries;
-    if static_bytes + floats * 4 <= optin_bytes {
-        Tables::Shared(floats * 4)
+    if static_bytes + slots * 8 + floats * 4 <= optin_bytes {
+        Tables::Shared(slots * 8 + floats * 4)
     } else {
         Tables::Global(floats)
     }
@@ -172,16 +186,18 @@ pub(super) fn scan(
         .ivf_pq_scan
         .shared_size_bytes()
         .map_err(|e| gpu_err("reading ivf_pq_scan's shared memory size", e))?;
+    let slots = select_slots(k.next_power_of_two());
     let place = tables(
         dim,
         entries,
+        slots,
         optin.max(0) as usize,
         static_bytes.max(0) as usize,
     );
     let (shared_bytes, batch, work_floats) = match place {
         Tables::Shared(bytes) => (bytes, QUERY_BATCH, 0),
         Tables::Global(floats) => (
-            0,
+            slots * 8,
             (MAX_WORK_BYTES / (floats * 4)).clamp(1, QUERY_BATCH),
             floats,
         ),
@@ -204,7 +220,7 @@ pub(super) fn scan(
     let (dim_i, dim_pad_i, lists_i) = (dim as i32, (dim.div_ceil(4) * 4) as i32, n_lists as i32);
     let (pq_dim_i, dsub_i, ksub_i, probes_i) =
         (pq.pq_dim as i32, dsub as i32, ksub as i32, n_probes as i32);
-    let (k_i, kp_i) = (k as i32, k.next_power_of_two() as i32);
+    let (k_i, kp_i, slots_i) = (k as i32, k.next_power_of_two() as i32, slots as i32);
     let mut found = Vec::with_capacity(nq);
     let mut b_rows = Vec::new();
     let mut b_scores = Vec::new();
@@ -246,6 +262,7 @@ pub(super) fn scan(
             .arg(&on.codes)
             .arg(&on.list_rows)
             .arg(&work_ptr)
+            .arg(&slots_i)
             .arg(&k_i)
             .arg(&kp_i)
             .arg(&os_ptr)
@@ -254,8 +271,9 @@ pub(super) fn scan(
         // probes and bases b·n_probes (list numbers below n_lists or NO_ROW, which the kernel
         // skips), the index buffers what `load` copied (checked against `index` above), the
         // work region b·(dim_pad + pq_dim·ksub) floats when tables go to global memory, the
-        // outputs b·k; dynamic shared memory is what `tables` sized and the function was
-        // allowed just above.
+        // outputs b·k; dynamic shared memory is what `tables` sized (the `slots` selection
+        // slots, at least k rounded up to a power of two plus a round of candidates, first)
+        // and the function was allowed just above.
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ivf_pq_scan", e))?;
         b_rows.resize(b * k, 0u32);
         b_scores.resize(b * k, 0f32);
