@@ -131,6 +131,15 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
     }
 }
 
+// One dimension's term of an ADC table entry, added to o: (x_col − c)² for L2, −x_col·c for
+// inner product; x is 0 past dim (the codebooks' zero padding).
+__device__ __forceinline__ float adc_term(float o, const float* x, int dim, int col, float c, int ip) {
+    const float xd = col < dim ? x[col] : 0.0f;
+    if (ip) return __fsub_rn(o, __fmul_rn(xd, c));
+    const float t = __fsub_rn(xd, c);
+    return __fadd_rn(o, __fmul_rn(t, t));
+}
+
 // IVF-PQ list scan: each query's probed lists scored by asymmetric distance (ADC) through a
 // lookup table, its best k kept. The CPU's arithmetic and order (src/search/ivf_pq.rs: the
 // table of ProductQuantizer::table, the four running sums of scan_list), so the scores and
@@ -138,8 +147,8 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
 //
 // queries:      [b, dim] (unit rows for cosine)
 // centroids:    [n_lists, dim]
-// books_t:      [pq_dim · dsub, ksub]: entry (m·dsub + d, j) is dimension d of codeword j of
-//               sub-space m (dimensions past dim are the zero padding's)
+// books:        [pq_dim, ksub, dsub]: codeword j of sub-space m at (m·ksub + j)·dsub, its dsub
+//               floats together (dimensions past dim are the zero padding's)
 // probes:       [b, n_probes] list numbers; one of n_lists or more is skipped
 // bases:        [b, n_probes] each list's constant: the probe's score for inner product (−q·c),
 //               unused for L2
@@ -159,7 +168,7 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
 // a thread per code sums its pq_dim lookups and offers the row to the block's best k.
 extern "C" __global__ void __launch_bounds__(SELECT_THREADS)
 ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
-            const float* __restrict__ centroids, int n_lists, const float* __restrict__ books_t,
+            const float* __restrict__ centroids, int n_lists, const float* __restrict__ books,
             int pq_dim, int dsub, int ksub, const unsigned* __restrict__ probes,
             const float* __restrict__ bases, int n_probes, int ip,
             const long long* __restrict__ list_offsets, const unsigned char* __restrict__ codes,
@@ -194,19 +203,28 @@ ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
             // neighbouring codewords.
             const int j = threadIdx.x % ksub, m_step = blockDim.x / ksub;
             for (int m = threadIdx.x / ksub; m < pq_dim; m += m_step) {
-                const int e = m * ksub + j;
+                const int e = m * ksub + j, c0 = m * dsub;
+                // The codeword's floats in one or two loads where dsub allows (a warp reads 32
+                // neighbouring codewords: contiguous), added in dimension order as ever.
+                const float* cw = books + (long long)e * dsub;
                 float o = 0.0f;
-                for (int d = 0; d < dsub; ++d) {
-                    const int col = m * dsub + d;
-                    const float xd = col < dim ? x[col] : 0.0f;
-                    const float c = books_t[(long long)col * ksub + j];
-                    if (ip) {
-                        o = __fsub_rn(o, __fmul_rn(xd, c));
-                    } else {
-                        const float t = __fsub_rn(xd, c);
-                        o = __fadd_rn(o, __fmul_rn(t, t));
+                int d = 0;
+                if ((dsub & 3) == 0) {
+                    for (; d < dsub; d += 4) {
+                        const float4 c = __ldg(reinterpret_cast<const float4*>(cw + d));
+                        o = adc_term(o, x, dim, c0 + d, c.x, ip);
+                        o = adc_term(o, x, dim, c0 + d + 1, c.y, ip);
+                        o = adc_term(o, x, dim, c0 + d + 2, c.z, ip);
+                        o = adc_term(o, x, dim, c0 + d + 3, c.w, ip);
+                    }
+                } else if ((dsub & 1) == 0) {
+                    for (; d < dsub; d += 2) {
+                        const float2 c = __ldg(reinterpret_cast<const float2*>(cw + d));
+                        o = adc_term(o, x, dim, c0 + d, c.x, ip);
+                        o = adc_term(o, x, dim, c0 + d + 1, c.y, ip);
                     }
                 }
+                for (; d < dsub; ++d) o = adc_term(o, x, dim, c0 + d, __ldg(cw + d), ip);
                 table[e] = o;
             }
             __syncthreads();

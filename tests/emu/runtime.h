@@ -72,6 +72,7 @@ alignas(16) static unsigned char dyn_smem[DYN_SMEM_BYTES];
 #define __restrict__ __restrict
 #define __shared__ static
 #define __align__(n)
+struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned x, y, z, w; };
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }

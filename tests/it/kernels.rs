@@ -787,14 +787,16 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
         data.row_mut(r).assign(&from);
     }
     let queries = random(nq, dim, 59);
-    // pq_dim 6: sub-spaces of 4 with the last padded, two past the sums of four; pq_dim 5 with
-    // 5 bits: tables of 32 entries, one past the sums of four; pq_dim 16: codes read 16 at a
-    // time.
+    // pq_dim 6: sub-spaces of 4 (codewords read 4 floats at a time) with the last padded, two
+    // past the sums of four; pq_dim 5 with 5 bits: tables of 32 entries, one past the sums of
+    // four; pq_dim 16: codes read 16 at a time, codewords of 2 floats; pq_dim 7: codewords of 3
+    // floats, read one by one.
     for (metric, pq_dim, pq_bits) in [
         (Metric::L2, 6, 8),
         (Metric::InnerProduct, 5, 5),
         (Metric::L2, 16, 8),
         (Metric::InnerProduct, 16, 6),
+        (Metric::L2, 7, 8),
     ] {
         let params = IvfPqParams {
             n_lists,
@@ -831,7 +833,7 @@ fn ivf_pq_scan_kernel_scores_and_keeps_what_the_cpu_scan_does() {
         let offsets: Vec<i64> = built.list_offsets.iter().map(|&o| o as i64).collect();
         write(&d.join("queries"), queries.as_slice().unwrap());
         write(&d.join("centroids"), built.centroids.as_slice().unwrap());
-        write(&d.join("books"), &transposed);
+        write(&d.join("books"), built.pq.codebooks.as_slice().unwrap());
         write(&d.join("probes"), &lists);
         write(&d.join("bases"), &bases);
         write(&d.join("offsets"), &offsets);

@@ -1,4 +1,4 @@
-//! IVF-PQ search on the GPU: the index (centroids, transposed codebooks, codes, row map) is
+//! IVF-PQ search on the GPU: the index (centroids, codebooks, codes, row map) is
 //! copied to device memory once ([`load`]); each batch of queries has its probes chosen by the
 //! backend's exact k-NN over the centroids ([`crate::search::ivf_pq::IvfPqIndex::probes`]), then
 //! `ivf_pq_scan` (kernels/select.cu) scans every query's probed lists in one thread block: the
@@ -29,8 +29,8 @@ struct OnDevice {
     n_lists: usize,
     pq_dim: usize,
     centroids: CudaSlice<f32>,
-    /// `[pq_dim · dsub, ksub]` ([`crate::index::pq::ProductQuantizer::transposed`]).
-    books_t: CudaSlice<f32>,
+    /// `[pq_dim · ksub, dsub]` ([`crate::index::pq::ProductQuantizer::codebooks`]).
+    books: CudaSlice<f32>,
     list_offsets: CudaSlice<i64>,
     codes: CudaSlice<u8>,
     list_rows: CudaSlice<u32>,
@@ -98,18 +98,18 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
     }
     let pq = index.pq;
     let (ksub, dsub) = (pq.ksub(), pq.dsub());
-    if index.pq_transposed.len() != pq.pq_dim * dsub * ksub {
+    if pq.codebooks.dim() != (pq.pq_dim * ksub, dsub) {
         return Err(Error::Gpu(format!(
-            "IVF-PQ search on the GPU: the transposed codebooks hold {} floats, expected {}",
-            index.pq_transposed.len(),
-            pq.pq_dim * dsub * ksub
+            "IVF-PQ search on the GPU: the codebooks are {:?}, expected {:?}",
+            pq.codebooks.dim(),
+            (pq.pq_dim * ksub, dsub)
         )));
     }
     let list_rows: Vec<u32> = index.list_rows.iter().map(|&r| r as u32).collect();
     let list_offsets: Vec<i64> = index.list_offsets.iter().map(|&o| o as i64).collect();
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
-    let words = n_lists * dim + index.pq_transposed.len() + 2 * list_offsets.len() + n;
+    let words = n_lists * dim + pq.codebooks.len() + 2 * list_offsets.len() + n;
     super::index_fits(&stream, 4 * words + index.codes.len())?;
     let err = |what: &str| {
         let what = format!("copying the index's {what} to the device");
@@ -123,8 +123,8 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
         centroids: stream
             .clone_htod(contiguous(&index.centroids).as_ref())
             .map_err(err("centroids"))?,
-        books_t: stream
-            .clone_htod(index.pq_transposed)
+        books: stream
+            .clone_htod(contiguous(&pq.codebooks.view()).as_ref())
             .map_err(err("codebooks"))?,
         list_offsets: stream.clone_htod(&list_offsets).map_err(err("lists"))?,
         codes: stream.clone_htod(index.codes).map_err(err("codes"))?,
@@ -250,7 +250,7 @@ pub(super) fn scan(
             .arg(&dim_pad_i)
             .arg(&on.centroids)
             .arg(&lists_i)
-            .arg(&on.books_t)
+            .arg(&on.books)
             .arg(&pq_dim_i)
             .arg(&dsub_i)
             .arg(&ksub_i)
