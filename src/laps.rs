@@ -59,6 +59,40 @@ impl Laps {
     }
 }
 
+/// Whether `VECBUILD_TRACE` is set: [`span`]s then print their time.
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("VECBUILD_TRACE").is_some())
+}
+
+/// A timed part of a run for developers: with `VECBUILD_TRACE` set, `trace: WHAT 1.234 ms` goes
+/// to stderr when it is dropped; otherwise it does nothing. GPU work is asynchronous, so a span
+/// around a launch measures the launch; the span that waits for the results takes the rest.
+pub struct Span {
+    what: &'static str,
+    start: Option<Instant>,
+}
+
+/// Starts a [`Span`].
+pub fn span(what: &'static str) -> Span {
+    Span {
+        what,
+        start: tracing().then(Instant::now),
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(start) = self.start {
+            eprintln!(
+                "trace: {} {:.3} ms",
+                self.what,
+                start.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Laps;

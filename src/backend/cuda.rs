@@ -48,6 +48,7 @@ pub use join::refine_slots;
 
 use super::cpu::SMALL_DIM;
 use super::{Backend, ListJoin, Loaded, Queries};
+use crate::laps::span;
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
 use crate::search::ivf_pq::IvfPqIndex;
@@ -472,13 +473,18 @@ impl CudaBackend {
         }
         // One context for the report and the work: a context dropped in between would be torn
         // down and created again.
+        let part = span("open: context");
         let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("opening the device", e))?;
         let info = info_of(&ctx)?;
+        drop(part);
         // One stream, so cudarc's per-buffer event tracking is not needed.
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let part = span("open: cuBLAS");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| gpu_err("starting cuBLAS", e))?;
+        drop(part);
+        let _span = span("open: kernels");
         if precision == Precision::Tf32 {
             use cudarc::cublas::sys;
             // SAFETY: a valid handle and a defined math mode.
@@ -1154,11 +1160,14 @@ impl CudaBackend {
             .collect();
         let mut dev = self.lock()?;
         let stream = dev.stream.clone();
+        let part = span("knn: queries up");
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
+        drop(part);
         let mut out_score = vec![0f32; nq * k];
         let mut out_col = vec![0u32; nq * k];
         let mut thresholds = vec![0f32; nq];
         if let BaseRows::Host { rows, .. } = base {
+            let _span = span("knn: first tile staged");
             dev.stage(0, &rows[tiles[0].0 * dim..tiles[0].1 * dim])?;
         }
         for (t, &(b0, b1)) in tiles.iter().enumerate() {
@@ -1189,6 +1198,7 @@ impl CudaBackend {
             let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, nq * k)?);
             let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, nq * k)?);
             let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
+            let part = span("knn: tile launched");
             for q0 in (0..nq).step_by(q_tile) {
                 let qt = q_tile.min(nq - q0);
                 let s_ptr = dev.gemm(q_ptr + (q0 * dim * 4) as u64, qt, x_ptr, bt, dim, alpha)?;
@@ -1199,11 +1209,16 @@ impl CudaBackend {
                 );
                 dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
             }
+            drop(part);
             // Stage the next tile on the CPU while the GPU works on this one.
             if let (BaseRows::Host { rows, .. }, Some(&(n0, n1))) = (&base, tiles.get(t + 1)) {
+                let _span = span("knn: next tile staged");
                 dev.stage((t + 1) % 2, &rows[n0 * dim..n1 * dim])?;
             }
+            let part = span("knn: tile waited for and copied back");
             dev.collect(&mut out_col, &mut out_score, "select_topk")?;
+            drop(part);
+            let _span = span("knn: candidates pushed");
             push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
         }
         Ok(())

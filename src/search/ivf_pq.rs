@@ -68,8 +68,13 @@ impl IvfPqIndex<'_> {
             k
         };
         let nq = queries.nrows();
+        let part = crate::laps::span("ivf-pq search: probes chosen");
         let probes = self.probes(backend, queries, n_probes)?;
+        drop(part);
+        let part = crate::laps::span("ivf-pq search: lists scanned");
         let found = backend.ivf_pq_scan(self, loaded, queries, &probes, candidates)?;
+        drop(part);
+        let _span = crate::laps::span("ivf-pq search: re-ranked and laid out");
         if found.len() != nq {
             return Err(Error::Gpu(format!(
                 "{}: the IVF-PQ scan returned {} queries' candidates for {nq}",

@@ -227,6 +227,7 @@ pub(super) fn scan(
     for q0 in (0..nq).step_by(batch) {
         let q1 = (q0 + batch).min(nq);
         let b = q1 - q0;
+        let part = crate::laps::span("ivf-pq scan: launched");
         let (lists, bases) = probe_arrays(&probes[q0..q1], n_probes);
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host[q0 * dim..q1 * dim])?;
         let lists_dev = stream
@@ -275,9 +276,13 @@ pub(super) fn scan(
         // slots, at least k rounded up to a power of two plus a round of candidates, first)
         // and the function was allowed just above.
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ivf_pq_scan", e))?;
+        drop(part);
+        let part = crate::laps::span("ivf-pq scan: waited for and copied back");
         b_rows.resize(b * k, 0u32);
         b_scores.resize(b * k, 0f32);
         dev.collect(&mut b_rows, &mut b_scores, "ivf_pq_scan")?;
+        drop(part);
+        let _span = crate::laps::span("ivf-pq scan: lists made");
         for (r, s) in b_rows.chunks(k).zip(b_scores.chunks(k)) {
             found.push(
                 r.iter()
