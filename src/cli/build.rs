@@ -608,6 +608,10 @@ fn build_cagra(
         s.rewired_edges,
         index.entry_points.len()
     ));
+    ui.note(format!(
+        "CAGRA optimisation: {}",
+        vecbuild::laps::Laps::summary(&s.optimize_parts)
+    ));
     Ok(index)
 }
 

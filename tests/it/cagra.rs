@@ -122,6 +122,28 @@ fn every_builder_gives_a_fixed_degree_graph_reachable_from_its_entry_points() {
             _ => &["exact sample", "nn-descent"],
         };
         assert_eq!(names, want, "{what}");
+        let names: Vec<&str> = s.optimize_parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rank-based pruning",
+                "reverse edges",
+                "merge",
+                "entry point",
+                "connectivity",
+                "short rows filled",
+                "upper levels",
+                "upper links shared"
+            ],
+            "{what}"
+        );
+        let parts: f64 = s.optimize_parts.iter().map(|p| p.1).sum();
+        assert!(
+            parts <= s.optimize_seconds + 1e-3,
+            "{what}: {:?} beyond {} s",
+            s.optimize_parts,
+            s.optimize_seconds
+        );
         let sum: f64 = s.knn_graph_parts.iter().map(|p| p.1).sum();
         assert!(
             s.knn_graph_parts.iter().all(|p| p.1 >= 0.0) && sum <= s.knn_graph_seconds + 1e-3,

@@ -234,6 +234,10 @@ pub struct CagraStats {
     pub knn_graph_parts: Vec<(String, f64)>,
     /// Everything after the kNN graph: the three parts below and the rest.
     pub optimize_seconds: f64,
+    /// Where the optimisation's time went, in order (pruning, reverse edges, merge, entry
+    /// point, connectivity, short rows, the upper levels or the wait for them, their links).
+    #[serde(default)]
+    pub optimize_parts: Vec<(String, f64)>,
     /// Rank-based pruning, reverse edges and merge.
     pub prune_seconds: f64,
     /// The connectivity guarantee.
@@ -413,28 +417,43 @@ fn graph_stages(
         _ => exact("knn graph (exact)")?,
     };
     let knn_graph_seconds = started.elapsed().as_secs_f64();
+    let knn_graph_parts = laps.into_parts();
     let knn_graph_recall = match (&truth, algo) {
         (Some(truth), BuildAlgo::Ivf | BuildAlgo::NnDescent) => truth.recall(&knn),
         _ => 1.0,
     };
     let started = Instant::now();
+    let mut laps = Laps::start();
     progress("optimizing graph", 0.0);
     let pruned = backend.prune_graph(&knn, params.graph_degree)?;
+    laps.mark("rank-based pruning");
     let reverse = optimize::reverse_edges(&pruned);
+    laps.mark("reverse edges");
     let mut graph = optimize::merge(&pruned, &reverse);
+    laps.mark("merge");
     let prune_seconds = started.elapsed().as_secs_f64();
     let entry = nearest_to_mean(data.view(), norms, metric);
+    laps.mark("entry point");
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
-        optimize::guarantee_connectivity(&mut graph, &knn, entry, data.view(), norms, metric)
+        let linked =
+            optimize::guarantee_connectivity(&mut graph, &knn, entry, data.view(), norms, metric);
+        laps.mark("connectivity");
+        linked
     } else {
         (vec![entry], 0)
     };
     fill_short_rows(&mut graph, &knn);
+    laps.mark("short rows filled");
     let connect_seconds = started.elapsed().as_secs_f64() - prune_seconds;
     progress("upper levels", 0.0);
     let (hierarchy, upper_levels_seconds) = upper_levels()?;
+    laps.mark(match upper_levels_beside {
+        true => "upper levels (what was left to wait for)",
+        false => "upper levels",
+    });
     hierarchy.share_links(&mut graph);
+    laps.mark("upper links shared");
     Ok(Cagra {
         graph,
         entry_points,
@@ -445,8 +464,9 @@ fn graph_stages(
             nn_descent_iters,
             knn_graph_recall,
             knn_graph_seconds,
-            knn_graph_parts: laps.into_parts(),
+            knn_graph_parts,
             optimize_seconds: started.elapsed().as_secs_f64(),
+            optimize_parts: laps.into_parts(),
             prune_seconds,
             connect_seconds,
             upper_levels_seconds,
