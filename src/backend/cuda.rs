@@ -1424,7 +1424,25 @@ impl Backend for CudaBackend {
         probes: &[Vec<crate::Neighbor>],
         candidates: usize,
     ) -> Result<Vec<Vec<crate::Neighbor>>> {
-        ivf_pq::scan(self, index, loaded, queries, probes, candidates)
+        ivf_pq::scan(
+            self,
+            index,
+            loaded,
+            queries,
+            ivf_pq::Probes::Host(probes),
+            candidates,
+        )
+    }
+
+    fn ivf_pq_probe_and_scan(
+        &self,
+        index: &IvfPqIndex<'_>,
+        loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        n_probes: usize,
+        candidates: usize,
+    ) -> Result<Option<Vec<Vec<crate::Neighbor>>>> {
+        ivf_pq::probe_and_scan(self, index, loaded, queries, n_probes, candidates)
     }
 
     fn lloyd<'a>(

@@ -258,6 +258,21 @@ pub trait Backend: Sync {
         Ok(index.scan(queries, probes, candidates))
     }
 
+    /// [`IvfPqIndex::probes`] and [`Backend::ivf_pq_scan`] in one, where this backend can
+    /// choose the probes where it scans (a GPU: the probed lists never come back to the host);
+    /// the same lists as the two apart. `None`: take the two steps (the CPU, or a case the
+    /// device path does not cover).
+    fn ivf_pq_probe_and_scan(
+        &self,
+        _index: &IvfPqIndex<'_>,
+        _loaded: Option<&Loaded>,
+        _queries: ArrayView2<'_, f32>,
+        _n_probes: usize,
+        _candidates: usize,
+    ) -> Result<Option<Vec<Vec<Neighbor>>>> {
+        Ok(None)
+    }
+
     /// Holds `data: [n, dim]` for k-means iterations ([`Lloyd`]) where this backend keeps
     /// rows apart from the host (a GPU, when they fit in its memory). `None`: iterate with
     /// [`Backend::assign_nearest`] on the rows where they lie (the CPU).

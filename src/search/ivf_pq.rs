@@ -68,11 +68,19 @@ impl IvfPqIndex<'_> {
             k
         };
         let nq = queries.nrows();
-        let part = crate::laps::span("ivf-pq search: probes chosen");
-        let probes = self.probes(backend, queries, n_probes)?;
-        drop(part);
-        let part = crate::laps::span("ivf-pq search: lists scanned");
-        let found = backend.ivf_pq_scan(self, loaded, queries, &probes, candidates)?;
+        let part = crate::laps::span("ivf-pq search: probes chosen and lists scanned");
+        let n_probes = n_probes.clamp(1, self.centroids.nrows().max(1));
+        let found =
+            match backend.ivf_pq_probe_and_scan(self, loaded, queries, n_probes, candidates)? {
+                Some(found) => found,
+                None => {
+                    let part = crate::laps::span("ivf-pq search: probes chosen");
+                    let probes = self.probes(backend, queries, n_probes)?;
+                    drop(part);
+                    let _part = crate::laps::span("ivf-pq search: lists scanned");
+                    backend.ivf_pq_scan(self, loaded, queries, &probes, candidates)?
+                }
+            };
         drop(part);
         let _span = crate::laps::span("ivf-pq search: re-ranked and laid out");
         if found.len() != nq {

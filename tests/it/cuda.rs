@@ -476,6 +476,21 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
                 refine,
             ];
             searches_agree(d, &search, &[], &format!("{metric}, refine {refine}"));
+            // The probes chosen on the device (above) are the ones the host path chooses: the
+            // same results, bit for bit.
+            let device = read_results(&d.join("gpu.parquet")).unwrap();
+            crate::emu::gpu_probes_on_host(true);
+            succeeds(
+                d,
+                &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
+            );
+            crate::emu::gpu_probes_on_host(false);
+            let host = read_results(&d.join("gpu.parquet")).unwrap();
+            assert_eq!(
+                (device.offsets, device.neighbors, device.distances),
+                (host.offsets, host.neighbors, host.distances),
+                "{metric}, refine {refine}: probes chosen on the device and on the host differ"
+            );
         }
     }
     // 256 sub-spaces of 256 codewords: 256 KiB tables, beyond any block's shared memory, so

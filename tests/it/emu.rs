@@ -114,6 +114,14 @@ thread_local! {
     static ACTIVE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
     /// The emulated device's memory in MiB, where a test set it ([`device_memory`]).
     static DEVICE_MIB: RefCell<Option<usize>> = const { RefCell::new(None) };
+    /// Whether a GPU IVF-PQ search chooses its probes on the host ([`gpu_probes_on_host`]).
+    static HOST_PROBES: RefCell<bool> = const { RefCell::new(false) };
+}
+
+/// From now on, this test's GPU IVF-PQ searches choose their probes on the host
+/// (`VECBUILD_GPU_PROBES=host`), on the emulator or a GPU, or on the device again.
+pub fn gpu_probes_on_host(on: bool) {
+    HOST_PROBES.with(|h| *h.borrow_mut() = on);
 }
 
 /// From now on, this test's runs of vecbuild on the emulator see a device of `mib` MiB.
@@ -132,8 +140,12 @@ pub fn emulated() -> bool {
 }
 
 /// Sets `cmd`'s environment for the emulator when this test thread uses it: its folder first on
-/// the library path, the kernel cache off (its "PTX" names files, nothing more).
+/// the library path, the kernel cache off (its "PTX" names files, nothing more); and the
+/// probes' path where a test chose it.
 pub fn environment(cmd: &mut Command) {
+    if HOST_PROBES.with(|h| *h.borrow()) {
+        cmd.env("VECBUILD_GPU_PROBES", "host");
+    }
     ACTIVE.with(|a| {
         if let Some(dir) = a.borrow().as_ref() {
             let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();

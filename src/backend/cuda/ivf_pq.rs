@@ -1,6 +1,8 @@
 //! IVF-PQ search on the GPU: the index (centroids, codebooks, codes, row map) is
-//! copied to device memory once ([`load`]); each batch of queries has its probes chosen by the
-//! backend's exact k-NN over the centroids ([`crate::search::ivf_pq::IvfPqIndex::probes`]), then
+//! copied to device memory once ([`load`]); each batch of queries has its probes chosen on the
+//! device by the exact k-NN's GEMM and selection over the held centroids ([`probe_and_scan`];
+//! the lists [`crate::search::ivf_pq::IvfPqIndex::probes`] chooses, which the host path
+//! copies up instead), then
 //! `ivf_pq_scan` (kernels/select.cu) scans every query's probed lists in one thread block: the
 //! lookup table of each list in shared memory, a thread per code, the block's best candidates
 //! kept as `select_topk` keeps them. The tables, sums and order are the CPU's
@@ -11,7 +13,9 @@
 //! to the device's larger shared memory for it; where even that is too small (hundreds of
 //! sub-spaces), the tables go to a global-memory region per block instead, slower but any size.
 
-use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, QUERY_BATCH, SELECT_THREADS};
+use super::{
+    contiguous, gpu_err, grown, raw, CudaBackend, Precision, NO_ROW, QUERY_BATCH, SELECT_THREADS,
+};
 use crate::backend::Loaded;
 use crate::search::ivf_pq::IvfPqIndex;
 use crate::{Error, Metric, Neighbor, Result};
@@ -29,6 +33,8 @@ struct OnDevice {
     n_lists: usize,
     pq_dim: usize,
     centroids: CudaSlice<f32>,
+    /// `[n_lists]` squared norms where the lists are chosen by L2, else empty.
+    centroid_norms: Option<CudaSlice<f32>>,
     /// `[pq_dim · ksub, dsub]` ([`crate::index::pq::ProductQuantizer::codebooks`]).
     books: CudaSlice<f32>,
     list_offsets: CudaSlice<i64>,
@@ -109,7 +115,7 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
     let list_offsets: Vec<i64> = index.list_offsets.iter().map(|&o| o as i64).collect();
     let dev = backend.lock()?;
     let stream = dev.stream.clone();
-    let words = n_lists * dim + pq.codebooks.len() + 2 * list_offsets.len() + n;
+    let words = n_lists * (dim + 1) + pq.codebooks.len() + 2 * list_offsets.len() + n;
     super::index_fits(&stream, 4 * words + index.codes.len())?;
     let err = |what: &str| {
         let what = format!("copying the index's {what} to the device");
@@ -123,6 +129,14 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
         centroids: stream
             .clone_htod(contiguous(&index.centroids).as_ref())
             .map_err(err("centroids"))?,
+        centroid_norms: match index.centroid_sq_norms.len() == n_lists {
+            true => Some(
+                stream
+                    .clone_htod(index.centroid_sq_norms)
+                    .map_err(err("centroid norms"))?,
+            ),
+            false => None,
+        },
         books: stream
             .clone_htod(contiguous(&pq.codebooks.view()).as_ref())
             .map_err(err("codebooks"))?,
@@ -136,13 +150,59 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
     Ok(Box::new(on))
 }
 
+/// Where a scan's probed lists come from.
+#[derive(Clone, Copy)]
+pub(super) enum Probes<'a> {
+    /// Chosen on the host ([`IvfPqIndex::probes`]), copied up with each batch.
+    Host(&'a [Vec<Neighbor>]),
+    /// This many chosen on the device for each batch: the queries against the held centroids
+    /// by the exact k-NN's GEMM and `select_topk`, as [`IvfPqIndex::probes`] chooses them on
+    /// this backend, kept there for `ivf_pq_scan`.
+    Device(usize),
+}
+
+/// [`Probes::Device`] where it gives the lists the host would (the centroids in one base tile
+/// of the exact k-NN, so one selection sees them all; fp32 or TF32 products, as fp16's checks
+/// of range are the host path's), else `None`. `VECBUILD_GPU_PROBES=host` takes the host path
+/// always (a developer's check that the two agree).
+pub(super) fn probe_and_scan(
+    backend: &CudaBackend,
+    index: &IvfPqIndex<'_>,
+    loaded: Option<&Loaded>,
+    queries: ArrayView2<'_, f32>,
+    n_probes: usize,
+    candidates: usize,
+) -> Result<Option<Vec<Vec<Neighbor>>>> {
+    let (n_lists, dim) = index.centroids.dim();
+    let held = loaded.is_some_and(|l| l.downcast_ref::<OnDevice>().is_some());
+    let host = std::env::var_os("VECBUILD_GPU_PROBES").is_some_and(|v| v == "host");
+    if !held
+        || host
+        || backend.precision == Precision::Fp16
+        || n_lists > crate::backend::base_tile_rows(dim)
+        || n_probes == 0
+        || n_probes > n_lists.min(super::MAX_GPU_K)
+    {
+        return Ok(None);
+    }
+    scan(
+        backend,
+        index,
+        loaded,
+        queries,
+        Probes::Device(n_probes),
+        candidates,
+    )
+    .map(Some)
+}
+
 /// Each query's `candidates` best rows of its probed lists, with the copy [`load`] made.
 pub(super) fn scan(
     backend: &CudaBackend,
     index: &IvfPqIndex<'_>,
     loaded: Option<&Loaded>,
     queries: ArrayView2<'_, f32>,
-    probes: &[Vec<Neighbor>],
+    probes: Probes<'_>,
     candidates: usize,
 ) -> Result<Vec<Vec<Neighbor>>> {
     let on = loaded
@@ -152,7 +212,7 @@ pub(super) fn scan(
     let pq = index.pq;
     if (on.n, on.dim, on.n_lists, on.pq_dim) != (index.list_rows.len(), dim, n_lists, pq.pq_dim)
         || queries.ncols() != dim
-        || probes.len() != queries.nrows()
+        || matches!(probes, Probes::Host(p) if p.len() != queries.nrows())
     {
         return Err(Error::Gpu(
             "the IVF-PQ index loaded on the GPU is not the one searched".into(),
@@ -166,7 +226,10 @@ pub(super) fn scan(
         )));
     }
     let nq = queries.nrows();
-    let n_probes = probes.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let n_probes = match probes {
+        Probes::Host(p) => p.iter().map(Vec::len).max().unwrap_or(0).max(1),
+        Probes::Device(n) => n,
+    };
     let (ksub, dsub) = (pq.ksub(), pq.dsub());
     if !(SELECT_THREADS as usize).is_multiple_of(ksub) {
         // The kernel fills a table with each thread on one codeword column.
@@ -216,6 +279,22 @@ pub(super) fn scan(
                 .map_err(|e| gpu_err("allocating device memory for the lookup tables", e))?,
         ),
     };
+    // Lists chosen on the device: each batch's probes and their scores.
+    let mut chosen = match probes {
+        Probes::Host(_) => None,
+        // SAFETY: select_topk writes every slot of a batch's rows before the scan reads them.
+        Probes::Device(_) => Some(unsafe {
+            let slots = batch.min(nq).max(1) * n_probes;
+            (
+                stream
+                    .alloc::<u32>(slots)
+                    .map_err(|e| gpu_err("allocating device memory for the probes", e))?,
+                stream
+                    .alloc::<f32>(slots)
+                    .map_err(|e| gpu_err("allocating device memory for the probes", e))?,
+            )
+        }),
+    };
     let ip = i32::from(index.metric == Metric::InnerProduct);
     let (dim_i, dim_pad_i, lists_i) = (dim as i32, (dim.div_ceil(4) * 4) as i32, n_lists as i32);
     let (pq_dim_i, dsub_i, ksub_i, probes_i) =
@@ -228,14 +307,30 @@ pub(super) fn scan(
         let q1 = (q0 + batch).min(nq);
         let b = q1 - q0;
         let part = crate::laps::span("ivf-pq scan: launched");
-        let (lists, bases) = probe_arrays(&probes[q0..q1], n_probes);
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host[q0 * dim..q1 * dim])?;
-        let lists_dev = stream
-            .clone_htod(&lists)
-            .map_err(|e| gpu_err("copying the probes to the device", e))?;
-        let bases_dev = stream
-            .clone_htod(&bases)
-            .map_err(|e| gpu_err("copying the probes to the device", e))?;
+        // Held until the batch's results are back: the copies the kernel reads.
+        let mut copied = None;
+        let (lists_ptr, bases_ptr) = match (probes, chosen.as_mut()) {
+            (Probes::Host(p), _) => {
+                let (lists, bases) = probe_arrays(&p[q0..q1], n_probes);
+                let up = |what: &str, e| gpu_err(&format!("copying the {what} to the device"), e);
+                let lists_dev = stream.clone_htod(&lists).map_err(|e| up("probes", e))?;
+                let bases_dev = stream.clone_htod(&bases).map_err(|e| up("probes", e))?;
+                let ptrs = (raw(&stream, &lists_dev), raw(&stream, &bases_dev));
+                copied = Some((lists_dev, bases_dev));
+                ptrs
+            }
+            (Probes::Device(_), Some((lists_dev, bases_dev))) => {
+                let ptrs = (raw(&stream, lists_dev), raw(&stream, bases_dev));
+                choose_probes(&mut dev, on, index.metric, q_ptr, b, n_probes, ptrs)?;
+                ptrs
+            }
+            (Probes::Device(_), None) => {
+                return Err(Error::Gpu(
+                    "internal: no device buffers for the probes".into(),
+                ))
+            }
+        };
         let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, b * k)?);
         let or_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, b * k)?);
         let work_ptr = work.as_mut().map_or(0, |w| raw(&stream, w));
@@ -255,8 +350,8 @@ pub(super) fn scan(
             .arg(&pq_dim_i)
             .arg(&dsub_i)
             .arg(&ksub_i)
-            .arg(&lists_dev)
-            .arg(&bases_dev)
+            .arg(&lists_ptr)
+            .arg(&bases_ptr)
             .arg(&probes_i)
             .arg(&ip)
             .arg(&on.list_offsets)
@@ -281,6 +376,7 @@ pub(super) fn scan(
         b_rows.resize(b * k, 0u32);
         b_scores.resize(b * k, 0f32);
         dev.collect(&mut b_rows, &mut b_scores, "ivf_pq_scan")?;
+        drop(copied);
         drop(part);
         let _span = crate::laps::span("ivf-pq scan: lists made");
         for (r, s) in b_rows.chunks(k).zip(b_scores.chunks(k)) {
@@ -297,4 +393,57 @@ pub(super) fn scan(
         }
     }
     Ok(found)
+}
+
+/// The `n_probes` lists nearest each of the `b` queries at `q_ptr` (on the device), as the
+/// exact k-NN chooses them over the held centroids: `−2·q·c + ‖c‖²` (L2, cosine) or `−q·c`
+/// (inner product) by cuBLAS, best first by `select_topk`, into `lists` and `scores` (`[b,
+/// n_probes]` device buffers, as raw pointers).
+fn choose_probes(
+    dev: &mut super::Device,
+    on: &OnDevice,
+    metric: Metric,
+    q_ptr: u64,
+    b: usize,
+    n_probes: usize,
+    (lists, scores): (u64, u64),
+) -> Result<()> {
+    let stream = dev.stream.clone();
+    let l2 = crate::index::ivf_pq::coarse_metric(metric) == Metric::L2;
+    let norms = match (l2, &on.centroid_norms) {
+        (true, Some(n)) => raw(&stream, n),
+        (true, None) => {
+            return Err(Error::Gpu(
+                "the IVF-PQ index on the device has no centroid norms".into(),
+            ))
+        }
+        (false, _) => 0,
+    };
+    let alpha = if l2 { -2.0 } else { -1.0 };
+    let c_ptr = raw(&stream, &on.centroids);
+    let q_tile = (dev.tile_bytes / (on.n_lists * 4)).clamp(1, b.max(1));
+    for q0 in (0..b).step_by(q_tile) {
+        let qt = q_tile.min(b - q0);
+        let s_ptr = dev.gemm(
+            q_ptr + (q0 * on.dim * 4) as u64,
+            qt,
+            c_ptr,
+            on.n_lists,
+            on.dim,
+            alpha,
+        )?;
+        let at = (q0 * n_probes * 4) as u64;
+        dev.launch_select(
+            s_ptr,
+            on.n_lists,
+            on.n_lists,
+            qt,
+            norms,
+            0,
+            n_probes,
+            scores + at,
+            lists + at,
+        )?;
+    }
+    Ok(())
 }
