@@ -35,7 +35,8 @@ const NEAREST_REACHABLE: usize = 8;
 const PREFETCH_AHEAD: usize = 4;
 
 /// Detour counts of one row's edges: `counts[r]` for the edge at rank `r`. `map` is scratch: an
-/// open-addressing table from row to rank, sized to a power of two ≥ 4·d_in.
+/// open-addressing table from row to rank, sized to a power of two ≥ 4·d_in. For graphs of more
+/// than [`RANK_TABLE_ROWS`] rows; smaller ones take [`detour_counts_by_table`].
 fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u32]) {
     let d = knn.degree;
     let mask = map.len() - 1;
@@ -85,34 +86,104 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
     }
 }
 
+/// Rows up to which [`prune`] looks ranks up in a table over all rows (2 bytes each, one per
+/// block of rows) rather than in a hash table per row.
+const RANK_TABLE_ROWS: usize = 1 << 24;
+
 /// Step 1: the `d_out` edges of each row with the fewest detourable routes.
 pub fn prune(knn: &Graph, d_out: usize) -> Graph {
-    let d = knn.degree;
-    // A quarter full: most lookups miss (B not in A's list) and stop at the first empty slot.
-    let table = (4 * d).next_power_of_two().max(16);
-    let mut neighbors = vec![NONE; knn.len() * d_out];
-    neighbors.par_chunks_mut(d_out).enumerate().for_each_init(
-        || {
-            (
-                vec![(NONE, 0u32); table],
-                vec![0u32; d],
-                Vec::with_capacity(d),
-            )
-        },
-        |(map, counts, order), (a, out)| {
-            detour_counts(knn, a, map, counts);
-            let list = knn.row(a);
-            order.clear();
-            order.extend((0..d).filter(|&r| list[r] != NONE));
-            order.sort_by_key(|&r| (counts[r], r));
-            for (slot, &r) in out.iter_mut().zip(order.iter()) {
-                *slot = list[r];
-            }
-        },
-    );
+    let (n, d) = (knn.len(), knn.degree);
+    let mut neighbors = vec![NONE; n * d_out];
+    let keep = |a: usize, counts: &[u32], order: &mut Vec<usize>, out: &mut [u32]| {
+        let list = knn.row(a);
+        order.clear();
+        order.extend((0..d).filter(|&r| list[r] != NONE));
+        order.sort_by_key(|&r| (counts[r], r));
+        for (slot, &r) in out.iter_mut().zip(order.iter()) {
+            *slot = list[r];
+        }
+    };
+    if n <= RANK_TABLE_ROWS && d < RANK_ABSENT as usize {
+        // Blocks of rows, each with its own table of every row's rank in the current list.
+        let block = n.div_ceil(rayon::current_num_threads() * 8).max(1024);
+        neighbors
+            .par_chunks_mut(block * d_out.max(1))
+            .enumerate()
+            .for_each(|(i, outs)| {
+                let mut rank_of = vec![RANK_ABSENT; n];
+                let mut counts = vec![0u32; d + 1];
+                let mut order = Vec::with_capacity(d);
+                for (j, out) in outs.chunks_mut(d_out.max(1)).enumerate() {
+                    let a = i * block + j;
+                    detour_counts_by_table(knn, a, &mut rank_of, &mut counts);
+                    keep(a, &counts, &mut order, out);
+                }
+            });
+    } else {
+        // A quarter full: most lookups miss (B not in A's list) and stop at the first empty
+        // slot.
+        let table = (4 * d).next_power_of_two().max(16);
+        neighbors.par_chunks_mut(d_out).enumerate().for_each_init(
+            || {
+                (
+                    vec![(NONE, 0u32); table],
+                    vec![0u32; d],
+                    Vec::with_capacity(d),
+                )
+            },
+            |(map, counts, order), (a, out)| {
+                detour_counts(knn, a, map, counts);
+                keep(a, counts, order, out);
+            },
+        );
+    }
     Graph {
         degree: d_out,
         neighbors,
+    }
+}
+
+/// A row's place in [`detour_counts_by_table`]'s table when it is not in the current list.
+const RANK_ABSENT: u16 = u16::MAX;
+
+/// [`detour_counts`] with ranks looked up in `rank_of` (`[n]`, all [`RANK_ABSENT`] on entry
+/// and on return) instead of a hash table: one load per candidate route, and the count added
+/// without a branch (absent rows count in `counts[d]`, which is spare). Same counts.
+fn detour_counts_by_table(knn: &Graph, a: usize, rank_of: &mut [u16], counts: &mut [u32]) {
+    let d = knn.degree;
+    let list = knn.row(a);
+    for (rank, &b) in list.iter().enumerate() {
+        if b != NONE {
+            rank_of[b as usize] = rank as u16;
+        }
+    }
+    counts[..=d].fill(0);
+    let fetch = |v: u32| {
+        if v != NONE {
+            crate::distance::prefetch(knn.row(v as usize), d * 4);
+        }
+    };
+    list.iter().take(PREFETCH_AHEAD).for_each(|&v| fetch(v));
+    for (r_ad, &dnode) in list.iter().enumerate().take(d.saturating_sub(1)) {
+        if let Some(&ahead) = list.get(r_ad + PREFETCH_AHEAD) {
+            fetch(ahead);
+        }
+        if dnode == NONE {
+            continue;
+        }
+        let routes = &knn.row(dnode as usize)[..d.saturating_sub(1)];
+        for (r_db, &b) in routes.iter().enumerate() {
+            if b == NONE {
+                continue;
+            }
+            let r_ab = rank_of[b as usize] as usize;
+            counts[r_ab.min(d)] += u32::from(r_ad.max(r_db) < r_ab);
+        }
+    }
+    for &b in list {
+        if b != NONE {
+            rank_of[b as usize] = RANK_ABSENT;
+        }
     }
 }
 
@@ -412,6 +483,37 @@ mod tests {
         assert_eq!(counts, vec![0, 0, 1]);
         let pruned = prune(&knn, 2);
         assert_eq!(pruned.row(0), &[1, 2]);
+    }
+
+    #[test]
+    fn detour_counts_by_table_equal_those_by_hash() {
+        // Random lists with empty slots and repeated rows, degrees 1 to 40.
+        let mut rng = crate::synth::Rng::new(5);
+        for d in [1usize, 2, 7, 40] {
+            let n = 300;
+            let neighbors: Vec<u32> = (0..n * d)
+                .map(|_| match rng.next_u64() % 10 {
+                    0 => NONE,
+                    _ => (rng.next_u64() % n as u64) as u32,
+                })
+                .collect();
+            let knn = Graph {
+                degree: d,
+                neighbors,
+            };
+            let table = (4 * d).next_power_of_two().max(16);
+            let (mut map, mut by_hash) = (vec![(NONE, 0u32); table], vec![0u32; d]);
+            let (mut rank_of, mut by_table) = (vec![RANK_ABSENT; n], vec![0u32; d + 1]);
+            for a in 0..n {
+                detour_counts(&knn, a, &mut map, &mut by_hash);
+                detour_counts_by_table(&knn, a, &mut rank_of, &mut by_table);
+                assert_eq!(by_hash[..], by_table[..d], "degree {d}, row {a}");
+                assert!(
+                    rank_of.iter().all(|&r| r == RANK_ABSENT),
+                    "table left dirty"
+                );
+            }
+        }
     }
 
     #[test]
