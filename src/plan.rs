@@ -408,6 +408,12 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
             }
             let graph = 4 * n * d_out;
             let own = [("kNN graph", knn), ("pruned graph", graph)];
+            // The CPU's pruning looks ranks up in a table of every row, one per worker thread.
+            let rank_tables =
+                match !gpu && n <= crate::index::cagra::optimize::RANK_TABLE_ROWS as u64 {
+                    true => 2 * n * rayon::current_num_threads() as u64,
+                    false => 0,
+                };
             stages.push(Stage {
                 name: "pruning",
                 host: [
@@ -415,6 +421,7 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     vec![
                         ("kNN graph", knn),
                         ("pruned graph", graph),
+                        ("rank tables, one per worker thread", rank_tables),
                         (
                             "reverse edges, with the graph transposed by blocks",
                             2 * graph + 16 * n,

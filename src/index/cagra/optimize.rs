@@ -88,7 +88,7 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
 
 /// Rows up to which [`prune`] looks ranks up in a table over all rows (2 bytes each, one per
 /// block of rows) rather than in a hash table per row.
-const RANK_TABLE_ROWS: usize = 1 << 24;
+pub(crate) const RANK_TABLE_ROWS: usize = 1 << 24;
 
 /// Step 1: the `d_out` edges of each row with the fewest detourable routes.
 pub fn prune(knn: &Graph, d_out: usize) -> Graph {
