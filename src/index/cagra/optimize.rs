@@ -51,8 +51,28 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
         map[s] = (b, rank as u32);
     }
     counts[..d].fill(0);
-    // Routes A→D→B need r_AD < r_AB, so D ranges over all but the last edge; and
-    // r_DB < r_AB ≤ d − 1, so B over all but D's last edge.
+    two_hop_routes(knn, list, |r_ad, r_db, b| {
+        let mut s = slot(b);
+        while map[s].0 != NONE {
+            if map[s].0 == b {
+                let r_ab = map[s].1 as usize;
+                if r_ad.max(r_db) < r_ab {
+                    counts[r_ab] += 1;
+                }
+                break;
+            }
+            s = (s + 1) & mask;
+        }
+    });
+}
+
+/// Calls `visit(r_AD, r_DB, B)` for every two-hop route A→D→B from the row whose kNN list is
+/// `list` that could be a detour: routes need r_AD < r_AB, so D ranges over all but the last
+/// edge; and r_DB < r_AB ≤ d − 1, so B over all but D's last edge. Empty slots are skipped;
+/// D's lists are prefetched a few ahead.
+#[inline(always)]
+fn two_hop_routes(knn: &Graph, list: &[u32], mut visit: impl FnMut(usize, usize, u32)) {
+    let d = knn.degree;
     let fetch = |v: u32| {
         if v != NONE {
             crate::distance::prefetch(knn.row(v as usize), d * 4);
@@ -66,21 +86,10 @@ fn detour_counts(knn: &Graph, a: usize, map: &mut [(u32, u32)], counts: &mut [u3
         if dnode == NONE {
             continue;
         }
-        let routes = knn.row(dnode as usize).iter().take(d.saturating_sub(1));
-        for (r_db, &b) in routes.enumerate() {
-            if b == NONE {
-                continue;
-            }
-            let mut s = slot(b);
-            while map[s].0 != NONE {
-                if map[s].0 == b {
-                    let r_ab = map[s].1 as usize;
-                    if r_ad.max(r_db) < r_ab {
-                        counts[r_ab] += 1;
-                    }
-                    break;
-                }
-                s = (s + 1) & mask;
+        let routes = &knn.row(dnode as usize)[..d.saturating_sub(1)];
+        for (r_db, &b) in routes.iter().enumerate() {
+            if b != NONE {
+                visit(r_ad, r_db, b);
             }
         }
     }
@@ -158,28 +167,10 @@ fn detour_counts_by_table(knn: &Graph, a: usize, rank_of: &mut [u16], counts: &m
         }
     }
     counts[..=d].fill(0);
-    let fetch = |v: u32| {
-        if v != NONE {
-            crate::distance::prefetch(knn.row(v as usize), d * 4);
-        }
-    };
-    list.iter().take(PREFETCH_AHEAD).for_each(|&v| fetch(v));
-    for (r_ad, &dnode) in list.iter().enumerate().take(d.saturating_sub(1)) {
-        if let Some(&ahead) = list.get(r_ad + PREFETCH_AHEAD) {
-            fetch(ahead);
-        }
-        if dnode == NONE {
-            continue;
-        }
-        let routes = &knn.row(dnode as usize)[..d.saturating_sub(1)];
-        for (r_db, &b) in routes.iter().enumerate() {
-            if b == NONE {
-                continue;
-            }
-            let r_ab = rank_of[b as usize] as usize;
-            counts[r_ab.min(d)] += u32::from(r_ad.max(r_db) < r_ab);
-        }
-    }
+    two_hop_routes(knn, list, |r_ad, r_db, b| {
+        let r_ab = rank_of[b as usize] as usize;
+        counts[r_ab.min(d)] += u32::from(r_ad.max(r_db) < r_ab);
+    });
     for &b in list {
         if b != NONE {
             rank_of[b as usize] = RANK_ABSENT;
