@@ -260,8 +260,8 @@ pub trait Backend: Sync {
 
     /// [`IvfPqIndex::probes`] and [`Backend::ivf_pq_scan`] in one, where this backend can
     /// choose the probes where it scans (a GPU: the probed lists never come back to the host);
-    /// the same lists as the two apart. `None`: take the two steps (the CPU, or a case the
-    /// device path does not cover).
+    /// the same lists as the two apart (up to how the backend's products round near-ties).
+    /// `None`: take the two steps (the CPU, or a case the device path does not cover).
     fn ivf_pq_probe_and_scan(
         &self,
         _index: &IvfPqIndex<'_>,

@@ -163,8 +163,11 @@ pub(super) enum Probes<'a> {
 
 /// [`Probes::Device`] where it gives the lists the host would (the centroids in one base tile
 /// of the exact k-NN, so one selection sees them all; fp32 or TF32 products, as fp16's checks
-/// of range are the host path's), else `None`. `VECBUILD_GPU_PROBES=host` takes the host path
-/// always (a developer's check that the two agree).
+/// of range are the host path's), else `None`. The products are the same GEMM's, bit for bit
+/// where it gets the same shapes (a search's batches up to `QUERY_BATCH` queries with tables
+/// in shared memory, as the CLI's are); with other shapes cuBLAS may round a near-tie between
+/// two centroids the other way, as between any two shapes. `VECBUILD_GPU_PROBES=host` takes
+/// the host path always (a developer's check that the two agree).
 pub(super) fn probe_and_scan(
     backend: &CudaBackend,
     index: &IvfPqIndex<'_>,
