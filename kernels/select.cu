@@ -164,7 +164,8 @@ __device__ __forceinline__ float adc_term(float o, const float* x, int dim, int 
 //               for small k, so more blocks fit on a multiprocessor beside their tables)
 // out_score:    [b, k] best first, +inf where empty; out_row: [b, k] rows, 0xffffffff where empty
 //
-// grid: (b), block: SELECT_THREADS. Per list: the table is filled (a thread per entry), then
+// grid: (b), block: SELECT_THREADS. Per list: the table is filled (each thread on one codeword
+// column, stepping the sub-spaces), then
 // a thread per code sums its pq_dim lookups and offers the row to the block's best k.
 extern "C" __global__ void __launch_bounds__(SELECT_THREADS)
 ivf_pq_scan(const float* __restrict__ queries, int dim, int dim_pad,
