@@ -419,3 +419,59 @@ fn build_summary_says_where_the_time_went() {
         );
     }
 }
+
+#[test]
+fn vecbuild_trace_times_a_searchs_parts_and_nothing_without_it() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 3000, 16, 20, 10);
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "ivf-pq",
+            "--out",
+            "x.vbx",
+        ],
+    );
+    let search = |trace: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vecbuild"));
+        cmd.args([
+            "search",
+            "--index",
+            "x.vbx",
+            "--queries",
+            "q.parquet",
+            "--k",
+            "5",
+            "--out",
+            "r.parquet",
+        ])
+        .current_dir(d)
+        .env_remove("VECBUILD_TRACE");
+        if trace {
+            cmd.env("VECBUILD_TRACE", "1");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let traced = search(true);
+    for part in ["probes chosen", "lists scanned", "re-ranked and laid out"] {
+        let prefix = format!("trace: ivf-pq search: {part} ");
+        let ms = traced.lines().find_map(|l| {
+            l.strip_prefix(&prefix)?
+                .strip_suffix(" ms")?
+                .parse::<f64>()
+                .ok()
+        });
+        assert!(
+            ms.is_some_and(|ms| ms >= 0.0),
+            "no time for {part} in {traced}"
+        );
+    }
+    assert!(!search(false).contains("trace:"));
+}
