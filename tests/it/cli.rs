@@ -438,8 +438,8 @@ fn vecbuild_trace_times_a_searchs_parts_and_nothing_without_it() {
         ],
     );
     let search = |trace: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vecbuild"));
-        cmd.args([
+        crate::emu::set_env("VECBUILD_TRACE", trace.then_some("1"));
+        let args = [
             "search",
             "--index",
             "x.vbx",
@@ -449,15 +449,10 @@ fn vecbuild_trace_times_a_searchs_parts_and_nothing_without_it() {
             "5",
             "--out",
             "r.parquet",
-        ])
-        .current_dir(d)
-        .env_remove("VECBUILD_TRACE");
-        if trace {
-            cmd.env("VECBUILD_TRACE", "1");
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        ];
+        let out = run(d, &args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stderr
     };
     let traced = search(true);
     for part in ["probes chosen", "lists scanned", "re-ranked and laid out"] {

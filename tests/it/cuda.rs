@@ -479,12 +479,12 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
             // The probes chosen on the device (above) are the ones the host path chooses: the
             // same results, bit for bit.
             let device = read_results(&d.join("gpu.parquet")).unwrap();
-            crate::emu::gpu_probes_on_host(true);
+            crate::emu::set_env("VECBUILD_GPU_PROBES", Some("host"));
             succeeds(
                 d,
                 &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
             );
-            crate::emu::gpu_probes_on_host(false);
+            crate::emu::set_env("VECBUILD_GPU_PROBES", None);
             let host = read_results(&d.join("gpu.parquet")).unwrap();
             assert_eq!(
                 (device.offsets, device.neighbors, device.distances),

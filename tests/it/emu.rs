@@ -114,14 +114,19 @@ thread_local! {
     static ACTIVE: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
     /// The emulated device's memory in MiB, where a test set it ([`device_memory`]).
     static DEVICE_MIB: RefCell<Option<usize>> = const { RefCell::new(None) };
-    /// Whether a GPU IVF-PQ search chooses its probes on the host ([`gpu_probes_on_host`]).
-    static HOST_PROBES: RefCell<bool> = const { RefCell::new(false) };
+    /// Variables this test sets (`Some`) or removes (`None`) in vecbuild's environment
+    /// ([`set_env`]).
+    static ENV: RefCell<Vec<(&'static str, Option<String>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// From now on, this test's GPU IVF-PQ searches choose their probes on the host
-/// (`VECBUILD_GPU_PROBES=host`), on the emulator or a GPU, or on the device again.
-pub fn gpu_probes_on_host(on: bool) {
-    HOST_PROBES.with(|h| *h.borrow_mut() = on);
+/// From now on, this test's runs of vecbuild ([`crate::common::run`]), on the emulator or not,
+/// see `key` set to `value`, or not at all (`None`), whatever the test runner's environment.
+pub fn set_env(key: &'static str, value: Option<&str>) {
+    ENV.with(|e| {
+        let mut e = e.borrow_mut();
+        e.retain(|(k, _)| *k != key);
+        e.push((key, value.map(str::to_string)));
+    });
 }
 
 /// From now on, this test's runs of vecbuild on the emulator see a device of `mib` MiB.
@@ -141,11 +146,16 @@ pub fn emulated() -> bool {
 
 /// Sets `cmd`'s environment for the emulator when this test thread uses it: its folder first on
 /// the library path, the kernel cache off (its "PTX" names files, nothing more); and the
-/// probes' path where a test chose it.
+/// variables a test set ([`set_env`]).
 pub fn environment(cmd: &mut Command) {
-    if HOST_PROBES.with(|h| *h.borrow()) {
-        cmd.env("VECBUILD_GPU_PROBES", "host");
-    }
+    ENV.with(|e| {
+        for (key, value) in e.borrow().iter() {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+    });
     ACTIVE.with(|a| {
         if let Some(dir) = a.borrow().as_ref() {
             let path = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
