@@ -10,34 +10,44 @@
 // It is a test instrument, never shipped: the device reports itself as an emulator.
 //
 // Device memory is host memory (a device pointer is a host address), poisoned when allocated and
-// guarded past its end (see device_alloc); every call is synchronous, streams and events are
-// names only.
+// guarded past its end (see device_alloc). Work queued on a stream (launches, GEMMs, async
+// copies and sets) runs later, in order, only when the host waits for it (a stream, context or
+// event synchronisation, a copy into pageable memory, a free), as late as a GPU may run it: code
+// that reads a result before waiting for it, or rewrites pinned memory a queued copy has yet to
+// read, computes the wrong thing here too. All streams share one queue (vecbuild uses one).
 
 #define DYN_SMEM_BYTES (96 << 10)
 #define HOST_FIBERS
 #include "runtime.h"
 #include "kernels.inc"
 
+#include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 // ---------------------------------------------------------------------------------------------
 // Kernels by name: each launch unpacks the driver's argument pointers into the kernel's own
 // parameter types.
 
-using Launcher = std::function<void(Dim3, Dim3, void**)>;
+// A launch reads its arguments when it is queued (as the driver does) and runs when the queue
+// reaches it.
+using Launcher = std::function<std::function<void()>(Dim3, Dim3, void**)>;
 
 template <class... A, size_t... I>
-static void run_kernel(void (*f)(A...), Dim3 grid, Dim3 block, void** p, std::index_sequence<I...>) {
+static std::function<void()> bind_kernel(void (*f)(A...), Dim3 grid, Dim3 block, void** p,
+                                         std::index_sequence<I...>) {
     std::tuple<A...> args{*static_cast<A*>(p[I])...};
-    launch(grid, block, [&] { std::apply(f, args); });
+    return [f, grid, block, args] { launch(grid, block, [&] { std::apply(f, args); }); };
 }
 
 template <class... A> static Launcher launcher(void (*f)(A...)) {
-    return [f](Dim3 g, Dim3 b, void** p) { run_kernel(f, g, b, p, std::index_sequence_for<A...>{}); };
+    return [f](Dim3 g, Dim3 b, void** p) { return bind_kernel(f, g, b, p, std::index_sequence_for<A...>{}); };
 }
 
 static const std::map<std::string, Launcher>& kernels() {
@@ -119,12 +129,61 @@ static void check_guards(const char* after) {
     }
 }
 
-static CUresult device_free(CUdeviceptr p) {
+// The stream's queue: each entry numbered in order; an event records the number queued last.
+struct Queued {
+    unsigned long long seq;
+    std::function<void()> run;
+    std::string what;
+};
+static std::mutex queue_lock;
+static std::deque<Queued> queue;
+static unsigned long long queued = 0;
+
+static void enqueue(std::string what, std::function<void()> run) {
+    std::lock_guard<std::mutex> g(queue_lock);
+    queue.push_back({++queued, std::move(run), std::move(what)});
+}
+
+// Runs the queued work numbered up to `seq` (everything by default), in order.
+static void drain(unsigned long long seq = ~0ull) {
+    for (;;) {
+        Queued next;
+        {
+            std::lock_guard<std::mutex> g(queue_lock);
+            if (queue.empty() || queue.front().seq > seq) return;
+            next = std::move(queue.front());
+            queue.pop_front();
+        }
+        next.run();
+        check_guards(next.what.c_str());
+    }
+}
+
+static unsigned long long last_queued() {
+    std::lock_guard<std::mutex> g(queue_lock);
+    return queued;
+}
+
+// Pinned host allocations: a queued copy from or to them reads or writes them when it runs.
+static std::map<const char*, size_t> pinned;
+
+static bool is_pinned(const void* p, size_t n) {
+    std::lock_guard<std::mutex> g(lock);
+    const char* c = static_cast<const char*>(p);
+    auto it = pinned.upper_bound(c);
+    if (it == pinned.begin()) return false;
+    --it;
+    return c >= it->first && c + n <= it->first + it->second;
+}
+
+// `counted`: the bytes were already given back (a stream-ordered free: later allocations on the
+// stream may use them, while work queued before the free still reads the buffer).
+static CUresult device_free(CUdeviceptr p, bool counted = false) {
     check_guards("something before this free");
     std::lock_guard<std::mutex> g(lock);
     auto it = allocations.find(p);
     if (it == allocations.end()) return p == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
-    allocated -= it->second;
+    if (!counted) allocated -= it->second;
     allocations.erase(it);
     std::free(reinterpret_cast<void*>(p));
     return CUDA_SUCCESS;
@@ -163,7 +222,7 @@ CUresult cuCtxGetCurrent(CUcontext* c) { *c = THE_CONTEXT; return CUDA_SUCCESS; 
 CUresult cuCtxPushCurrent_v2(CUcontext) { return CUDA_SUCCESS; }
 CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = THE_CONTEXT; return CUDA_SUCCESS; }
 CUresult cuCtxGetDevice(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
-CUresult cuCtxSynchronize() { return CUDA_SUCCESS; }
+CUresult cuCtxSynchronize() { drain(); return CUDA_SUCCESS; }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(lock);
     *free_bytes = TOTAL_BYTES - allocated;
@@ -173,59 +232,110 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
 
 CUresult cuStreamCreate(CUstream* s, unsigned) { *s = nullptr; return CUDA_SUCCESS; }
 CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) { *s = nullptr; return CUDA_SUCCESS; }
-CUresult cuStreamDestroy_v2(CUstream) { return CUDA_SUCCESS; }
-CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
-CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
+CUresult cuStreamDestroy_v2(CUstream) { drain(); return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream) { drain(); return CUDA_SUCCESS; }
+CUresult cuStreamQuery(CUstream) { drain(); return CUDA_SUCCESS; }
+// One queue: a stream waiting for an event is already behind it.
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return CUDA_SUCCESS; }
-CUresult cuEventCreate(CUevent* e, unsigned) { *e = THE_CONTEXT; return CUDA_SUCCESS; }
-CUresult cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
-CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
-CUresult cuEventQuery(CUevent) { return CUDA_SUCCESS; }
-CUresult cuEventDestroy_v2(CUevent) { return CUDA_SUCCESS; }
+// An event is the number of the work queued when it was last recorded.
+CUresult cuEventCreate(CUevent* e, unsigned) {
+    *e = reinterpret_cast<CUevent>(new unsigned long long(0));
+    return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent e, CUstream) {
+    *reinterpret_cast<unsigned long long*>(e) = last_queued();
+    return CUDA_SUCCESS;
+}
+CUresult cuEventSynchronize(CUevent e) { drain(*reinterpret_cast<unsigned long long*>(e)); return CUDA_SUCCESS; }
+CUresult cuEventQuery(CUevent e) { return cuEventSynchronize(e); }
+CUresult cuEventDestroy_v2(CUevent e) { delete reinterpret_cast<unsigned long long*>(e); return CUDA_SUCCESS; }
 CUresult cuEventElapsedTime(float* ms, CUevent, CUevent) { *ms = 0; return CUDA_SUCCESS; }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return device_alloc(p, bytes); }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return device_alloc(p, bytes); }
-CUresult cuMemFree_v2(CUdeviceptr p) { return device_free(p); }
-CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return device_free(p); }
+CUresult cuMemFree_v2(CUdeviceptr p) { drain(); return device_free(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) {
+    {
+        std::lock_guard<std::mutex> g(lock);
+        auto it = allocations.find(p);
+        if (it == allocations.end()) return p == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+        allocated -= it->second;
+    }
+    enqueue("a free", [p] { device_free(p, true); });
+    return CUDA_SUCCESS;
+}
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
     *p = std::malloc(bytes ? bytes : 1);
-    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    if (!*p) return CUDA_ERROR_OUT_OF_MEMORY;
+    std::lock_guard<std::mutex> g(lock);
+    pinned[static_cast<const char*>(*p)] = bytes;
+    return CUDA_SUCCESS;
 }
 CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAlloc(p, bytes, 0); }
-CUresult cuMemFreeHost(void* p) { std::free(p); return CUDA_SUCCESS; }
+CUresult cuMemFreeHost(void* p) {
+    drain();
+    std::lock_guard<std::mutex> g(lock);
+    pinned.erase(static_cast<const char*>(p));
+    std::free(p);
+    return CUDA_SUCCESS;
+}
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+    drain();
     std::memcpy(reinterpret_cast<void*>(dst), src, n);
     check_guards("a copy to the device");
     return CUDA_SUCCESS;
 }
+// From pinned memory the copy reads the host when it runs; from pageable memory the driver takes
+// the bytes when the copy is queued.
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
-    return cuMemcpyHtoD_v2(dst, src, n);
+    void* to = reinterpret_cast<void*>(dst);
+    if (is_pinned(src, n)) {
+        enqueue("a copy to the device", [to, src, n] { std::memcpy(to, src, n); });
+    } else {
+        auto bytes = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + n);
+        enqueue("a copy to the device", [to, bytes] { std::memcpy(to, bytes->data(), bytes->size()); });
+    }
+    return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+    drain();
     std::memcpy(dst, reinterpret_cast<const void*>(src), n);
     return CUDA_SUCCESS;
 }
+// Into pinned memory the copy is queued; into pageable memory it returns when done.
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
-    return cuMemcpyDtoH_v2(dst, src, n);
+    if (!is_pinned(dst, n)) return cuMemcpyDtoH_v2(dst, src, n);
+    const void* from = reinterpret_cast<const void*>(src);
+    enqueue("a copy from the device", [dst, from, n] { std::memcpy(dst, from, n); });
+    return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    drain();
     std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+    check_guards("a copy on the device");
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
-    return cuMemcpyDtoD_v2(dst, src, n);
+    void* to = reinterpret_cast<void*>(dst);
+    const void* from = reinterpret_cast<const void*>(src);
+    enqueue("a copy on the device", [to, from, n] { std::memmove(to, from, n); });
+    return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
+    drain();
     std::memset(reinterpret_cast<void*>(dst), v, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) {
-    return cuMemsetD8_v2(dst, v, n);
+    void* to = reinterpret_cast<void*>(dst);
+    enqueue("a memset", [to, v, n] { std::memset(to, v, n); });
+    return CUDA_SUCCESS;
 }
 CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream) {
     unsigned* p = reinterpret_cast<unsigned*>(dst);
-    for (size_t i = 0; i < n; ++i) p[i] = v;
+    enqueue("a memset", [p, v, n] {
+        for (size_t i = 0; i < n; ++i) p[i] = v;
+    });
     return CUDA_SUCCESS;
 }
 
@@ -258,8 +368,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
     if ((int)shared > f->max_dynamic_shared || shared > DYN_SMEM_BYTES || bx * by * bz > 1024 ||
         bx * by * bz == 0 || gx == 0 || gy == 0 || gz == 0)
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
-    kernels().at(f->name)({gx, gy, gz}, {bx, by, bz}, params);
-    check_guards(("kernel " + f->name).c_str());
+    enqueue("kernel " + f->name, kernels().at(f->name)({gx, gy, gz}, {bx, by, bz}, params));
     return CUDA_SUCCESS;
 }
 CUresult cuGetErrorString(CUresult, const char** s) { *s = "emulated CUDA error"; return CUDA_SUCCESS; }
@@ -322,10 +431,11 @@ int cublasSetStream_v2(cublasHandle_t, CUstream) { return 0; }
 int cublasSetMathMode(cublasHandle_t, int) { return 0; }
 int cublasGetMathMode(cublasHandle_t, int* mode) { *mode = 0; return 0; }
 int cublasSetWorkspace_v2(cublasHandle_t, void*, size_t) { return 0; }
+// Queued on the stream like a kernel; alpha and beta are read when called (host pointer mode).
 int cublasSgemm_v2(cublasHandle_t, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
                    int lda, const float* b, int ldb, const float* beta, float* c, int ldc) {
-    gemm(ta, tb, m, n, k, *alpha, a, lda, b, ldb, *beta, c, ldc, [](float v) { return v; });
-    check_guards("cublasSgemm");
+    float al = *alpha, be = *beta;
+    enqueue("cublasSgemm", [=] { gemm(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc, [](float v) { return v; }); });
     return 0;
 }
 // fp16 inputs (CUDA_R_16F = 2), f32 output (CUDA_R_32F = 0), f32 arithmetic.
@@ -333,10 +443,10 @@ int cublasGemmEx(cublasHandle_t, int ta, int tb, int m, int n, int k, const void
                  int a_type, int lda, const void* b, int b_type, int ldb, const void* beta, void* c,
                  int c_type, int ldc, int, int) {
     if (a_type != 2 || b_type != 2 || c_type != 0) return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
-    gemm(ta, tb, m, n, k, *static_cast<const float*>(alpha), static_cast<const unsigned short*>(a), lda,
-         static_cast<const unsigned short*>(b), ldb, *static_cast<const float*>(beta), static_cast<float*>(c),
-         ldc, half_to_float);
-    check_guards("cublasGemmEx");
+    float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+    auto a16 = static_cast<const unsigned short*>(a), b16 = static_cast<const unsigned short*>(b);
+    auto c32 = static_cast<float*>(c);
+    enqueue("cublasGemmEx", [=] { gemm(ta, tb, m, n, k, al, a16, lda, b16, ldb, be, c32, ldc, half_to_float); });
     return 0;
 }
 }
