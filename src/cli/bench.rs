@@ -11,9 +11,11 @@ use vecbuild::{Error, Metric};
 /// Time exact k-NN of queries against a base, both read into memory first.
 ///
 /// Each run is one whole search on the chosen backend: for a GPU that includes copying the base
-/// and queries to the device and the results back. The base rows' squared norms are computed
-/// once before timing (an index stores them). Prints one JSON line: the median and fastest
-/// run, and the rate in GFLOP/s counting 2·queries·rows·dim.
+/// and queries to the device and the results back. With `--held` the base is copied to the GPU
+/// once before timing and stays there, as `search --gpu` holds a flat index: each run then copies
+/// the queries up and the results back. The base rows' squared norms are computed once before
+/// timing (an index stores them). Prints one JSON line: the median and fastest run, and the
+/// rate in GFLOP/s counting 2·queries·rows·dim.
 ///
 /// Example: vecbuild bench-knn --gpu 0 --base base.parquet --queries q.parquet --k 100 --runs 5
 #[derive(Debug, clap::Args)]
@@ -45,6 +47,11 @@ pub struct BenchKnnArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
 
+    /// Keep the base on the GPU across runs (copied once, untimed; its copy time is reported
+    /// as `load_s`): the time of a query batch against a flat index held on the device.
+    #[arg(long)]
+    pub held: bool,
+
     #[command(flatten)]
     pub columns: ColumnArgs,
 }
@@ -75,11 +82,30 @@ pub fn run(args: BenchKnnArgs) -> anyhow::Result<()> {
         .into());
     }
     let norms = (args.metric == Metric::L2).then(|| squared_norms(base.view()));
+    let loading = Instant::now();
+    let held = match args.held {
+        false => None,
+        true => Some(
+            backend
+                .load_flat(base.view(), norms.as_deref())?
+                .ok_or_else(|| match args.gpu.gpu {
+                    None => Error::param("--held keeps the base on a GPU: it needs --gpu N"),
+                    Some(_) => Error::Gpu(format!(
+                        "--held: the base ({}) does not fit in half of the GPU's free memory",
+                        vecbuild::plan::human((4 * base.len() + 4 * base.nrows()) as u64)
+                    )),
+                })?,
+        ),
+    };
+    let load_s = held.as_ref().map(|_| loading.elapsed().as_secs_f64());
     let mut times = Vec::with_capacity(args.runs);
     for run in 0..args.warmup + args.runs {
         let started = Instant::now();
         let mut search = ExactSearch::new(queries.clone(), args.metric, args.k);
-        search.add(&*backend, base.view(), norms.as_deref())?;
+        match &held {
+            Some(loaded) => search.add_loaded(&*backend, loaded, base.nrows())?,
+            None => search.add(&*backend, base.view(), norms.as_deref())?,
+        }
         let results = search.finish();
         let secs = started.elapsed().as_secs_f64();
         if results.rows.len() != queries.nrows() * args.k {
@@ -101,6 +127,8 @@ pub fn run(args: BenchKnnArgs) -> anyhow::Result<()> {
         "k": args.k,
         "metric": args.metric.to_string(),
         "runs": args.runs,
+        "held": args.held,
+        "load_s": load_s,
         "median_s": median,
         "fastest_s": times[0],
         "gflops": flops / median / 1e9,

@@ -269,6 +269,47 @@ fn usage_errors_exit_2_and_k_is_checked() {
 }
 
 #[test]
+fn bench_knn_reports_its_runs_and_held_needs_a_gpu() {
+    let dir = tmp();
+    let d = dir.path();
+    generate_dataset(d, 300, 8, 4, 20);
+    let args = [
+        "bench-knn",
+        "--base",
+        "b.parquet",
+        "--queries",
+        "q.parquet",
+        "--k",
+        "5",
+        "--runs",
+        "3",
+    ];
+    let report: serde_json::Value = serde_json::from_str(ok(d, &args).trim()).unwrap();
+    assert_eq!(report["backend"], "cpu", "{report}");
+    assert_eq!(
+        (report["queries"].clone(), report["rows"].clone()),
+        (20.into(), 300.into())
+    );
+    assert_eq!(
+        (report["runs"].clone(), report["held"].clone()),
+        (3.into(), false.into())
+    );
+    let (median, fastest) = (report["median_s"].as_f64(), report["fastest_s"].as_f64());
+    assert!(
+        fastest.is_some_and(|f| f > 0.0 && median.is_some_and(|m| m >= f)),
+        "{report}"
+    );
+    assert!(report["load_s"].is_null(), "{report}");
+    let held = run(d, &[&args[..], &["--held"]].concat());
+    assert_eq!(held.code, 2, "{}", held.stderr);
+    assert!(
+        held.stderr.contains("--held") && held.stderr.contains("--gpu"),
+        "{}",
+        held.stderr
+    );
+}
+
+#[test]
 fn dash_q_means_quiet_in_every_command() {
     let dir = tmp();
     let d = dir.path();

@@ -203,10 +203,11 @@ fn gpu_knn_across_base_tiles_equals_the_cpu_where_a_gpu_is_present() {
     if no_device(d) {
         return;
     }
-    // 20,000 rows of 1024 floats: two base tiles of at most 64 MiB, the second staged while the
-    // first is searched, its selection starting from the thresholds the first reached.
-    let (rows, dim) = (20_000, 1024);
-    assert!(rows > vecbuild::backend::base_tile_rows(dim));
+    // 40,000 rows of 1024 floats: three base tiles of at most 64 MiB, each staged while the one
+    // before is searched, into the pinned buffer of the tile before that; a tile's selection
+    // starts from thresholds that have not yet seen the tile before it.
+    let (rows, dim) = (40_000, 1024);
+    assert!(rows > 2 * vecbuild::backend::base_tile_rows(dim));
     generate_dataset(d, rows, dim, 20, 12);
     for (metric, k) in [("l2", "10"), ("ip", "100")] {
         let knn = [
@@ -259,6 +260,25 @@ fn gpu_reports_and_plans_name_the_device_where_a_gpu_is_present() {
     let bench: serde_json::Value = serde_json::from_str(bench.trim()).unwrap();
     assert_eq!(bench["backend"], "cuda:0", "{bench}");
     assert_eq!(bench["device"], device["device"]["name"], "{bench}");
+    // The base held on the device across runs: its copy timed apart from the runs.
+    let held = ok(
+        d,
+        &[
+            "bench-knn",
+            "--gpu",
+            "0",
+            "--held",
+            "--base",
+            "b.parquet",
+            "--queries",
+            "q.parquet",
+            "--runs",
+            "1",
+        ],
+    );
+    let held: serde_json::Value = serde_json::from_str(held.trim()).unwrap();
+    assert_eq!(held["held"], true, "{held}");
+    assert!(held["load_s"].as_f64().is_some_and(|s| s >= 0.0), "{held}");
     for index in ["ivf-pq", "cagra"] {
         let plan = ok(
             d,
