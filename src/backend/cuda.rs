@@ -56,8 +56,8 @@ use crate::search::SearchResults;
 use crate::{Error, Metric, Result, TopK};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
 };
 use ndarray::ArrayView2;
 use std::borrow::Cow;
@@ -95,6 +95,10 @@ pub const MAX_GPU_K: usize = 1024;
 /// Threads per block of `select_topk` and `ivf_pq_scan` (`SELECT_THREADS` in
 /// kernels/select.cu).
 const SELECT_THREADS: u32 = 256;
+
+/// Base tiles per block of a streamed exact search ([`Backend::exact_block_rows`]): 512 MiB of
+/// rows at most, one call for a 1M × 128 base.
+const EXACT_BLOCK_TILES: usize = 8;
 
 /// An empty slot in a kernel's row or column output (`NO_ROW` in the kernels).
 const NO_ROW: u32 = u32::MAX;
@@ -368,6 +372,63 @@ fn parse_ptxas_report(file: &str, log: &str) -> Vec<KernelResources> {
     out
 }
 
+/// One exact k-NN tile's traffic with the host, in pinned memory so the copies are queued on
+/// the stream without waiting for it: the thresholds the tile's selection starts from (up) and
+/// its `select_topk` output (back). The backend turns cudarc's event tracking off, so the
+/// pinned buffers' own events record nothing: `sent` and `returned`, recorded after the copies,
+/// are what the host waits on before it rewrites the thresholds or reads the results.
+struct TileReturn {
+    thresholds: PinnedHostSlice<f32>,
+    cols: PinnedHostSlice<u32>,
+    scores: PinnedHostSlice<f32>,
+    sent: CudaEvent,
+    returned: CudaEvent,
+}
+
+impl TileReturn {
+    /// The buffers in `slot`, reallocated when they hold fewer than `nq` thresholds and `nq · k`
+    /// results.
+    fn grown<'a>(
+        stream: &Arc<CudaStream>,
+        slot: &'a mut Option<TileReturn>,
+        nq: usize,
+        k: usize,
+    ) -> Result<&'a mut TileReturn> {
+        let small = |r: &TileReturn| r.thresholds.len() < nq || r.cols.len() < nq * k;
+        if slot.as_ref().is_none_or(small) {
+            if let Some(old) = slot.take() {
+                // Freed only once no copy reads or writes them.
+                let err = |e| gpu_err("waiting for a copy", e);
+                old.sent.synchronize().map_err(err)?;
+                old.returned.synchronize().map_err(err)?;
+            }
+            let ctx = stream.context();
+            let err = |e| gpu_err("allocating pinned host memory", e);
+            // SAFETY: plain (cached: the host reads them) pinned allocations; every element
+            // read is written first, by the host (thresholds) or a copy back (results).
+            let event = || {
+                ctx.new_event(None)
+                    .map_err(|e| gpu_err("creating an event", e))
+            };
+            *slot = Some(unsafe {
+                TileReturn {
+                    thresholds: ctx.alloc_pinned_with_flags(nq.max(1), 0).map_err(err)?,
+                    cols: ctx
+                        .alloc_pinned_with_flags((nq * k).max(1), 0)
+                        .map_err(err)?,
+                    scores: ctx
+                        .alloc_pinned_with_flags((nq * k).max(1), 0)
+                        .map_err(err)?,
+                    sent: event()?,
+                    returned: event()?,
+                }
+            });
+        }
+        slot.as_mut()
+            .ok_or_else(|| Error::Gpu("pinned tile buffers missing".into()))
+    }
+}
+
 /// Device buffers reused across calls, grown when a call needs more.
 #[derive(Default)]
 struct Scratch {
@@ -409,6 +470,9 @@ struct Device {
     stream: Arc<CudaStream>,
     /// Two pinned host buffers: one base tile is staged while the GPU works on the other.
     staging: [Option<PinnedHostSlice<f32>>; 2],
+    /// Two exact k-NN tiles' thresholds and selections in pinned host memory: one tile's come
+    /// back and are folded into the host selections while the GPU works on the next.
+    returns: [Option<TileReturn>; 2],
     blas: CudaBlas,
     precision: Precision,
     select_topk: CudaFunction,
@@ -561,6 +625,7 @@ impl CudaBackend {
                 ordered_sums: load("ordered_sums")?,
                 scratch: Scratch::default(),
                 staging: [None, None],
+                returns: [None, None],
                 tile_bytes,
             }),
             info,
@@ -780,6 +845,61 @@ impl Device {
         self.stream
             .memcpy_dtoh(&buf.slice(0..host.len()), host)
             .map_err(|e| gpu_err("copying results from the device", e))
+    }
+
+    /// Queues the copy of the host selections' thresholds (`topk`) up to the device, through
+    /// the pinned buffers of `slot` (after their last copy up has finished); returns the device
+    /// thresholds. The stream orders the copy after the work queued before it.
+    fn send_thresholds(&mut self, slot: usize, topk: &[TopK], k: usize) -> Result<u64> {
+        let stream = self.stream.clone();
+        let ret = TileReturn::grown(&stream, &mut self.returns[slot], topk.len(), k)?;
+        let err = |e| gpu_err("copying thresholds to the device", e);
+        // The last copy from this buffer (two tiles ago) must have read it.
+        ret.sent.synchronize().map_err(err)?;
+        let host = ret.thresholds.as_mut_slice().map_err(err)?;
+        for (th, tk) in host.iter_mut().zip(topk) {
+            *th = tk.threshold();
+        }
+        let dst = grown(&stream, &mut self.scratch.thresholds, ret.thresholds.len())?;
+        stream.memcpy_htod(&ret.thresholds, dst).map_err(err)?;
+        ret.sent.record(&stream).map_err(err)?;
+        Ok(raw(&stream, dst))
+    }
+
+    /// Queues the copy of the first `n` entries of `out_col` and `out_score` back into the
+    /// pinned buffers of `slot` ([`Device::send_thresholds`] sized them).
+    fn return_selection(&mut self, slot: usize, n: usize) -> Result<()> {
+        let stream = self.stream.clone();
+        let ret = self.returns[slot]
+            .as_mut()
+            .ok_or_else(|| Error::Gpu("pinned tile buffers missing".into()))?;
+        let (cols, scores) = match (&self.scratch.out_col, &self.scratch.out_score) {
+            (Some(c), Some(s)) => (c, s),
+            _ => return Err(Error::Gpu("device buffer missing".into())),
+        };
+        let err = |e| gpu_err("copying results from the device", e);
+        stream
+            .memcpy_dtoh(&cols.slice(0..n), &mut ret.cols)
+            .map_err(err)?;
+        stream
+            .memcpy_dtoh(&scores.slice(0..n), &mut ret.scores)
+            .map_err(err)?;
+        ret.returned.record(&stream).map_err(err)
+    }
+
+    /// Waits for the selection copied back into `slot` and folds its `topk.len() · k` entries
+    /// into `topk`, columns numbered from `first`.
+    fn fold_selection(&self, slot: usize, topk: &mut [TopK], k: usize, first: u64) -> Result<()> {
+        let ret = self.returns[slot]
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("pinned tile buffers missing".into()))?;
+        let err = |e| gpu_err("running select_topk", e);
+        ret.returned.synchronize().map_err(err)?;
+        let cols = ret.cols.as_slice().map_err(err)?;
+        let scores = ret.scores.as_slice().map_err(err)?;
+        let n = topk.len() * k;
+        push_candidates(topk, &scores[..n], &cols[..n], k, first);
+        Ok(())
     }
 
     /// Copies the first `cols.len()` entries of a kernel's `out_col` and `out_score` back and
@@ -1163,26 +1283,34 @@ impl CudaBackend {
         let part = span("knn: queries up");
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
         drop(part);
-        let mut out_score = vec![0f32; nq * k];
-        let mut out_col = vec![0u32; nq * k];
-        let mut thresholds = vec![0f32; nq];
         if let BaseRows::Host { rows, .. } = base {
             let _span = span("knn: first tile staged");
             dev.stage(0, &rows[tiles[0].0 * dim..tiles[0].1 * dim])?;
         }
+        // The block's norms go up once: a copy from pageable memory may wait for the stream,
+        // which would stall the pipeline below if it came per tile.
+        let host_norms = match base {
+            BaseRows::Host { sq_norms, .. } if l2 => dev.upload(|s| &mut s.norms, sq_norms)?,
+            _ => 0,
+        };
+        // Tile t's selection is copied back into pinned slot t % 2 and folded into `topk` on the
+        // host while the GPU works on tile t + 1. Tile t + 1 therefore starts from thresholds
+        // that have not seen tile t: looser, so its selection passes a few more candidates that
+        // the host selections then drop; the results are the same.
+        let mut unfolded: Option<(usize, usize)> = None;
         for (t, &(b0, b1)) in tiles.iter().enumerate() {
+            let slot = t % 2;
             let bt = b1 - b0;
             let (x_ptr, norms_ptr) = match base {
-                BaseRows::Host { sq_norms, .. } => {
-                    // The tile was staged in pinned memory (while the GPU worked on the
-                    // previous one).
-                    let x_ptr = dev.upload_staged(t % 2, bt * dim)?;
-                    let norms_ptr = match l2 {
-                        true => dev.upload(|s| &mut s.norms, &sq_norms[b0..b1])?,
+                // The tile was staged in pinned memory (while the GPU worked on the previous
+                // one).
+                BaseRows::Host { .. } => (
+                    dev.upload_staged(slot, bt * dim)?,
+                    match l2 {
+                        true => host_norms + (b0 * 4) as u64,
                         false => 0,
-                    };
-                    (x_ptr, norms_ptr)
-                }
+                    },
+                ),
                 BaseRows::Held { rows, sq_norms } => (
                     rows + (b0 * dim * 4) as u64,
                     match l2 {
@@ -1191,10 +1319,7 @@ impl CudaBackend {
                     },
                 ),
             };
-            for (th, tk) in thresholds.iter_mut().zip(topk.iter()) {
-                *th = tk.threshold();
-            }
-            let thr_ptr = dev.upload(|s| &mut s.thresholds, &thresholds)?;
+            let thr_ptr = dev.send_thresholds(slot, topk, k)?;
             let os_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_score, nq * k)?);
             let oc_ptr = raw(&stream, grown(&stream, &mut dev.scratch.out_col, nq * k)?);
             let q_tile = (dev.tile_bytes / (bt * 4)).clamp(1, nq);
@@ -1209,17 +1334,23 @@ impl CudaBackend {
                 );
                 dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
             }
+            dev.return_selection(slot, nq * k)?;
             drop(part);
-            // Stage the next tile on the CPU while the GPU works on this one.
+            if let Some((done, d0)) = unfolded.take() {
+                let _span = span("knn: tile waited for and folded");
+                dev.fold_selection(done, topk, k, first_row + d0 as u64)?;
+            }
+            // Stage the next tile on the CPU while the GPU works on this one: into the buffer
+            // of the tile just folded, whose copy up finished before its selection came back.
             if let (BaseRows::Host { rows, .. }, Some(&(n0, n1))) = (&base, tiles.get(t + 1)) {
                 let _span = span("knn: next tile staged");
                 dev.stage((t + 1) % 2, &rows[n0 * dim..n1 * dim])?;
             }
-            let part = span("knn: tile waited for and copied back");
-            dev.collect(&mut out_col, &mut out_score, "select_topk")?;
-            drop(part);
-            let _span = span("knn: candidates pushed");
-            push_candidates(topk, &out_score, &out_col, k, first_row + b0 as u64);
+            unfolded = Some((slot, b0));
+        }
+        if let Some((done, d0)) = unfolded {
+            let _span = span("knn: last tile waited for and folded");
+            dev.fold_selection(done, topk, k, first_row + d0 as u64)?;
         }
         Ok(())
     }
@@ -1279,6 +1410,10 @@ impl Backend for CudaBackend {
             sq_norms: base_sq_norms,
         };
         self.knn_tiles(queries, rows, nb, first_row, topk)
+    }
+
+    fn exact_block_rows(&self, dim: usize) -> usize {
+        EXACT_BLOCK_TILES * super::base_tile_rows(dim)
     }
 
     fn load_flat(

@@ -156,6 +156,14 @@ pub trait Backend: Sync {
         topk: &mut [TopK],
     ) -> Result<()>;
 
+    /// How many base rows of `dim` floats an exact search that streams its base should gather
+    /// before each [`Backend::knn_block`] (0: hand over each block as it arrives). A GPU
+    /// overlaps one tile's copies and the host's share of its selection with the next tile's
+    /// work, and pays a wait for the device at the end of every call.
+    fn exact_block_rows(&self, _dim: usize) -> usize {
+        0
+    }
+
     /// Keeps a flat index's rows `base: [n, dim]` (and their squared norms, for L2) where
     /// [`Backend::knn_loaded`] searches them batch after batch, owned by the caller (the
     /// [`crate::Searcher`] keeps it while the index is open). `None`: search with

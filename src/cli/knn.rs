@@ -2,6 +2,7 @@
 
 use super::input::{check_duplicate_ids, read_with_progress, ColumnArgs};
 use super::{open_backend, Ui};
+use ndarray::Array2;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vecbuild::io::parquet::ResultsWriter;
@@ -78,13 +79,23 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     let mut compute = Duration::ZERO;
     let mut opts = args.columns.options(args.metric.normalizes());
     opts.expect_dim = Some(q_summary.dim);
+    // The batches as they come, or gathered into the blocks the backend works best on.
+    let block_rows = backend.exact_block_rows(q_summary.dim);
+    let mut gathered = Gathered::new(block_rows, q_summary.dim);
     let summary = read_with_progress(ui, "scanning base", &args.base, opts, &mut |b: Batch| {
-        let t = Instant::now();
-        search.add(&*backend, b.vectors.view(), None)?;
-        compute += t.elapsed();
+        if let Some(block) = gathered.push(b.vectors) {
+            let t = Instant::now();
+            search.add(&*backend, block.view(), None)?;
+            compute += t.elapsed();
+        }
         Ids::accumulate(&mut base_ids, b.ids)?;
         Ok(())
     })?;
+    if let Some(block) = gathered.rest() {
+        let t = Instant::now();
+        search.add(&*backend, block.view(), None)?;
+        compute += t.elapsed();
+    }
     let base_ids = base_ids.unwrap_or_else(|| Ids::empty(summary.id_kind));
     if !args.allow_duplicate_ids {
         check_duplicate_ids(&base_ids, &summary)?;
@@ -122,4 +133,43 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
         args.out.display()
     ));
     Ok(())
+}
+
+/// Base batches gathered into blocks of at least `rows` rows (`rows` 0: each batch is a block).
+struct Gathered {
+    rows: usize,
+    dim: usize,
+    values: Vec<f32>,
+}
+
+impl Gathered {
+    fn new(rows: usize, dim: usize) -> Self {
+        Gathered {
+            rows,
+            dim,
+            values: Vec::new(),
+        }
+    }
+
+    /// Takes the next batch `[n, dim]`; returns a block when one is complete.
+    fn push(&mut self, batch: Array2<f32>) -> Option<Array2<f32>> {
+        if self.values.is_empty() && batch.nrows() >= self.rows {
+            return Some(batch);
+        }
+        self.values.extend(batch.iter());
+        match self.values.len() >= self.rows * self.dim {
+            true => self.rest(),
+            false => None,
+        }
+    }
+
+    /// The rows gathered so far, if any, as one block.
+    fn rest(&mut self) -> Option<Array2<f32>> {
+        let values = std::mem::take(&mut self.values);
+        let rows = values.len() / self.dim.max(1);
+        if rows == 0 {
+            return None;
+        }
+        Array2::from_shape_vec((rows, self.dim), values).ok()
+    }
 }
