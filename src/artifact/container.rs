@@ -154,6 +154,7 @@ pub fn write(
     while (8 + text.len()) % DATA_ALIGN != 0 {
         text.push(' ');
     }
+    let part = crate::laps::span("artifact: bytes written");
     let mut out = AtomicFile::create(path)?;
     let io = |e| Error::io(path, e);
     out.write_all(&(text.len() as u64).to_le_bytes())
@@ -162,6 +163,8 @@ pub fn write(
     for t in &order {
         out.write_all(t.bytes).map_err(io)?;
     }
+    drop(part);
+    let _span = crate::laps::span("artifact: synced and renamed");
     out.commit()
 }
 

@@ -102,10 +102,12 @@ pub fn ids_tensors(ids: &Ids) -> Vec<TensorOut<'_>> {
 pub fn write(path: &Path, mut manifest: Manifest, tensors: &[TensorOut<'_>]) -> Result<()> {
     use rayon::prelude::*;
     manifest.format_version = FORMAT_VERSION;
+    let part = crate::laps::span("artifact: checksums");
     manifest.checksums = tensors
         .par_iter()
         .map(|t| (t.name.to_string(), xxh3_hex(t.bytes)))
         .collect();
+    drop(part);
     let text = serde_json::to_string(&manifest).map_err(|e| Error::param(e.to_string()))?;
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), "vecbuild".to_string());

@@ -40,7 +40,7 @@ pub mod optimize;
 use crate::artifact::container::{DType, TensorOut};
 use crate::backend::Backend;
 use crate::index::sq8::Sq8;
-use crate::laps::Laps;
+use crate::laps::{span, Laps};
 use crate::metric::squared_norms;
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
@@ -576,10 +576,14 @@ pub fn write(
             ids.len()
         )));
     }
+    let part = span("cagra write: rows reordered");
     let (order, index, ids) = reordered(index, ids);
+    drop(part);
     let index = &index;
     let ids = &ids;
+    let part = span("cagra write: vectors gathered");
     let rows = gather_rows(vectors, &order);
+    drop(part);
     let norms = if manifest.metric == Metric::L2 {
         squared_norms(rows.view())
     } else {
@@ -604,6 +608,7 @@ pub fn write(
         tensors.push(TensorOut::new("sq_norms", DType::F32, vec![n], &norms));
     }
     let sq8 = (codes == SearchCodes::Sq8).then(|| {
+        let _span = span("cagra write: search codes");
         let q = Sq8::train(rows.view());
         let codes = q.encode(rows.view());
         (q, codes)
