@@ -14,7 +14,9 @@
 // copies and sets) runs later, in order, only when the host waits for it (a stream, context or
 // event synchronisation, a copy into pageable memory, a free), as late as a GPU may run it: code
 // that reads a result before waiting for it, or rewrites pinned memory a queued copy has yet to
-// read, computes the wrong thing here too. All streams share one queue (vecbuild uses one).
+// read, computes the wrong thing here too. Each stream has its own queue; a stream waiting for
+// an event runs the other stream's work up to it first, and nothing else orders two streams, so
+// a missing wait between them shows as well.
 
 #define DYN_SMEM_BYTES (96 << 10)
 #define HOST_FIBERS
@@ -129,39 +131,65 @@ static void check_guards(const char* after) {
     }
 }
 
-// The stream's queue: each entry numbered in order; an event records the number queued last.
+// Streams' queues. Every entry is numbered from one counter; an entry is work, or a wait for
+// another stream's work up to a number (cuStreamWaitEvent). An event is a stream and the
+// number queued when it was recorded.
+struct Stream;
 struct Queued {
     unsigned long long seq;
     std::function<void()> run;
     std::string what;
+    Stream* wait_on;
+    unsigned long long wait_seq;
+};
+struct Stream {
+    std::deque<Queued> queue;
+};
+struct Event {
+    Stream* stream;
+    unsigned long long seq;
 };
 static std::mutex queue_lock;
-static std::deque<Queued> queue;
 static unsigned long long queued = 0;
+static Stream legacy_stream;
+static std::vector<Stream*> all_streams{&legacy_stream};
 
-static void enqueue(std::string what, std::function<void()> run) {
+static Stream* stream_of(CUstream s) { return s ? reinterpret_cast<Stream*>(s) : &legacy_stream; }
+
+static void enqueue(CUstream s, std::string what, std::function<void()> run) {
     std::lock_guard<std::mutex> g(queue_lock);
-    queue.push_back({++queued, std::move(run), std::move(what)});
+    stream_of(s)->queue.push_back({++queued, std::move(run), std::move(what), nullptr, 0});
 }
 
-// Runs the queued work numbered up to `seq` (everything by default), in order.
-static void drain(unsigned long long seq = ~0ull) {
+// Runs `stream`'s queued work numbered up to `seq` (everything by default), in order, with
+// the work of other streams it waits for first.
+static void drain(Stream* stream, unsigned long long seq = ~0ull) {
     for (;;) {
         Queued next;
         {
             std::lock_guard<std::mutex> g(queue_lock);
-            if (queue.empty() || queue.front().seq > seq) return;
-            next = std::move(queue.front());
-            queue.pop_front();
+            if (stream->queue.empty() || stream->queue.front().seq > seq) return;
+            next = std::move(stream->queue.front());
+            stream->queue.pop_front();
         }
-        next.run();
-        check_guards(next.what.c_str());
+        if (next.wait_on) {
+            drain(next.wait_on, next.wait_seq);
+        } else {
+            next.run();
+            check_guards(next.what.c_str());
+        }
     }
 }
 
-static unsigned long long last_queued() {
-    std::lock_guard<std::mutex> g(queue_lock);
-    return queued;
+// Everything queued on every stream (a context synchronisation, or a call that waits for the
+// whole device).
+static void drain_all() {
+    std::vector<Stream*> streams;
+    {
+        std::lock_guard<std::mutex> g(queue_lock);
+        streams = all_streams;
+    }
+    for (Stream* s : streams) drain(s);
 }
 
 // Pinned host allocations: a queued copy from or to them reads or writes them when it runs.
@@ -222,7 +250,7 @@ CUresult cuCtxGetCurrent(CUcontext* c) { *c = THE_CONTEXT; return CUDA_SUCCESS; 
 CUresult cuCtxPushCurrent_v2(CUcontext) { return CUDA_SUCCESS; }
 CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = THE_CONTEXT; return CUDA_SUCCESS; }
 CUresult cuCtxGetDevice(CUdevice* d) { *d = 0; return CUDA_SUCCESS; }
-CUresult cuCtxSynchronize() { drain(); return CUDA_SUCCESS; }
+CUresult cuCtxSynchronize() { drain_all(); return CUDA_SUCCESS; }
 CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::mutex> g(lock);
     *free_bytes = TOTAL_BYTES - allocated;
@@ -230,38 +258,56 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuStreamCreate(CUstream* s, unsigned) { *s = nullptr; return CUDA_SUCCESS; }
-CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) { *s = nullptr; return CUDA_SUCCESS; }
-CUresult cuStreamDestroy_v2(CUstream) { drain(); return CUDA_SUCCESS; }
-CUresult cuStreamSynchronize(CUstream) { drain(); return CUDA_SUCCESS; }
-CUresult cuStreamQuery(CUstream) { drain(); return CUDA_SUCCESS; }
-// One queue: a stream waiting for an event is already behind it.
-CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return CUDA_SUCCESS; }
-// An event is the number of the work queued when it was last recorded.
+// Streams are never freed: a destroyed stream's queue is empty and stays so.
+CUresult cuStreamCreate(CUstream* s, unsigned) {
+    Stream* stream = new Stream;
+    std::lock_guard<std::mutex> g(queue_lock);
+    all_streams.push_back(stream);
+    *s = reinterpret_cast<CUstream>(stream);
+    return CUDA_SUCCESS;
+}
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned flags, int) { return cuStreamCreate(s, flags); }
+CUresult cuStreamDestroy_v2(CUstream s) { drain(stream_of(s)); return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream s) { drain(stream_of(s)); return CUDA_SUCCESS; }
+CUresult cuStreamQuery(CUstream s) { drain(stream_of(s)); return CUDA_SUCCESS; }
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned) {
+    Event* ev = reinterpret_cast<Event*>(e);
+    Stream* stream = stream_of(s);
+    if (ev->stream && ev->stream != stream) {
+        std::lock_guard<std::mutex> g(queue_lock);
+        stream->queue.push_back({++queued, nullptr, "a wait for an event", ev->stream, ev->seq});
+    }
+    return CUDA_SUCCESS;
+}
 CUresult cuEventCreate(CUevent* e, unsigned) {
-    *e = reinterpret_cast<CUevent>(new unsigned long long(0));
+    *e = reinterpret_cast<CUevent>(new Event{nullptr, 0});
     return CUDA_SUCCESS;
 }
-CUresult cuEventRecord(CUevent e, CUstream) {
-    *reinterpret_cast<unsigned long long*>(e) = last_queued();
+CUresult cuEventRecord(CUevent e, CUstream s) {
+    std::lock_guard<std::mutex> g(queue_lock);
+    *reinterpret_cast<Event*>(e) = Event{stream_of(s), queued};
     return CUDA_SUCCESS;
 }
-CUresult cuEventSynchronize(CUevent e) { drain(*reinterpret_cast<unsigned long long*>(e)); return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(CUevent e) {
+    Event ev = *reinterpret_cast<Event*>(e);
+    if (ev.stream) drain(ev.stream, ev.seq);
+    return CUDA_SUCCESS;
+}
 CUresult cuEventQuery(CUevent e) { return cuEventSynchronize(e); }
-CUresult cuEventDestroy_v2(CUevent e) { delete reinterpret_cast<unsigned long long*>(e); return CUDA_SUCCESS; }
+CUresult cuEventDestroy_v2(CUevent e) { delete reinterpret_cast<Event*>(e); return CUDA_SUCCESS; }
 CUresult cuEventElapsedTime(float* ms, CUevent, CUevent) { *ms = 0; return CUDA_SUCCESS; }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return device_alloc(p, bytes); }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return device_alloc(p, bytes); }
-CUresult cuMemFree_v2(CUdeviceptr p) { drain(); return device_free(p); }
-CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) {
+CUresult cuMemFree_v2(CUdeviceptr p) { drain_all(); return device_free(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
     {
         std::lock_guard<std::mutex> g(lock);
         auto it = allocations.find(p);
         if (it == allocations.end()) return p == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
         allocated -= it->second;
     }
-    enqueue("a free", [p] { device_free(p, true); });
+    enqueue(s, "a free", [p] { device_free(p, true); });
     return CUDA_SUCCESS;
 }
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
@@ -273,67 +319,71 @@ CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
 }
 CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAlloc(p, bytes, 0); }
 CUresult cuMemFreeHost(void* p) {
-    drain();
+    drain_all();
     std::lock_guard<std::mutex> g(lock);
     pinned.erase(static_cast<const char*>(p));
     std::free(p);
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
-    drain();
+    drain_all();
     std::memcpy(reinterpret_cast<void*>(dst), src, n);
     check_guards("a copy to the device");
     return CUDA_SUCCESS;
 }
 // From pinned memory the copy reads the host when it runs; from pageable memory the driver takes
 // the bytes when the copy is queued.
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
     void* to = reinterpret_cast<void*>(dst);
     if (is_pinned(src, n)) {
-        enqueue("a copy to the device", [to, src, n] { std::memcpy(to, src, n); });
+        enqueue(s, "a copy to the device", [to, src, n] { std::memcpy(to, src, n); });
     } else {
         auto bytes = std::make_shared<std::vector<char>>(static_cast<const char*>(src), static_cast<const char*>(src) + n);
-        enqueue("a copy to the device", [to, bytes] { std::memcpy(to, bytes->data(), bytes->size()); });
+        enqueue(s, "a copy to the device", [to, bytes] { std::memcpy(to, bytes->data(), bytes->size()); });
     }
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
-    drain();
+    drain_all();
     std::memcpy(dst, reinterpret_cast<const void*>(src), n);
     return CUDA_SUCCESS;
 }
 // Into pinned memory the copy is queued; into pageable memory it returns when done.
-CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
-    if (!is_pinned(dst, n)) return cuMemcpyDtoH_v2(dst, src, n);
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) {
     const void* from = reinterpret_cast<const void*>(src);
-    enqueue("a copy from the device", [dst, from, n] { std::memcpy(dst, from, n); });
+    if (!is_pinned(dst, n)) {
+        drain(stream_of(s));
+        std::memcpy(dst, from, n);
+        return CUDA_SUCCESS;
+    }
+    enqueue(s, "a copy from the device", [dst, from, n] { std::memcpy(dst, from, n); });
     return CUDA_SUCCESS;
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
-    drain();
+    drain_all();
     std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     check_guards("a copy on the device");
     return CUDA_SUCCESS;
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
     void* to = reinterpret_cast<void*>(dst);
     const void* from = reinterpret_cast<const void*>(src);
-    enqueue("a copy on the device", [to, from, n] { std::memmove(to, from, n); });
+    enqueue(s, "a copy on the device", [to, from, n] { std::memmove(to, from, n); });
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n) {
-    drain();
+    drain_all();
     std::memset(reinterpret_cast<void*>(dst), v, n);
     return CUDA_SUCCESS;
 }
-CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) {
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream s) {
     void* to = reinterpret_cast<void*>(dst);
-    enqueue("a memset", [to, v, n] { std::memset(to, v, n); });
+    enqueue(s, "a memset", [to, v, n] { std::memset(to, v, n); });
     return CUDA_SUCCESS;
 }
-CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream) {
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream s) {
     unsigned* p = reinterpret_cast<unsigned*>(dst);
-    enqueue("a memset", [p, v, n] {
+    enqueue(s, "a memset", [p, v, n] {
         for (size_t i = 0; i < n; ++i) p[i] = v;
     });
     return CUDA_SUCCESS;
@@ -363,12 +413,12 @@ CUresult cuFuncSetAttribute(CUfunction f, int attribute, int value) {
 }
 CUresult cuFuncSetCacheConfig(CUfunction, int) { return CUDA_SUCCESS; }
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                        unsigned bz, unsigned shared, CUstream, void** params, void**) {
+                        unsigned bz, unsigned shared, CUstream s, void** params, void**) {
     // As on a GPU: dynamic shared memory past 48 KiB needs the function's opt-in.
     if ((int)shared > f->max_dynamic_shared || shared > DYN_SMEM_BYTES || bx * by * bz > 1024 ||
         bx * by * bz == 0 || gx == 0 || gy == 0 || gz == 0)
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
-    enqueue("kernel " + f->name, kernels().at(f->name)({gx, gy, gz}, {bx, by, bz}, params));
+    enqueue(s, "kernel " + f->name, kernels().at(f->name)({gx, gy, gz}, {bx, by, bz}, params));
     return CUDA_SUCCESS;
 }
 CUresult cuGetErrorString(CUresult, const char** s) { *s = "emulated CUDA error"; return CUDA_SUCCESS; }
@@ -427,7 +477,9 @@ extern "C" {
 typedef struct Opaque* cublasHandle_t;
 int cublasCreate_v2(cublasHandle_t* h) { *h = THE_CONTEXT; return 0; }
 int cublasDestroy_v2(cublasHandle_t) { return 0; }
-int cublasSetStream_v2(cublasHandle_t, CUstream) { return 0; }
+// The stream the GEMMs go on (one handle).
+static CUstream blas_stream = nullptr;
+int cublasSetStream_v2(cublasHandle_t, CUstream s) { blas_stream = s; return 0; }
 int cublasSetMathMode(cublasHandle_t, int) { return 0; }
 int cublasGetMathMode(cublasHandle_t, int* mode) { *mode = 0; return 0; }
 int cublasSetWorkspace_v2(cublasHandle_t, void*, size_t) { return 0; }
@@ -435,7 +487,7 @@ int cublasSetWorkspace_v2(cublasHandle_t, void*, size_t) { return 0; }
 int cublasSgemm_v2(cublasHandle_t, int ta, int tb, int m, int n, int k, const float* alpha, const float* a,
                    int lda, const float* b, int ldb, const float* beta, float* c, int ldc) {
     float al = *alpha, be = *beta;
-    enqueue("cublasSgemm", [=] { gemm(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc, [](float v) { return v; }); });
+    enqueue(blas_stream, "cublasSgemm", [=] { gemm(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc, [](float v) { return v; }); });
     return 0;
 }
 // fp16 inputs (CUDA_R_16F = 2), f32 output (CUDA_R_32F = 0), f32 arithmetic.
@@ -446,7 +498,7 @@ int cublasGemmEx(cublasHandle_t, int ta, int tb, int m, int n, int k, const void
     float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     auto a16 = static_cast<const unsigned short*>(a), b16 = static_cast<const unsigned short*>(b);
     auto c32 = static_cast<float*>(c);
-    enqueue("cublasGemmEx", [=] { gemm(ta, tb, m, n, k, al, a16, lda, b16, ldb, be, c32, ldc, half_to_float); });
+    enqueue(blas_stream, "cublasGemmEx", [=] { gemm(ta, tb, m, n, k, al, a16, lda, b16, ldb, be, c32, ldc, half_to_float); });
     return 0;
 }
 }
