@@ -299,8 +299,8 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                         let bt = (base_tile_rows(kdim as usize) as u64).min(n);
                         let qt = (tile / (4 * bt)).clamp(1, n);
                         scratch.need("queries", 4 * qt * kdim);
-                        scratch.need("base", 4 * bt * kdim);
-                        scratch.need("norms", 4 * bt);
+                        // Two tiles of rows and norms: one copied up while the other is read.
+                        scratch.need("base tiles", 2 * 4 * bt * (kdim + 1));
                         scratch.need("thresholds", 4 * qt);
                         scratch.need("scores", 4 * qt * bt);
                         scratch.need("out_score", 4 * qt * (d_in + 1));
@@ -329,8 +329,7 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                         let bt = (base_tile_rows(kdim as usize) as u64).min(n);
                         let qt = RECALL_SAMPLE as u64;
                         scratch.need("queries", 4 * qt * kdim);
-                        scratch.need("base", 4 * bt * kdim);
-                        scratch.need("norms", 4 * bt);
+                        scratch.need("base tiles", 2 * 4 * bt * (kdim + 1));
                         scratch.need("scores", 4 * qt * bt);
                         assign_scratch(&mut scratch, n, lists, kdim, tile);
                         own.push((

@@ -429,11 +429,19 @@ impl TileReturn {
     }
 }
 
+/// See [`Device::tile_events`].
+struct TileEvents {
+    copied: CudaEvent,
+    consumed: CudaEvent,
+}
+
 /// Device buffers reused across calls, grown when a call needs more.
 #[derive(Default)]
 struct Scratch {
     queries: Option<CudaSlice<f32>>,
     base: Option<CudaSlice<f32>>,
+    /// Exact k-NN base tiles (rows, then norms), one per staging slot.
+    tiles: [Option<CudaSlice<f32>>; 2],
     norms: Option<CudaSlice<f32>>,
     thresholds: Option<CudaSlice<f32>>,
     scores: Option<CudaSlice<f32>>,
@@ -468,8 +476,14 @@ fn grown<'a, T: cudarc::driver::DeviceRepr>(
 
 struct Device {
     stream: Arc<CudaStream>,
-    /// Two pinned host buffers: one base tile is staged while the GPU works on the other.
+    /// Exact k-NN base tiles go up on this stream while `stream` computes on the tile before.
+    copy_stream: Arc<CudaStream>,
+    /// Two pinned host buffers: one base tile (rows, then norms) is staged while the GPU works
+    /// on the other.
     staging: [Option<PinnedHostSlice<f32>>; 2],
+    /// Per staging slot: `copied` (on `copy_stream`) after its tile went up to its device
+    /// buffer; `consumed` (on `stream`) after the last product that read that buffer.
+    tile_events: [TileEvents; 2],
     /// Two exact k-NN tiles' thresholds and selections in pinned host memory: one tile's come
     /// back and are folded into the host selections while the GPU works on the next.
     returns: [Option<TileReturn>; 2],
@@ -545,6 +559,20 @@ impl CudaBackend {
         // SAFETY: called before any buffer or stream exists in this context.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| gpu_err("creating a stream", e))?;
+        let tile_events = || -> Result<TileEvents> {
+            let event = || {
+                ctx.new_event(None)
+                    .map_err(|e| gpu_err("creating an event", e))
+            };
+            Ok(TileEvents {
+                copied: event()?,
+                consumed: event()?,
+            })
+        };
+        let tile_events = [tile_events()?, tile_events()?];
         let part = span("open: cuBLAS");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| gpu_err("starting cuBLAS", e))?;
         drop(part);
@@ -624,7 +652,9 @@ impl CudaBackend {
                 pq_encode: load("pq_encode")?,
                 ordered_sums: load("ordered_sums")?,
                 scratch: Scratch::default(),
+                copy_stream,
                 staging: [None, None],
+                tile_events,
                 returns: [None, None],
                 tile_bytes,
             }),
@@ -789,14 +819,20 @@ fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
 }
 
 impl Device {
-    /// Copies `host` into pinned staging buffer `slot` (0 or 1), on [`host_threads`].
-    fn stage(&mut self, slot: usize, host: &[f32]) -> Result<()> {
+    /// Copies a base tile's `rows` and then its `norms` (empty but for L2) into pinned staging
+    /// buffer `slot` (0 or 1), on [`host_threads`], once the last copy from it has run.
+    fn stage(&mut self, slot: usize, rows: &[f32], norms: &[f32]) -> Result<()> {
         let stream = self.stream.clone();
+        self.tile_events[slot]
+            .copied
+            .synchronize()
+            .map_err(|e| gpu_err("copying a base tile to the device", e))?;
+        let len = rows.len() + norms.len();
         let buf = &mut self.staging[slot];
-        if buf.as_ref().is_none_or(|b| b.len() < host.len()) {
+        if buf.as_ref().is_none_or(|b| b.len() < len) {
             *buf = None;
             // SAFETY: a plain pinned host allocation; every element used is written below.
-            let pinned = unsafe { stream.context().alloc_pinned::<f32>(host.len().max(1)) }
+            let pinned = unsafe { stream.context().alloc_pinned::<f32>(len.max(1)) }
                 .map_err(|e| gpu_err("allocating pinned host memory", e))?;
             *buf = Some(pinned);
         }
@@ -806,31 +842,56 @@ impl Device {
         let dst = pinned
             .as_mut_slice()
             .map_err(|e| gpu_err("pinned host memory", e))?;
+        let (dst_rows, dst_norms) = dst[..len].split_at_mut(rows.len());
+        dst_norms.copy_from_slice(norms);
         let threads = host_threads();
-        let chunk = host.len().div_ceil(threads).max(1);
+        let chunk = rows.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
-            for (d, s) in dst[..host.len()].chunks_mut(chunk).zip(host.chunks(chunk)) {
+            for (d, s) in dst_rows.chunks_mut(chunk).zip(rows.chunks(chunk)) {
                 scope.spawn(move || d.copy_from_slice(s));
             }
         });
         Ok(())
     }
 
-    /// Starts copying the first `len` staged elements of `slot` into the device base buffer.
+    /// Queues, on the copy stream, the copy of the first `len` staged elements of `slot` into
+    /// that slot's device tile buffer (once the products that read it last are done), and
+    /// makes the compute stream wait for it; returns the buffer.
     fn upload_staged(&mut self, slot: usize, len: usize) -> Result<u64> {
-        let stream = self.stream.clone();
-        let dst = raw(&stream, grown(&stream, &mut self.scratch.base, len)?);
+        let (stream, copy) = (self.stream.clone(), self.copy_stream.clone());
+        let err = |e| gpu_err("copying a base tile to the device", e);
+        let events = &self.tile_events[slot];
+        let fresh = self.scratch.tiles[slot]
+            .as_ref()
+            .is_none_or(|b| b.len() < len);
+        let dst = raw(&stream, grown(&stream, &mut self.scratch.tiles[slot], len)?);
+        if fresh {
+            // Allocated on the compute stream: the copy stream waits for the allocation.
+            events.consumed.record(&stream).map_err(err)?;
+        }
+        copy.wait(&events.consumed).map_err(err)?;
         let pinned = self.staging[slot]
             .as_ref()
             .ok_or_else(|| Error::Gpu("staging buffer missing".into()))?;
         let src = pinned
             .as_slice()
             .map_err(|e| gpu_err("pinned host memory", e))?;
-        // SAFETY: the pinned buffer outlives the copy (it is reused only after the stream is
-        // synchronised at the end of the tile), and the device buffer holds `len` elements.
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &src[..len], stream.cu_stream()) }
-            .map_err(|e| gpu_err("copying to the device", e))?;
+        // SAFETY: the pinned buffer outlives the copy (`stage` rewrites it only after
+        // `copied`), and the device buffer holds `len` elements.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &src[..len], copy.cu_stream()) }
+            .map_err(err)?;
+        events.copied.record(&copy).map_err(err)?;
+        stream.wait(&events.copied).map_err(err)?;
         Ok(dst)
+    }
+
+    /// Records that the products queued so far on the compute stream are the last to read
+    /// `slot`'s tile buffer.
+    fn tile_consumed(&self, slot: usize) -> Result<()> {
+        self.tile_events[slot]
+            .consumed
+            .record(&self.stream)
+            .map_err(|e| gpu_err("recording an event", e))
     }
 
     /// Copies the first `host.len()` elements of a scratch buffer back.
@@ -1283,20 +1344,22 @@ impl CudaBackend {
         let part = span("knn: queries up");
         let q_ptr = dev.upload(|s| &mut s.queries, &q_host)?;
         drop(part);
-        if let BaseRows::Host { rows, .. } = base {
-            let _span = span("knn: first tile staged");
-            dev.stage(0, &rows[tiles[0].0 * dim..tiles[0].1 * dim])?;
-        }
-        // The block's norms go up once: a copy from pageable memory may wait for the stream,
-        // which would stall the pipeline below if it came per tile.
-        let host_norms = match base {
-            BaseRows::Host { sq_norms, .. } if l2 => dev.upload(|s| &mut s.norms, sq_norms)?,
-            _ => 0,
+        // A tile of host rows: its rows, then its norms (L2), staged in pinned memory.
+        let stage = |dev: &mut Device, slot: usize, (b0, b1): (usize, usize)| match base {
+            BaseRows::Host { rows, sq_norms } => {
+                let norms = if l2 { &sq_norms[b0..b1] } else { &[][..] };
+                dev.stage(slot, &rows[b0 * dim..b1 * dim], norms)
+            }
+            BaseRows::Held { .. } => Ok(()),
         };
-        // Tile t's selection is copied back into pinned slot t % 2 and folded into `topk` on the
-        // host while the GPU works on tile t + 1. Tile t + 1 therefore starts from thresholds
-        // that have not seen tile t: looser, so its selection passes a few more candidates that
-        // the host selections then drop; the results are the same.
+        let part = span("knn: first tile staged");
+        stage(&mut dev, 0, tiles[0])?;
+        drop(part);
+        // Tile t goes up from pinned slot t % 2 on the copy stream while the compute stream
+        // works on tile t - 1, and its selection comes back into pinned slot t % 2 and is
+        // folded into `topk` on the host while the GPU works on tile t + 1. Tile t + 1 therefore
+        // starts from thresholds that have not seen tile t: looser, so its selection passes a
+        // few more candidates that the host selections then drop; the results are the same.
         let mut unfolded: Option<(usize, usize)> = None;
         for (t, &(b0, b1)) in tiles.iter().enumerate() {
             let slot = t % 2;
@@ -1304,13 +1367,15 @@ impl CudaBackend {
             let (x_ptr, norms_ptr) = match base {
                 // The tile was staged in pinned memory (while the GPU worked on the previous
                 // one).
-                BaseRows::Host { .. } => (
-                    dev.upload_staged(slot, bt * dim)?,
-                    match l2 {
-                        true => host_norms + (b0 * 4) as u64,
+                BaseRows::Host { .. } => {
+                    let len = bt * dim + if l2 { bt } else { 0 };
+                    let x_ptr = dev.upload_staged(slot, len)?;
+                    let norms_ptr = match l2 {
+                        true => x_ptr + (bt * dim * 4) as u64,
                         false => 0,
-                    },
-                ),
+                    };
+                    (x_ptr, norms_ptr)
+                }
                 BaseRows::Held { rows, sq_norms } => (
                     rows + (b0 * dim * 4) as u64,
                     match l2 {
@@ -1334,17 +1399,20 @@ impl CudaBackend {
                 );
                 dev.launch_select(s_ptr, bt, bt, qt, norms_ptr, thr, k, os, oc)?;
             }
+            if let BaseRows::Host { .. } = base {
+                dev.tile_consumed(slot)?;
+            }
             dev.return_selection(slot, nq * k)?;
             drop(part);
             if let Some((done, d0)) = unfolded.take() {
                 let _span = span("knn: tile waited for and folded");
                 dev.fold_selection(done, topk, k, first_row + d0 as u64)?;
             }
-            // Stage the next tile on the CPU while the GPU works on this one: into the buffer
-            // of the tile just folded, whose copy up finished before its selection came back.
-            if let (BaseRows::Host { rows, .. }, Some(&(n0, n1))) = (&base, tiles.get(t + 1)) {
+            // Stage the next tile on the CPU while the GPU works on this one, into the buffer
+            // of the tile before, once its copy up has run.
+            if let Some(&next) = tiles.get(t + 1) {
                 let _span = span("knn: next tile staged");
-                dev.stage((t + 1) % 2, &rows[n0 * dim..n1 * dim])?;
+                stage(&mut dev, (t + 1) % 2, next)?;
             }
             unfolded = Some((slot, b0));
         }
