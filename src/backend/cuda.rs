@@ -1545,9 +1545,11 @@ impl Backend for CudaBackend {
             self.slower(format!("the rank-based pruning ran on the CPU: {why}"));
             return Ok(crate::index::cagra::optimize::prune(knn, d_out));
         }
+        let part = span("prune: kNN graph copied up");
         let knn_dev = stream
             .clone_htod(&knn.neighbors)
             .map_err(|e| gpu_err("copying the kNN graph to the device", e))?;
+        drop(part);
         // SAFETY: the kernel writes every one of the n·d_out slots.
         let mut out = unsafe { stream.alloc::<u32>(n * d_out) }
             .map_err(|e| gpu_err("allocating device memory", e))?;
@@ -1567,6 +1569,7 @@ impl Backend for CudaBackend {
         // SAFETY: arguments match prune_graph's signature; knn holds n·d entries, out n·d_out,
         // and the shared memory is sized as the kernel lays it out (checked ≤ 48 KiB above).
         unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching prune_graph", e))?;
+        let _span = span("prune: kernel run and pruned graph copied back");
         let neighbors = stream
             .clone_dtoh(&out)
             .map_err(|e| gpu_err("copying the pruned graph from the device", e))?;

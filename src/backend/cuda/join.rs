@@ -15,6 +15,7 @@
 use super::{grown, raw, CudaBackend, MAX_GPU_K, NO_ROW};
 use crate::backend::ListJoin;
 use crate::index::cagra::Graph;
+use crate::laps::span;
 use crate::{Error, Metric, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use ndarray::ArrayView2;
@@ -168,6 +169,7 @@ pub(super) fn join_lists(
         return crate::index::cagra::knn_graph::join_lists(backend, job, progress);
     }
     // Rows in list order, and each list's columns (rows of its probed lists) with their norms.
+    let part = span("join: rows put in list order");
     let mut sorted = vec![0f32; n * dim];
     sorted
         .par_chunks_mut(dim)
@@ -190,10 +192,12 @@ pub(super) fn join_lists(
         false => Vec::new(),
     };
     let mut out_col = vec![0u32; n * kk];
+    drop(part);
     {
         let mut dev = backend.lock()?;
         let stream = dev.stream.clone();
         let copy = |what: &str, e| super::gpu_err(&format!("copying {what} to the device"), e);
+        let part = span("join: rows copied up");
         let x = stream
             .clone_htod(&sorted)
             .map_err(|e| copy("the rows", e))?;
@@ -207,6 +211,8 @@ pub(super) fn join_lists(
         };
         let x_ptr = raw(&stream, &x);
         let norms_ptr = norms.as_ref().map_or(0, |b| raw(&stream, b));
+        drop(part);
+        let _span = span("join: lists joined (products, selections, copies back)");
         let budget = dev.tile_bytes / 4;
         // Units of work: (list, first row, end row), in list order, so a group's rows are one
         // contiguous range of `sorted`.
@@ -291,6 +297,7 @@ pub(super) fn join_lists(
         }
     }
     // Columns back to rows: each row keeps its first k candidates other than itself.
+    let _span = span("join: columns back to rows");
     let mut by_position = vec![NO_ROW; n * k];
     by_position
         .par_chunks_mut(k)
