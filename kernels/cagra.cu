@@ -209,3 +209,81 @@ refine_graph(const float* __restrict__ data, const float* __restrict__ norms, in
         out[(size_t)u * k + r] = key == ~0ull ? NO_ROW : (unsigned)key;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The ivf kNN-graph join's score tiles (src/backend/cuda/join.rs): for a group of join units,
+// each unit's rows against its columns (the rows of the lists it probes), in one launch
+// instead of one SGEMM per probed list. A unit's tile is row-major with its own width:
+//
+//   out[tile_off + i·width + j] = alpha · Σ_k x[a_first + i][k] · x[col_pos[col_first + j]][k]
+//
+// summed over k in order (one fused multiply-add per k). `select_topk` then reduces each row.
+//
+// x:       [rows in list order, dim]
+// col_pos: [all units' columns] a position in x per column
+// units:   [n_units, 6] per unit: a_first, rows, col_first, width, tile_off, first block (the
+//          blocks of the units before it), in block order
+// grid: (the group's blocks: Σ over units of ⌈rows/64⌉·⌈width/64⌉), block: 256 threads, each
+// computing a 4 × 4 patch of its block's 64 × 64 part of a tile.
+#define JOIN_TILE 64
+#define JOIN_K 16
+
+extern "C" __global__ void __launch_bounds__(256)
+join_scores(const float* __restrict__ x, int dim, const unsigned* __restrict__ col_pos,
+            const unsigned long long* __restrict__ units, int n_units, float alpha,
+            float* __restrict__ out) {
+    __shared__ float a_part[JOIN_K][JOIN_TILE + 1];
+    __shared__ float b_part[JOIN_K][JOIN_TILE + 1];
+    // The unit this block works on: the last whose first block is at most this one.
+    const unsigned long long block = blockIdx.x;
+    int lo = 0, hi = n_units - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (units[mid * 6 + 5] <= block) lo = mid; else hi = mid - 1;
+    }
+    const unsigned long long* unit = units + (long long)lo * 6;
+    const long long a_first = (long long)unit[0];
+    const int rows = (int)unit[1];
+    const long long col_first = (long long)unit[2];
+    const int width = (int)unit[3];
+    const long long tile_off = (long long)unit[4];
+    const int local = (int)(block - unit[5]);
+    const int col_tiles = (width + JOIN_TILE - 1) / JOIN_TILE;
+    const int row0 = (local / col_tiles) * JOIN_TILE;
+    const int col0 = (local % col_tiles) * JOIN_TILE;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+    float acc[4][4];
+    for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    for (int k0 = 0; k0 < dim; k0 += JOIN_K) {
+        // 64 rows × 16 dimensions of each side, 4 values per thread; consecutive threads read
+        // consecutive dimensions of a row.
+        for (int e = threadIdx.x; e < JOIN_TILE * JOIN_K; e += blockDim.x) {
+            const int t = e / JOIN_K, k = e % JOIN_K;
+            const int i = row0 + t, j = col0 + t;
+            const bool in_k = k0 + k < dim;
+            a_part[k][t] = (in_k && i < rows) ? x[(a_first + i) * dim + k0 + k] : 0.0f;
+            b_part[k][t] = (in_k && j < width)
+                               ? x[(long long)col_pos[col_first + j] * dim + k0 + k]
+                               : 0.0f;
+        }
+        __syncthreads();
+        for (int k = 0; k < JOIN_K; ++k) {
+            float a[4], b[4];
+            for (int r = 0; r < 4; ++r) a[r] = a_part[k][ty * 4 + r];
+            for (int c = 0; c < 4; ++c) b[c] = b_part[k][tx * 4 + c];
+            for (int r = 0; r < 4; ++r)
+                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+        }
+        __syncthreads();
+    }
+    for (int r = 0; r < 4; ++r) {
+        const int i = row0 + ty * 4 + r;
+        if (i >= rows) continue;
+        for (int c = 0; c < 4; ++c) {
+            const int j = col0 + tx * 4 + c;
+            if (j < width) out[tile_off + (long long)i * width + j] = alpha * acc[r][c];
+        }
+    }
+}

@@ -573,10 +573,23 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     if no_device(d) {
         return;
     }
-    // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch.
+    // 20 lists of ~256 rows, each joined against its nearest lists on the GPU in one batch
+    // (fp32: their tiles written by one join_scores launch).
     generate_dataset(d, size(5000, 1500), 32, 40, 10);
-    build_on_cpu_and_gpu(d, &["--index", "cagra", "--build-algo", "ivf"]);
+    let ivf = ["--index", "cagra", "--build-algo", "ivf"];
+    build_on_cpu_and_gpu(d, &ivf);
     assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
+    // tf32 takes cuBLAS instead, one product per probed list: on the emulator, whose products
+    // are fp32 whatever the mode, the same graph again; on a GPU tf32 may order near-ties
+    // differently, so there it has to build.
+    let tf32 = ["--gpu", "0", "--gpu-precision", "tf32", "--out", "t.vbx"];
+    succeeds(
+        d,
+        &[&["build", "--input", "b.parquet"][..], &ivf, &tf32].concat(),
+    );
+    if crate::emu::emulated() {
+        assert_eq!(graph(d, "c.vbx"), graph(d, "t.vbx"));
+    }
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! The CAGRA ivf builder's join on the GPU ([`Backend::join_lists`](crate::backend::Backend)).
 //!
-//! The rows, put in list order, are copied to the device once. Each list's score tile — its
-//! rows against the rows of its probed lists, side by side — is written by one SGEMM per
-//! probed list (the same `α·Q·Xᵀ` as `knn_block`, `ldc` = the tile's width), and
-//! `select_topk` keeps each row's `k + 1` best columns, ordered by (score, column) as the CPU's
-//! [`TopK`](crate::TopK) orders (score, position). Lists (split by rows when one is too wide)
-//! go in groups whose tiles fit the scratch buffer; a group is one batch of launches and one
-//! copy back, instead of one round trip per list.
+//! The rows, put in list order, are copied to the device once, with each list's columns (the
+//! rows of its probed lists, side by side) as positions among them. Each list's score tile —
+//! the same `α·Q·Xᵀ` as `knn_block` — is written in fp32 by `join_scores` (kernels/cagra.cu),
+//! one launch for a whole group of lists (a list's rows against a few hundred columns per
+//! probed list are products too small for cuBLAS to fill the GPU, one call each); with
+//! `--gpu-precision tf32`/`fp16` by one cuBLAS product per probed list (`ldc` = the tile's
+//! width). `select_topk` then keeps each row's `k + 1` best columns, ordered by (score,
+//! column) as the CPU's [`TopK`](crate::TopK) orders (score, position). Lists (split by rows
+//! when one is too wide) go in groups whose tiles fit the scratch buffer; a group is one batch
+//! of launches and one copy back, instead of one round trip per list.
 //!
 //! The join's neighbour-of-neighbour pass ([`Backend::refine_graph`](crate::backend::Backend))
 //! is `refine_graph` (kernels/cagra.cu), one block per row: the CPU's candidates, scores summed
@@ -158,7 +161,12 @@ pub(super) fn join_lists(
     for l in 0..n_lists {
         col_start[l + 1] = col_start[l] + probes[l].iter().map(|&p| size(p)).sum::<usize>();
     }
-    let held = 4 * n * dim + if l2 { 4 * col_start[n_lists] } else { 0 } + 8 * n * kk;
+    // In fp32 our `join_scores` writes a group's tiles in one launch, reading each column's
+    // row through its position; tf32 and fp16 take cuBLAS, one product per probed list.
+    let fused = backend.precision == super::Precision::Fp32;
+    let cols = col_start[n_lists];
+    let held =
+        4 * n * dim + if l2 { 4 * cols } else { 0 } + if fused { 4 * cols } else { 0 } + 8 * n * kk;
     if !super::fits_half_free(&backend.lock()?.stream, held)? {
         // Too large to hold: each list is joined by itself, its rows and columns copied for it.
         backend.slower(
@@ -179,14 +187,15 @@ pub(super) fn join_lists(
                 *d = *s;
             }
         });
-    let col_rows: Vec<u32> = (0..n_lists)
+    // Each list's columns: their positions in `sorted`, and the rows they are.
+    let col_pos: Vec<u32> = (0..n_lists)
         .flat_map(|l| {
             probes[l]
                 .iter()
-                .flat_map(|&p| &members[offsets[p]..offsets[p + 1]])
+                .flat_map(|&p| offsets[p] as u32..offsets[p + 1] as u32)
         })
-        .copied()
         .collect();
+    let col_rows: Vec<u32> = col_pos.par_iter().map(|&p| members[p as usize]).collect();
     let col_norms: Vec<f32> = match l2 {
         true => col_rows.iter().map(|&r| job.norms[r as usize]).collect(),
         false => Vec::new(),
@@ -209,8 +218,17 @@ pub(super) fn join_lists(
             ),
             false => None,
         };
+        let positions = match fused {
+            true => Some(
+                stream
+                    .clone_htod(&col_pos)
+                    .map_err(|e| copy("the columns' positions", e))?,
+            ),
+            false => None,
+        };
         let x_ptr = raw(&stream, &x);
         let norms_ptr = norms.as_ref().map_or(0, |b| raw(&stream, b));
+        let positions_ptr = positions.as_ref().map_or(0, |b| raw(&stream, b));
         drop(part);
         let _span = span("join: lists joined (products, selections, copies back)");
         let budget = dev.tile_bytes / 4;
@@ -253,6 +271,22 @@ pub(super) fn join_lists(
                 &stream,
                 grown(&stream, &mut dev.scratch.out_col, (g1 - g0) * kk)?,
             );
+            if fused {
+                let group: Vec<(usize, usize, usize)> = units[u0..u1]
+                    .iter()
+                    .map(|&(l, r0, r1)| (offsets[l] + r0, r1 - r0, l))
+                    .collect();
+                launch_join_scores(
+                    &dev,
+                    x_ptr,
+                    dim,
+                    positions_ptr,
+                    &group,
+                    &col_start,
+                    alpha,
+                    s_ptr,
+                )?;
+            }
             let mut off = 0usize;
             for &(l, r0, r1) in &units[u0..u1] {
                 let width = col_start[l + 1] - col_start[l];
@@ -260,7 +294,8 @@ pub(super) fn join_lists(
                 let first = offsets[l] + r0;
                 let a_ptr = x_ptr + (first * dim * 4) as u64;
                 let mut col = 0;
-                for &p in &probes[l] {
+                // Without `join_scores`: one product per probed list into its columns.
+                for &p in probes[l].iter().filter(|_| !fused) {
                     if size(p) > 0 {
                         let b_ptr = x_ptr + (offsets[p] * dim * 4) as u64;
                         let c_ptr = s_ptr + ((off + col) * 4) as u64;
@@ -321,4 +356,64 @@ pub(super) fn join_lists(
         neighbors[r * k..(r + 1) * k].copy_from_slice(&by_position[i * k..(i + 1) * k]);
     }
     Ok(neighbors)
+}
+
+/// Rows per side of the part of a tile one `join_scores` block writes (`JOIN_TILE`).
+const JOIN_TILE: usize = 64;
+
+/// Launches `join_scores` (kernels/cagra.cu) over a group of join units, each `(first row in
+/// list order, rows, list)`: unit u's tile, `rows × width(list)` row-major, goes to `scores`
+/// right after the tiles of the units before it (as the selections read them).
+#[allow(clippy::too_many_arguments)]
+fn launch_join_scores(
+    dev: &super::Device,
+    x_ptr: u64,
+    dim: usize,
+    positions_ptr: u64,
+    group: &[(usize, usize, usize)],
+    col_start: &[usize],
+    alpha: f32,
+    scores: u64,
+) -> Result<()> {
+    let stream = dev.stream.clone();
+    // Per unit: first row, rows, first column, width, tile offset, first block.
+    let mut units: Vec<u64> = Vec::with_capacity(6 * group.len());
+    let (mut off, mut blocks) = (0usize, 0usize);
+    for &(first, rows, l) in group {
+        let width = col_start[l + 1] - col_start[l];
+        units.extend([first, rows, col_start[l], width, off, blocks].map(|v| v as u64));
+        off += rows * width;
+        blocks += rows.div_ceil(JOIN_TILE) * width.div_ceil(JOIN_TILE);
+    }
+    if blocks == 0 {
+        return Ok(());
+    }
+    if blocks > i32::MAX as usize || group.len() > i32::MAX as usize {
+        return Err(Error::Gpu(format!(
+            "kNN graph: a join group of {blocks} tile blocks is more than one launch takes"
+        )));
+    }
+    let units_dev = stream
+        .clone_htod(&units)
+        .map_err(|e| super::gpu_err("copying the join units to the device", e))?;
+    let (dim_i, n_units) = (dim as i32, group.len() as i32);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&dev.join_scores);
+    launch
+        .arg(&x_ptr)
+        .arg(&dim_i)
+        .arg(&positions_ptr)
+        .arg(&units_dev)
+        .arg(&n_units)
+        .arg(&alpha)
+        .arg(&scores);
+    // SAFETY: arguments match join_scores' signature; x holds the rows in list order, the
+    // positions every unit's columns (each < the rows), units 6 entries per unit in block
+    // order, and scores the group's tiles (the caller sized it to their sum).
+    unsafe { launch.launch(cfg) }.map_err(|e| super::gpu_err("launching join_scores", e))?;
+    Ok(())
 }
