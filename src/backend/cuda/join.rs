@@ -331,13 +331,20 @@ pub(super) fn join_lists(
             u0 = u1;
         }
     }
-    // Columns back to rows: each row keeps its first k candidates other than itself.
+    // Columns back to rows: each row keeps its first k candidates other than itself, written
+    // in its own place on all cores (a row in no list keeps none).
     let _span = span("join: columns back to rows");
-    let mut by_position = vec![NO_ROW; n * k];
-    by_position
+    let mut position = vec![NO_ROW; n];
+    for (i, &r) in members.iter().enumerate() {
+        position[r as usize] = i as u32;
+    }
+    let mut neighbors = vec![NO_ROW; n * k];
+    neighbors
         .par_chunks_mut(k)
-        .enumerate()
-        .for_each(|(i, dst)| {
+        .zip(position.par_iter())
+        .filter(|(_, &i)| i != NO_ROW)
+        .for_each(|(dst, &i)| {
+            let i = i as usize;
             let l = offsets.partition_point(|&o| o <= i) - 1;
             let me = members[i];
             let cols = &col_rows[col_start[l]..col_start[l + 1]];
@@ -350,11 +357,6 @@ pub(super) fn join_lists(
                 *slot = v;
             }
         });
-    let mut neighbors = vec![NO_ROW; n * k];
-    for (i, &r) in members.iter().enumerate() {
-        let r = r as usize;
-        neighbors[r * k..(r + 1) * k].copy_from_slice(&by_position[i * k..(i + 1) * k]);
-    }
     Ok(neighbors)
 }
 
