@@ -243,39 +243,22 @@ fn gpu_reports_and_plans_name_the_device_where_a_gpu_is_present() {
             .is_some_and(|k| k.starts_with("loaded")),
         "{doctor}"
     );
-    let bench = ok(
-        d,
-        &[
-            "bench-knn",
-            "--gpu",
-            "0",
-            "--base",
-            "b.parquet",
-            "--queries",
-            "q.parquet",
-            "--runs",
-            "1",
-        ],
-    );
-    let bench: serde_json::Value = serde_json::from_str(bench.trim()).unwrap();
+    let bench_knn = [
+        "bench-knn",
+        "--gpu",
+        "0",
+        "--base",
+        "b.parquet",
+        "--queries",
+        "q.parquet",
+        "--runs",
+        "1",
+    ];
+    let bench: serde_json::Value = serde_json::from_str(ok(d, &bench_knn).trim()).unwrap();
     assert_eq!(bench["backend"], "cuda:0", "{bench}");
     assert_eq!(bench["device"], device["device"]["name"], "{bench}");
     // The base held on the device across runs: its copy timed apart from the runs.
-    let held = ok(
-        d,
-        &[
-            "bench-knn",
-            "--gpu",
-            "0",
-            "--held",
-            "--base",
-            "b.parquet",
-            "--queries",
-            "q.parquet",
-            "--runs",
-            "1",
-        ],
-    );
+    let held = ok(d, &[&bench_knn[..], &["--held"]].concat());
     let held: serde_json::Value = serde_json::from_str(held.trim()).unwrap();
     assert_eq!(held["held"], true, "{held}");
     assert!(held["load_s"].as_f64().is_some_and(|s| s >= 0.0), "{held}");
