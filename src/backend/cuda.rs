@@ -14,11 +14,13 @@
 //! 2. `select_topk` (kernels/select.cu) adds `‖x‖²` (L2) and keeps each query's best k, starting
 //!    from the threshold its host-side [`TopK`] has reached on earlier tiles, so later tiles
 //!    hand back few candidates.
-//! 3. The k candidates per query come back and are pushed into the host [`TopK`]s, which apply
-//!    the same total order (score, then row) as the CPU.
+//! 3. The k candidates per query come back into pinned memory and are pushed into the host
+//!    [`TopK`]s, which apply the same total order (score, then row) as the CPU, while the GPU
+//!    works on the next tile (whose thresholds therefore lag one tile: looser, same results).
 //!
-//! Base tiles are copied into pinned memory (two buffers) by CPU threads while the GPU works on
-//! the previous tile, then copied to the device asynchronously.
+//! Host base tiles (rows, then norms) are copied into pinned memory (two buffers) by CPU threads
+//! while the GPU works on the previous tile, then copied to the device on a second stream, which
+//! the compute stream waits for by event.
 //!
 //! Nearest-centroid assignment ([`Backend::assign_nearest`]) is the same GEMM followed by
 //! `argmin_rows`, one warp per row, ties to the smaller centroid; for up to [`SMALL_DIM`]

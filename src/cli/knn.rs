@@ -82,19 +82,21 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     // The batches as they come, or gathered into the blocks the backend works best on.
     let block_rows = backend.exact_block_rows(q_summary.dim);
     let mut gathered = Gathered::new(block_rows, q_summary.dim);
+    let mut add = |block: Array2<f32>| -> vecbuild::Result<()> {
+        let t = Instant::now();
+        search.add(&*backend, block.view(), None)?;
+        compute += t.elapsed();
+        Ok(())
+    };
     let summary = read_with_progress(ui, "scanning base", &args.base, opts, &mut |b: Batch| {
         if let Some(block) = gathered.push(b.vectors) {
-            let t = Instant::now();
-            search.add(&*backend, block.view(), None)?;
-            compute += t.elapsed();
+            add(block)?;
         }
         Ids::accumulate(&mut base_ids, b.ids)?;
         Ok(())
     })?;
     if let Some(block) = gathered.rest() {
-        let t = Instant::now();
-        search.add(&*backend, block.view(), None)?;
-        compute += t.elapsed();
+        add(block)?;
     }
     let base_ids = base_ids.unwrap_or_else(|| Ids::empty(summary.id_kind));
     if !args.allow_duplicate_ids {

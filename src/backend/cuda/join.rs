@@ -292,16 +292,18 @@ pub(super) fn join_lists(
                 let width = col_start[l + 1] - col_start[l];
                 let rows = r1 - r0;
                 let first = offsets[l] + r0;
-                let a_ptr = x_ptr + (first * dim * 4) as u64;
-                let mut col = 0;
-                // Without `join_scores`: one product per probed list into its columns.
-                for &p in probes[l].iter().filter(|_| !fused) {
-                    if size(p) > 0 {
-                        let b_ptr = x_ptr + (offsets[p] * dim * 4) as u64;
-                        let c_ptr = s_ptr + ((off + col) * 4) as u64;
-                        dev.gemm_into(a_ptr, rows, b_ptr, size(p), dim, alpha, c_ptr, width)?;
+                if !fused {
+                    // Without `join_scores`: one product per probed list into its columns.
+                    let a_ptr = x_ptr + (first * dim * 4) as u64;
+                    let mut col = 0;
+                    for &p in &probes[l] {
+                        if size(p) > 0 {
+                            let b_ptr = x_ptr + (offsets[p] * dim * 4) as u64;
+                            let c_ptr = s_ptr + ((off + col) * 4) as u64;
+                            dev.gemm_into(a_ptr, rows, b_ptr, size(p), dim, alpha, c_ptr, width)?;
+                        }
+                        col += size(p);
                     }
-                    col += size(p);
                 }
                 let tile_ptr = s_ptr + (off * 4) as u64;
                 let add_ptr = match l2 {
