@@ -96,6 +96,209 @@ impl Backend for CpuBackend {
             assign_gemm(data, centroids)
         })
     }
+
+    fn assign_nearest_rows(
+        &self,
+        data: ArrayView2<'_, f32>,
+        rows: &[u32],
+        centroids: ArrayView2<'_, f32>,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        if centroids.nrows() == 0 {
+            return Err(crate::Error::param(
+                "nearest-centroid assignment needs at least one centroid",
+            ));
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= data.nrows()) {
+            return Err(crate::Error::param(format!(
+                "row {r} is past the {} rows being assigned",
+                data.nrows()
+            )));
+        }
+        Ok(assign_rows(data, rows, centroids))
+    }
+}
+
+/// Rows per task of [`assign_rows`].
+const ROWS_CHUNK: usize = 1024;
+/// Rows scored together against each block of [`ROW_CENTROIDS`] centroids in [`assign_rows`].
+const ROW_BLOCK: usize = 4;
+/// Centroids per block of [`assign_rows`]: two AVX2 registers.
+const ROW_CENTROIDS: usize = 16;
+
+/// The CPU's [`Backend::assign_nearest_rows`]: rows read where they lie (no copy), scored
+/// against `centroids: [k, dim]` transposed to `[dim, k]` (padded to a whole block with
+/// centroids that never win) [`ROW_BLOCK`] rows × [`ROW_CENTROIDS`] centroids at a time, each
+/// dot product added in dimension order. Ranking score `‖c‖² − 2x·c`, then `‖x‖²` added.
+fn assign_rows(
+    data: ArrayView2<'_, f32>,
+    rows: &[u32],
+    centroids: ArrayView2<'_, f32>,
+) -> (Vec<u32>, Vec<f32>) {
+    let (k, dim) = centroids.dim();
+    let padded = k.next_multiple_of(ROW_CENTROIDS);
+    let mut ct = vec![0f32; dim * padded];
+    for (c, centroid) in centroids.rows().into_iter().enumerate() {
+        for (d, &v) in centroid.iter().enumerate() {
+            ct[d * padded + c] = v;
+        }
+    }
+    let mut cn = squared_norms(centroids);
+    cn.resize(padded, f32::INFINITY);
+    let data = data.as_standard_layout();
+    let x = data.as_slice().unwrap_or(&[]);
+    let t = Transposed {
+        ct: &ct,
+        cn: &cn,
+        padded,
+        dim,
+    };
+    let parts: Vec<(Vec<u32>, Vec<f32>)> = rows
+        .par_chunks(ROWS_CHUNK)
+        .map(|chunk| {
+            let mut labels = vec![0u32; chunk.len()];
+            let mut scores = vec![0f32; chunk.len()];
+            nearest_indexed(x, chunk, &t, &mut labels, &mut scores);
+            for (s, &r) in scores.iter_mut().zip(chunk) {
+                let row = &x[r as usize * dim..(r as usize + 1) * dim];
+                let norm: f32 = row.iter().map(|v| v * v).sum();
+                *s = (*s + norm).max(0.0);
+            }
+            (labels, scores)
+        })
+        .collect();
+    let mut labels = Vec::with_capacity(rows.len());
+    let mut dists = Vec::with_capacity(rows.len());
+    for (l, d) in parts {
+        labels.extend(l);
+        dists.extend(d);
+    }
+    (labels, dists)
+}
+
+/// Centroids transposed for [`assign_rows`]: `ct: [dim, padded]`, norms `cn: [padded]`.
+struct Transposed<'a> {
+    ct: &'a [f32],
+    cn: &'a [f32],
+    padded: usize,
+    dim: usize,
+}
+
+/// Best ranking score and centroid of each row `rows[i]` of `x` (`[_, dim]`, flat) into
+/// `labels[i]`, `scores[i]`, compiled for AVX2+FMA when the CPU has them (checked at run time).
+fn nearest_indexed(
+    x: &[f32],
+    rows: &[u32],
+    t: &Transposed<'_>,
+    labels: &mut [u32],
+    scores: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { nearest_indexed_avx2(x, rows, t, labels, scores) };
+    }
+    nearest_indexed_generic(x, rows, t, labels, scores)
+}
+
+/// The AVX2 kernel: [`ROW_BLOCK`] rows × [`ROW_CENTROIDS`] centroids in eight accumulators,
+/// each lane adding its dot product in dimension order as the portable kernel does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nearest_indexed_avx2(
+    x: &[f32],
+    rows: &[u32],
+    t: &Transposed<'_>,
+    labels: &mut [u32],
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (dim, padded) = (t.dim, t.padded);
+    assert!(t.ct.len() >= dim * padded && t.cn.len() >= padded);
+    assert!(padded % ROW_CENTROIDS == 0 && labels.len() >= rows.len());
+    assert!(rows.iter().all(|&r| (r as usize + 1) * dim <= x.len()));
+    let mut lanes = [0f32; ROW_CENTROIDS];
+    for (b, block) in rows.chunks(ROW_BLOCK).enumerate() {
+        // Short last block: its missing rows repeat the first (their results are dropped).
+        let row_ptr: [*const f32; ROW_BLOCK] = std::array::from_fn(|i| {
+            let r = block.get(i).copied().unwrap_or(block[0]) as usize;
+            // SAFETY: every row lies within x (asserted above).
+            unsafe { x.as_ptr().add(r * dim) }
+        });
+        let mut best = [(f32::INFINITY, 0u32); ROW_BLOCK];
+        for c0 in (0..padded).step_by(ROW_CENTROIDS) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; ROW_BLOCK];
+            for d in 0..dim {
+                // SAFETY: d < dim and c0 + 16 ≤ padded, so both loads lie within ct.
+                let (lo, hi) = unsafe {
+                    let p = t.ct.as_ptr().add(d * padded + c0);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
+                for (a, p) in acc.iter_mut().zip(&row_ptr) {
+                    // SAFETY: d < dim, within the row.
+                    let v = unsafe { _mm256_broadcast_ss(&*p.add(d)) };
+                    a[0] = _mm256_fmadd_ps(v, lo, a[0]);
+                    a[1] = _mm256_fmadd_ps(v, hi, a[1]);
+                }
+            }
+            // SAFETY: c0 + 16 ≤ padded ≤ cn.len().
+            let (n_lo, n_hi) = unsafe {
+                let p = t.cn.as_ptr().add(c0);
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            };
+            let m2 = _mm256_set1_ps(-2.0);
+            for (a, best) in acc.iter().zip(best.iter_mut()) {
+                // SAFETY: lanes holds 16 floats, two stores of 8.
+                unsafe {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_fmadd_ps(a[0], m2, n_lo));
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), _mm256_fmadd_ps(a[1], m2, n_hi));
+                }
+                keep_best(&lanes, c0, best);
+            }
+        }
+        for (i, &(s, c)) in best.iter().enumerate().take(block.len()) {
+            labels[b * ROW_BLOCK + i] = c;
+            scores[b * ROW_BLOCK + i] = s;
+        }
+    }
+}
+
+/// Folds a block's scores (centroids `c0..`) into a row's best: strictly better only, so ties
+/// keep the smaller centroid.
+#[inline(always)]
+fn keep_best(lanes: &[f32], c0: usize, best: &mut (f32, u32)) {
+    for (j, &s) in lanes.iter().enumerate() {
+        if s < best.0 {
+            *best = (s, (c0 + j) as u32);
+        }
+    }
+}
+
+/// The portable kernel (and the baseline the AVX2 one is tested against): the same scores,
+/// each dot product added in dimension order with fused multiply-adds.
+fn nearest_indexed_generic(
+    x: &[f32],
+    rows: &[u32],
+    t: &Transposed<'_>,
+    labels: &mut [u32],
+    scores: &mut [f32],
+) {
+    let (dim, padded) = (t.dim, t.padded);
+    let mut lanes = [0f32; ROW_CENTROIDS];
+    for (i, &r) in rows.iter().enumerate() {
+        let row = &x[r as usize * dim..(r as usize + 1) * dim];
+        let mut best = (f32::INFINITY, 0u32);
+        for c0 in (0..padded).step_by(ROW_CENTROIDS) {
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                let dot = row
+                    .iter()
+                    .enumerate()
+                    .fold(0f32, |a, (d, &v)| v.mul_add(t.ct[d * padded + c0 + j], a));
+                *lane = dot.mul_add(-2.0, t.cn[c0 + j]);
+            }
+            keep_best(&lanes, c0, &mut best);
+        }
+        (labels[i], scores[i]) = (best.1, best.0);
+    }
 }
 
 /// Up to this dimension (PQ subspaces) assignment computes distances directly: a GEMM with
@@ -341,7 +544,7 @@ pub fn knn_block(
             .enumerate()
             .for_each(|(t, states)| {
                 let q0 = t * QUERY_TILE;
-                let mut scores = vec![0f32; states.len() * BASE_TILE];
+                let mut scores = vec![0f32; states.len() * BASE_TILE.min(nb)];
                 tile.scan(q, q0, states, 0..nb, &mut scores);
             });
     } else {
@@ -554,6 +757,70 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Rows read in place against a few centroids: the AVX2 kernel gives the portable one's
+    /// labels and scores bit for bit (same dimension order, same fused multiply-adds), on
+    /// centroid counts that are not whole blocks, a short last block of rows and rows named
+    /// twice; and each label is a nearest centroid.
+    #[test]
+    fn assign_rows_reads_rows_in_place_and_finds_the_nearest_centroid() {
+        let mut rng = crate::synth::Rng::new(8);
+        for (k, dim) in [(37usize, 33usize), (64, 128), (5, 7), (16, 1)] {
+            let data = ndarray::Array2::from_shape_fn((300, dim), |_| rng.normal() as f32);
+            let centroids = ndarray::Array2::from_shape_fn((k, dim), |_| rng.normal() as f32);
+            let rows: Vec<u32> = (0..203)
+                .map(|i| (i * 7 % 300) as u32)
+                .chain([5, 5])
+                .collect();
+            let (labels, dists) = assign_rows(data.view(), &rows, centroids.view());
+            for (i, &r) in rows.iter().enumerate() {
+                let x = data.row(r as usize);
+                let dist = |c: usize| -> f32 {
+                    x.iter()
+                        .zip(centroids.row(c))
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum()
+                };
+                let best = (0..k).map(dist).fold(f32::INFINITY, f32::min);
+                let got = dist(labels[i] as usize);
+                assert!(
+                    got <= best + 1e-4 * (1.0 + best),
+                    "k={k} row {r}: {got} vs {best}"
+                );
+                assert!(
+                    (dists[i] - got).abs() <= 1e-3 * (1.0 + got),
+                    "k={k} row {r}"
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                let padded = k.next_multiple_of(ROW_CENTROIDS);
+                let mut ct = vec![0f32; dim * padded];
+                for c in 0..k {
+                    for d in 0..dim {
+                        ct[d * padded + c] = centroids[[c, d]];
+                    }
+                }
+                let mut cn = squared_norms(centroids.view());
+                cn.resize(padded, f32::INFINITY);
+                let t = Transposed {
+                    ct: &ct,
+                    cn: &cn,
+                    padded,
+                    dim,
+                };
+                let x = data.as_slice().unwrap();
+                let (mut l1, mut s1) = (vec![0u32; rows.len()], vec![0f32; rows.len()]);
+                let (mut l2, mut s2) = (l1.clone(), s1.clone());
+                nearest_indexed_generic(x, &rows, &t, &mut l1, &mut s1);
+                // SAFETY: the CPU supports AVX2 and FMA, checked above.
+                unsafe { nearest_indexed_avx2(x, &rows, &t, &mut l2, &mut s2) };
+                assert_eq!(l1, l2, "k={k} dim={dim}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&s1), bits(&s2), "k={k} dim={dim}");
             }
         }
     }

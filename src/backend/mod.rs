@@ -313,6 +313,20 @@ pub trait Backend: Sync {
         Ok(None)
     }
 
+    /// [`Backend::assign_nearest`] of the rows `rows` of `data: [n, dim]` (labels and squared
+    /// distances in the order of `rows`): a partition's rows among the few centroids of one
+    /// group ([`crate::index::kmeans::assign_grouped`]). By default the rows are copied out
+    /// first; the CPU reads them where they lie.
+    fn assign_nearest_rows(
+        &self,
+        data: ArrayView2<'_, f32>,
+        rows: &[u32],
+        centroids: ArrayView2<'_, f32>,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let picked: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+        self.assign_nearest(data.select(ndarray::Axis(0), &picked).view(), centroids)
+    }
+
     /// Nearest centroid of each row by L2 (k-means assignment, PQ encoding):
     /// `data: [n, dim]`, `centroids: [k, dim]` → (labels `[n]`, squared distances `[n]`).
     /// Ties go to the smaller centroid index.
