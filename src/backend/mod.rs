@@ -104,6 +104,11 @@ pub trait Lloyd {
 
     /// Cluster sizes of the held rows' nearest-centroid assignment.
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>>;
+
+    /// Assignments made by local search so far ([`crate::index::kmeans::train_local`]).
+    fn local_steps(&self) -> usize {
+        0
+    }
 }
 
 /// Several k-means problems of the same shape over one set of rows, stepped together by

@@ -244,7 +244,7 @@ pub fn train(
         params.max_train_rows.min(sample.nrows()),
         &mut rng,
     );
-    let coarse = kmeans::train(
+    let coarse = kmeans::train_local(
         backend,
         sample.select(Axis(0), &coarse_rows).view(),
         params.n_lists,

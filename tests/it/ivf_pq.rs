@@ -221,6 +221,84 @@ fn kmeans_leaves_no_empty_cluster_and_lowers_the_objective() {
     );
 }
 
+/// Local assignment after centroids moved: every row ends at a centroid no farther than the
+/// one it started at, and almost every row at its exact nearest.
+#[test]
+fn settle_moves_rows_only_closer_and_finds_almost_every_nearest_centroid() {
+    let data = vecbuild::synth::clustered(20_000, 0, 16, 300, 4).base;
+    let km = kmeans::train(&CpuBackend, data.view(), 800, 3, 2, None).unwrap();
+    let (start, _) = kmeans::assign(&CpuBackend, data.view(), km.centroids.view()).unwrap();
+    // One Lloyd update moves the centroids; the old labels are the start.
+    let mut moved = km.centroids.clone();
+    kmeans::update(data.view(), &start, &mut moved);
+    let near = kmeans::centroid_neighbours(&CpuBackend, moved.view(), 64).unwrap();
+    assert!(near
+        .iter()
+        .enumerate()
+        .all(|(c, l)| l[0] == c as u32 && l.len() == 64));
+    let mut labels = start.clone();
+    let dists = kmeans::settle(&CpuBackend, data.view(), moved.view(), &near, &mut labels).unwrap();
+    let (exact, exact_dists) = kmeans::assign(&CpuBackend, data.view(), moved.view()).unwrap();
+    let dist = |r: usize, c: u32| -> f32 {
+        data.row(r)
+            .iter()
+            .zip(moved.row(c as usize))
+            .map(|(a, b)| (a - b).powi(2))
+            .sum()
+    };
+    let mut same = 0;
+    for r in 0..data.nrows() {
+        assert!(
+            dist(r, labels[r]) <= dist(r, start[r]) * (1.0 + 1e-5) + 1e-5,
+            "row {r}"
+        );
+        assert!(
+            (dists[r] - dist(r, labels[r])).abs() <= 1e-3 * (1.0 + dists[r]),
+            "row {r}"
+        );
+        same += usize::from(labels[r] == exact[r] || dists[r] <= exact_dists[r] * (1.0 + 1e-5));
+    }
+    let moved_rows = start.iter().zip(&exact).filter(|(a, b)| a != b).count();
+    assert!(
+        moved_rows > 100,
+        "the update moved only {moved_rows} rows' nearest centroid"
+    );
+    assert!(
+        same as f64 >= 0.99 * data.nrows() as f64,
+        "{same} of {} rows at their nearest centroid",
+        data.nrows()
+    );
+}
+
+/// k-means with local assignment (enough centroids that it applies) takes over once the
+/// objective settles, lowers it every iteration and ends within a hair of exact training's,
+/// with no empty cluster.
+#[test]
+fn local_kmeans_training_reaches_the_objective_of_exact_training() {
+    let data = vecbuild::synth::clustered(30_000, 0, 16, 400, 5).base;
+    let k = kmeans::LOCAL_MIN_CENTROIDS + 88;
+    let exact = kmeans::train(&CpuBackend, data.view(), k, 10, 9, None).unwrap();
+    let local = kmeans::train_local(&CpuBackend, data.view(), k, 10, 9, None).unwrap();
+    assert!(local.local_steps > 0, "no local assignment");
+    assert_eq!(exact.local_steps, 0);
+    assert!(local.sizes.iter().all(|&s| s > 0), "empty cluster");
+    assert_eq!(local.sizes.iter().sum::<u64>(), 30_000);
+    for w in local.objective.windows(2) {
+        assert!(
+            w[1] <= w[0] * (1.0 + 1e-6) || local.splits > 0,
+            "objective rose: {:?}",
+            local.objective
+        );
+    }
+    let (e, l) = (
+        *exact.objective.last().unwrap(),
+        *local.objective.last().unwrap(),
+    );
+    assert!(l <= e * 1.005, "local {l} vs exact {e}");
+    // The first iterations are exact in both.
+    assert_eq!(exact.objective[..2], local.objective[..2]);
+}
+
 #[test]
 fn pq_reconstruction_error_is_bounded_and_falls_with_more_codes() {
     let data = vecbuild::synth::clustered(10_000, 0, 30, 50, 8).base;
