@@ -125,7 +125,8 @@ const ROW_BLOCK: usize = 4;
 /// Centroids per block of [`assign_rows`]: two AVX2 registers.
 const ROW_CENTROIDS: usize = 16;
 
-/// The CPU's [`Backend::assign_nearest_rows`]: rows read where they lie (no copy), scored
+/// The CPU's [`Backend::assign_nearest_rows`]: rows read where they lie (no copy when `data`
+/// is contiguous), scored
 /// against `centroids: [k, dim]` transposed to `[dim, k]` (padded to a whole block with
 /// centroids that never win) [`ROW_BLOCK`] rows × [`ROW_CENTROIDS`] centroids at a time, each
 /// dot product added in dimension order. Ranking score `‖c‖² − 2x·c`, then `‖x‖²` added.
@@ -144,8 +145,18 @@ fn assign_rows(
     }
     let mut cn = squared_norms(centroids);
     cn.resize(padded, f32::INFINITY);
-    let data = data.as_standard_layout();
-    let x = data.as_slice().unwrap_or(&[]);
+    // Rows in place where the rows are contiguous; otherwise only the named rows copied.
+    let copied: ndarray::Array2<f32>;
+    let renumbered: Vec<u32>;
+    let (x, rows) = match data.as_slice() {
+        Some(x) => (x, rows),
+        None => {
+            let picked: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+            copied = data.select(ndarray::Axis(0), &picked);
+            renumbered = (0..rows.len() as u32).collect();
+            (copied.as_slice().unwrap_or(&[]), &renumbered[..])
+        }
+    };
     let t = Transposed {
         ct: &ct,
         cn: &cn,
@@ -776,6 +787,17 @@ mod tests {
                 .chain([5, 5])
                 .collect();
             let (labels, dists) = assign_rows(data.view(), &rows, centroids.view());
+            // The same rows in column-major order (not contiguous by rows once dim > 1): the
+            // named rows are copied, with the same results.
+            let by_columns = data.t().as_standard_layout().to_owned();
+            let strided = by_columns.t();
+            assert_eq!(strided.as_slice().is_none(), dim > 1);
+            let (l_strided, d_strided) = assign_rows(strided, &rows, centroids.view());
+            assert_eq!(
+                (&l_strided, &d_strided),
+                (&labels, &dists),
+                "k={k} dim={dim}"
+            );
             for (i, &r) in rows.iter().enumerate() {
                 let x = data.row(r as usize);
                 let dist = |c: usize| -> f32 {
