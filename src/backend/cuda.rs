@@ -29,10 +29,10 @@
 //! CAGRA's rank-based pruning ([`Backend::prune_graph`]) is `prune_graph` (kernels/cagra.cu),
 //! one block per row, the same integer computation as the CPU's, so the graphs are identical.
 //! The ivf builder's neighbour-of-neighbour pass ([`Backend::refine_graph`]) is `refine_graph`,
-//! one block per row, with the CPU's candidates, arithmetic and order ([`join`]).
+//! one block per row, with the CPU's candidates, arithmetic and order (`cuda/join.rs`).
 //!
 //! CAGRA search ([`Backend::cagra_search`]) runs the CPU's beam search in one kernel, a thread
-//! block per query, on a copy of the index made once ([`Backend::load_cagra`], [`cagra`]).
+//! block per query, on a copy of the index made once ([`Backend::load_cagra`], `cuda/cagra.rs`).
 
 mod cagra;
 mod ivf_pq;

@@ -319,9 +319,9 @@ pub trait Backend: Sync {
     }
 
     /// [`Backend::assign_nearest`] of the rows `rows` of `data: [n, dim]` (labels and squared
-    /// distances in the order of `rows`): a partition's rows among the few centroids of one
-    /// group ([`crate::index::kmeans::assign_grouped`]). By default the rows are copied out
-    /// first; the CPU reads them where they lie.
+    /// distances in the order of `rows`): the rows of one k-means cluster among the centroids
+    /// nearest their own ([`crate::index::kmeans::settle`]). By default the rows are copied
+    /// out first; the CPU reads them where they lie.
     fn assign_nearest_rows(
         &self,
         data: ArrayView2<'_, f32>,
