@@ -18,15 +18,7 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader
-# cudarc opens the libraries by name: put the folders holding them on the library path.
-for lib in libcublas.so.13 libnvrtc.so.13 libcublasLt.so.13; do
-    if ! ldconfig -p | grep -q "$lib"; then
-        dir=$(find / -xdev -name "$lib" -not -path '/proc/*' 2>/dev/null | head -1 | xargs -r dirname)
-        [ -n "$dir" ] && export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    fi
-done
-echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+source scripts/gpu-env.sh
 "$VB" doctor
 "$VB" doctor --check-kernels sm_80,sm_90
 PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --vecbuild "$VB" --work "$WORK" --out "$OUT" "$@"
