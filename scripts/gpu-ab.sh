@@ -75,7 +75,7 @@ bench() { # label binary args...
     note "$label: $(echo "$line" | "${PYTHON:-python3}" -c 'import json, sys
 j = json.load(sys.stdin)
 print("median %.4f s, fastest %.4f s, %.0f GFLOP/s, load %s s"
-      % (j["median_s"], j["fastest_s"], j["gflops"], j["load_s"]))' 2>/dev/null || echo "failed: $line")"
+      % (j["median_s"], j["fastest_s"], j["gflops"], j.get("load_s")))' 2>/dev/null || echo "failed: $line")"
 }
 for round in 1 2; do
     for v in OLD NEW; do
