@@ -85,11 +85,7 @@ impl Backend for CpuBackend {
         data: ArrayView2<'_, f32>,
         centroids: ArrayView2<'_, f32>,
     ) -> Result<(Vec<u32>, Vec<f32>)> {
-        if centroids.nrows() == 0 {
-            return Err(crate::Error::param(
-                "nearest-centroid assignment needs at least one centroid",
-            ));
-        }
+        some_centroid(centroids)?;
         Ok(if data.ncols() <= SMALL_DIM {
             assign_small_dim(data, centroids)
         } else {
@@ -103,11 +99,7 @@ impl Backend for CpuBackend {
         rows: &[u32],
         centroids: ArrayView2<'_, f32>,
     ) -> Result<(Vec<u32>, Vec<f32>)> {
-        if centroids.nrows() == 0 {
-            return Err(crate::Error::param(
-                "nearest-centroid assignment needs at least one centroid",
-            ));
-        }
+        some_centroid(centroids)?;
         if let Some(&r) = rows.iter().find(|&&r| r as usize >= data.nrows()) {
             return Err(crate::Error::param(format!(
                 "row {r} is past the {} rows being assigned",
@@ -115,6 +107,16 @@ impl Backend for CpuBackend {
             )));
         }
         Ok(assign_rows(data, rows, centroids))
+    }
+}
+
+/// Refuses an assignment to no centroid at all.
+fn some_centroid(centroids: ArrayView2<'_, f32>) -> Result<()> {
+    match centroids.nrows() {
+        0 => Err(crate::Error::param(
+            "nearest-centroid assignment needs at least one centroid",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -71,22 +71,19 @@ pub fn train(
     seed: u64,
     progress: Option<&dyn Fn(usize)>,
 ) -> Result<KMeans> {
-    let lloyd: Box<dyn Lloyd + '_> = match backend.lloyd(data)? {
-        Some(held) => held,
-        None => Box::new(HostLloyd { backend, data }),
-    };
-    train_by(lloyd, data, k, n_iters, seed, progress)
+    train_with(backend, data, k, n_iters, seed, progress, false)
 }
 
 /// [`train`], but on the CPU with at least [`LOCAL_MIN_CENTROIDS`] centroids, once an exact
 /// assignment finds at most [`LOCAL_MISSES`] of the rows at a centroid beyond their last
 /// centroid's [`NEAR_CENTROIDS`] nearest, every assignment is a local search from the last
-/// one ([`settle`]): each row compares its centroid's nearest centroids, not all `k`. A row never moves to a farther
-/// centroid, so the objective still falls every iteration; a row whose nearest centroid lies
-/// beyond its centroid's neighbourhood stays short of it. Measured on clustered data
-/// (2 cores): the CAGRA partition of 1M × 128 rows (3906 lists) the same, in 10.3–10.8 s
-/// instead of 20.6–21.3 s; IVF-PQ's 4096 lists on those rows trained in 19.2 s instead of
-/// 81.3 s, objective 15,360,923 against 15,360,939. A GPU assigns exactly, as in [`train`].
+/// one ([`settle`]): each row compares its centroid's nearest centroids, not all `k`. A row
+/// never moves to a farther centroid, so the objective still falls every iteration; a row
+/// whose nearest centroid lies beyond its centroid's neighbourhood stays short of it.
+/// Measured on clustered data (2 cores): the CAGRA partition of 1M × 128 rows (3906 lists)
+/// the same, in 10.3–10.8 s instead of 20.6–21.3 s; IVF-PQ's 4096 lists on those rows trained
+/// in 19.2 s instead of 81.3 s, objective 15,360,923 against 15,360,939. A GPU assigns
+/// exactly, as in [`train`].
 pub fn train_local(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
@@ -95,29 +92,30 @@ pub fn train_local(
     seed: u64,
     progress: Option<&dyn Fn(usize)>,
 ) -> Result<KMeans> {
-    let lloyd: Box<dyn Lloyd + '_> = match backend.lloyd(data)? {
-        Some(held) => held,
-        // A device that could not hold the rows would take each list's small local search
-        // as a call of its own: it assigns exactly.
-        None if k >= LOCAL_MIN_CENTROIDS && backend.device_name().is_none() => {
-            Box::new(LocalLloyd::new(backend, data))
-        }
-        None => Box::new(HostLloyd { backend, data }),
-    };
-    train_by(lloyd, data, k, n_iters, seed, progress)
+    train_with(backend, data, k, n_iters, seed, progress, true)
 }
 
-/// Lloyd's iterations of `k` centroids over `data` stepped by `lloyd`.
-fn train_by(
-    mut lloyd: Box<dyn Lloyd + '_>,
+/// [`train`], or [`train_local`] where `local`.
+fn train_with(
+    backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
     k: usize,
     n_iters: usize,
     seed: u64,
     progress: Option<&dyn Fn(usize)>,
+    local: bool,
 ) -> Result<KMeans> {
     let (n, dim) = data.dim();
     enough_rows(n, k)?;
+    let mut lloyd: Box<dyn Lloyd + '_> = match backend.lloyd(data)? {
+        Some(held) => held,
+        // A device that could not hold the rows would take each list's small local search
+        // as a call of its own: it assigns exactly.
+        None if local && k >= LOCAL_MIN_CENTROIDS && backend.device_name().is_none() => {
+            Box::new(LocalLloyd::new(backend, data))
+        }
+        None => Box::new(HostLloyd { backend, data }),
+    };
     let (mut run, first) = Run::start(n, k, seed);
     let mut centroids = Array2::<f32>::zeros((k, dim));
     for (c, row) in first.into_iter().enumerate() {
