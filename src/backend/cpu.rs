@@ -128,25 +128,17 @@ const ROW_BLOCK: usize = 4;
 const ROW_CENTROIDS: usize = 16;
 
 /// The CPU's [`Backend::assign_nearest_rows`]: rows read where they lie (no copy when `data`
-/// is contiguous), scored
-/// against `centroids: [k, dim]` transposed to `[dim, k]` (padded to a whole block with
-/// centroids that never win) [`ROW_BLOCK`] rows × [`ROW_CENTROIDS`] centroids at a time, each
-/// dot product added in dimension order. Ranking score `‖c‖² − 2x·c`, then `‖x‖²` added.
+/// is contiguous), scored against `centroids: [k, dim]` transposed to `[dim, k]` (padded to a
+/// whole block with centroids that never win) [`ROW_BLOCK`] rows × [`ROW_CENTROIDS`]
+/// centroids at a time, each dot product added in dimension order. Ranking score
+/// `‖c‖² − 2x·c`, then `‖x‖²` added.
 fn assign_rows(
     data: ArrayView2<'_, f32>,
     rows: &[u32],
     centroids: ArrayView2<'_, f32>,
 ) -> (Vec<u32>, Vec<f32>) {
-    let (k, dim) = centroids.dim();
-    let padded = k.next_multiple_of(ROW_CENTROIDS);
-    let mut ct = vec![0f32; dim * padded];
-    for (c, centroid) in centroids.rows().into_iter().enumerate() {
-        for (d, &v) in centroid.iter().enumerate() {
-            ct[d * padded + c] = v;
-        }
-    }
-    let mut cn = squared_norms(centroids);
-    cn.resize(padded, f32::INFINITY);
+    let t = Transposed::new(centroids);
+    let dim = t.dim;
     // Rows in place where the rows are contiguous; otherwise only the named rows copied.
     let copied: ndarray::Array2<f32>;
     let renumbered: Vec<u32>;
@@ -159,12 +151,6 @@ fn assign_rows(
             (copied.as_slice().unwrap_or(&[]), &renumbered[..])
         }
     };
-    let t = Transposed {
-        ct: &ct,
-        cn: &cn,
-        padded,
-        dim,
-    };
     let parts: Vec<(Vec<u32>, Vec<f32>)> = rows
         .par_chunks(ROWS_CHUNK)
         .map(|chunk| {
@@ -173,8 +159,7 @@ fn assign_rows(
             nearest_indexed(x, chunk, &t, &mut labels, &mut scores);
             for (s, &r) in scores.iter_mut().zip(chunk) {
                 let row = &x[r as usize * dim..(r as usize + 1) * dim];
-                let norm: f32 = row.iter().map(|v| v * v).sum();
-                *s = (*s + norm).max(0.0);
+                *s = (*s + crate::distance::dot(row, row)).max(0.0);
             }
             (labels, scores)
         })
@@ -188,12 +173,34 @@ fn assign_rows(
     (labels, dists)
 }
 
-/// Centroids transposed for [`assign_rows`]: `ct: [dim, padded]`, norms `cn: [padded]`.
-struct Transposed<'a> {
-    ct: &'a [f32],
-    cn: &'a [f32],
+/// Centroids transposed for [`assign_rows`]: `ct: [dim, padded]`, norms `cn: [padded]`, the
+/// `padded − k` centroids past the last zero with infinite norms (they never win).
+struct Transposed {
+    ct: Vec<f32>,
+    cn: Vec<f32>,
     padded: usize,
     dim: usize,
+}
+
+impl Transposed {
+    fn new(centroids: ArrayView2<'_, f32>) -> Self {
+        let (k, dim) = centroids.dim();
+        let padded = k.next_multiple_of(ROW_CENTROIDS);
+        let mut ct = vec![0f32; dim * padded];
+        for (c, centroid) in centroids.rows().into_iter().enumerate() {
+            for (d, &v) in centroid.iter().enumerate() {
+                ct[d * padded + c] = v;
+            }
+        }
+        let mut cn = squared_norms(centroids);
+        cn.resize(padded, f32::INFINITY);
+        Transposed {
+            ct,
+            cn,
+            padded,
+            dim,
+        }
+    }
 }
 
 /// Best ranking score and centroid of each row `rows[i]` of `x` (`[_, dim]`, flat) into
@@ -201,7 +208,7 @@ struct Transposed<'a> {
 fn nearest_indexed(
     x: &[f32],
     rows: &[u32],
-    t: &Transposed<'_>,
+    t: &Transposed,
     labels: &mut [u32],
     scores: &mut [f32],
 ) {
@@ -220,7 +227,7 @@ fn nearest_indexed(
 unsafe fn nearest_indexed_avx2(
     x: &[f32],
     rows: &[u32],
-    t: &Transposed<'_>,
+    t: &Transposed,
     labels: &mut [u32],
     scores: &mut [f32],
 ) {
@@ -291,7 +298,7 @@ fn keep_best(lanes: &[f32], c0: usize, best: &mut (f32, u32)) {
 fn nearest_indexed_generic(
     x: &[f32],
     rows: &[u32],
-    t: &Transposed<'_>,
+    t: &Transposed,
     labels: &mut [u32],
     scores: &mut [f32],
 ) {
@@ -821,21 +828,7 @@ mod tests {
             }
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
-                let padded = k.next_multiple_of(ROW_CENTROIDS);
-                let mut ct = vec![0f32; dim * padded];
-                for c in 0..k {
-                    for d in 0..dim {
-                        ct[d * padded + c] = centroids[[c, d]];
-                    }
-                }
-                let mut cn = squared_norms(centroids.view());
-                cn.resize(padded, f32::INFINITY);
-                let t = Transposed {
-                    ct: &ct,
-                    cn: &cn,
-                    padded,
-                    dim,
-                };
+                let t = Transposed::new(centroids.view());
                 let x = data.as_slice().unwrap();
                 let (mut l1, mut s1) = (vec![0u32; rows.len()], vec![0f32; rows.len()]);
                 let (mut l2, mut s2) = (l1.clone(), s1.clone());
