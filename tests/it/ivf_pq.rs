@@ -270,9 +270,9 @@ fn settle_moves_rows_only_closer_and_finds_almost_every_nearest_centroid() {
     );
 }
 
-/// k-means with local assignment (enough centroids that it applies) takes over once the
-/// objective settles, lowers it every iteration and ends within a hair of exact training's,
-/// with no empty cluster.
+/// k-means with local assignment (enough centroids that it applies) takes over once an exact
+/// step finds almost every row near its last centroid, lowers the objective every iteration
+/// and ends within a hair of exact training's, with no empty cluster.
 #[test]
 fn local_kmeans_training_reaches_the_objective_of_exact_training() {
     let data = vecbuild::synth::clustered(30_000, 0, 16, 400, 5).base;
