@@ -409,10 +409,6 @@ impl TileReturn {
             let err = |e| gpu_err("allocating pinned host memory", e);
             // SAFETY: plain (cached: the host reads them) pinned allocations; every element
             // read is written first, by the host (thresholds) or a copy back (results).
-            let event = || {
-                ctx.new_event(None)
-                    .map_err(|e| gpu_err("creating an event", e))
-            };
             *slot = Some(unsafe {
                 TileReturn {
                     thresholds: ctx.alloc_pinned_with_flags(nq.max(1), 0).map_err(err)?,
@@ -422,14 +418,20 @@ impl TileReturn {
                     scores: ctx
                         .alloc_pinned_with_flags((nq * k).max(1), 0)
                         .map_err(err)?,
-                    sent: event()?,
-                    returned: event()?,
+                    sent: new_event(ctx)?,
+                    returned: new_event(ctx)?,
                 }
             });
         }
         slot.as_mut()
             .ok_or_else(|| Error::Gpu("pinned tile buffers missing".into()))
     }
+}
+
+/// A new event of `ctx`, with cudarc's default flags.
+fn new_event(ctx: &Arc<CudaContext>) -> Result<CudaEvent> {
+    ctx.new_event(None)
+        .map_err(|e| gpu_err("creating an event", e))
 }
 
 /// See [`Device::tile_events`].
@@ -567,13 +569,9 @@ impl CudaBackend {
             .new_stream()
             .map_err(|e| gpu_err("creating a stream", e))?;
         let tile_events = || -> Result<TileEvents> {
-            let event = || {
-                ctx.new_event(None)
-                    .map_err(|e| gpu_err("creating an event", e))
-            };
             Ok(TileEvents {
-                copied: event()?,
-                consumed: event()?,
+                copied: new_event(&ctx)?,
+                consumed: new_event(&ctx)?,
             })
         };
         let tile_events = [tile_events()?, tile_events()?];

@@ -210,22 +210,14 @@ pub(super) fn join_lists(
         let x = stream
             .clone_htod(&sorted)
             .map_err(|e| copy("the rows", e))?;
-        let norms = match l2 {
-            true => Some(
-                stream
-                    .clone_htod(&col_norms)
-                    .map_err(|e| copy("the norms", e))?,
-            ),
-            false => None,
-        };
-        let positions = match fused {
-            true => Some(
-                stream
-                    .clone_htod(&col_pos)
-                    .map_err(|e| copy("the columns' positions", e))?,
-            ),
-            false => None,
-        };
+        let norms = l2
+            .then(|| stream.clone_htod(&col_norms))
+            .transpose()
+            .map_err(|e| copy("the norms", e))?;
+        let positions = fused
+            .then(|| stream.clone_htod(&col_pos))
+            .transpose()
+            .map_err(|e| copy("the columns' positions", e))?;
         let x_ptr = raw(&stream, &x);
         let norms_ptr = norms.as_ref().map_or(0, |b| raw(&stream, b));
         let positions_ptr = positions.as_ref().map_or(0, |b| raw(&stream, b));
