@@ -31,8 +31,12 @@ vb = [args.vecbuild, "--threads", str(args.threads), "--quiet"]
 rows = []
 
 
-def medians(ours, peer):
-    """Runs ours and the peer alternately, so drift in machine speed hits both alike."""
+def medians(ours, peer, warm=False):
+    """Runs ours and the peer alternately, so drift in machine speed hits both alike; `warm`:
+    after one untimed run of each (the file in the page cache, the libraries loaded)."""
+    if warm:
+        ours()
+        peer()
     a, b = [], []
     for _ in range(args.repeats):
         a.append(ours())
@@ -75,7 +79,7 @@ def pyarrow_table_only():
     return time.perf_counter() - t
 
 
-ours, peer = medians(ours_read, pyarrow_read)
+ours, peer = medians(ours_read, pyarrow_read, warm=True)
 ours2, table_only = medians(ours_read, pyarrow_table_only)
 ids, base = read_matrix(args.base)
 _, queries = read_matrix(args.queries)
