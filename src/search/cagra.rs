@@ -299,7 +299,12 @@ impl CagraIndex<'_> {
             let score = |row: u32| walk_score(row);
             let table = &mut s.visited;
             let mut seen = |row: u32| visit(table, row);
-            stats.distances += h.descend(&score, &mut seen, p.itopk_size, &mut s.merged) as u64;
+            let fetch = |row: u32| {
+                let at = row as usize * row_bytes;
+                prefetch(&walk_rows[at..at + row_bytes], row_bytes);
+            };
+            let found = h.descend(&score, &mut seen, &fetch, p.itopk_size, &mut s.merged);
+            stats.distances += found as u64;
             s.cands.extend_from_slice(&s.merged);
         }
         let from_descent = s.cands.len();
@@ -314,14 +319,17 @@ impl CagraIndex<'_> {
         s.cands.truncate(p.itopk_size);
         s.itopk.clear();
         s.itopk.extend_from_slice(&s.cands);
+        // Every row of itopk before `next` has been explored.
+        let mut next = 0;
         for _ in 0..max_iter {
             // 2. Parents: the best unexplored rows.
             s.fresh.clear();
             let mut parents = 0;
-            for e in s.itopk.iter_mut() {
+            for e in s.itopk[next..].iter_mut() {
                 if parents == p.search_width {
                     break;
                 }
+                next += 1;
                 if e.1 & EXPLORED == 0 {
                     e.1 |= EXPLORED;
                     parents += 1;
@@ -358,13 +366,18 @@ impl CagraIndex<'_> {
             if s.cands.is_empty() {
                 continue;
             }
-            // 3. Merge.
+            // 3. Merge. The explored prefix ends at the first candidate taken or the first
+            // row taken from beyond the old prefix.
             s.cands.sort_unstable_by(order);
             s.merged.clear();
             let (mut a, mut b) = (0, 0);
+            let mut prefix = None;
             while s.merged.len() < p.itopk_size && (a < s.itopk.len() || b < s.cands.len()) {
                 let take_a = b == s.cands.len()
                     || (a < s.itopk.len() && order(&s.itopk[a], &s.cands[b]).is_le());
+                if prefix.is_none() && (!take_a || a >= next) {
+                    prefix = Some(s.merged.len());
+                }
                 if take_a {
                     s.merged.push(s.itopk[a]);
                     a += 1;
@@ -376,11 +389,19 @@ impl CagraIndex<'_> {
                     b += 1;
                 }
             }
+            next = prefix.unwrap_or(s.merged.len());
             std::mem::swap(&mut s.itopk, &mut s.merged);
         }
         // 4. Re-rank what the walk on codes kept by exact distance.
         if self.codes.is_some() {
-            for e in s.itopk.iter_mut() {
+            // The rows are far apart in memory: each is asked for a few rows ahead.
+            const AHEAD: usize = 4;
+            for i in 0..s.itopk.len() {
+                if let Some(e) = s.itopk.get(i + AHEAD) {
+                    let r = (e.1 & !EXPLORED) as usize;
+                    prefetch(&flat[r * dim..(r + 1) * dim], dim * 4);
+                }
+                let e = &mut s.itopk[i];
                 e.0 = self.score(q, e.1 & !EXPLORED);
             }
             stats.distances += s.itopk.len() as u64;

@@ -146,6 +146,7 @@ impl Hierarchy {
                                 EF_CONSTRUCTION,
                                 usize::MAX,
                                 &mut |x| seen.insert(x),
+                                &|_| {},
                                 &|x| dist(p32, x),
                             );
                             (ep_d, ep) = found[0];
@@ -318,11 +319,13 @@ impl HierarchyView<'_> {
     /// Descent for a query (ranking score `score(row)`): greedy from the top down to level 2,
     /// then a beam search of width `ef` on level 1. Leaves the best level-1 rows found, with
     /// their scores, best first, in `out`; returns how many scores it computed.
-    /// `visit(row)` records a row as seen and says whether it was new.
+    /// `visit(row)` records a row as seen and says whether it was new; `fetch(row)` is called
+    /// on the level-1 beam's new rows before any is scored (a prefetch of what `score` reads).
     pub fn descend(
         &self,
         score: &dyn Fn(u32) -> f32,
         visit: &mut dyn FnMut(u32) -> bool,
+        fetch: &dyn Fn(u32),
         ef: usize,
         out: &mut Vec<(f32, u32)>,
     ) -> usize {
@@ -347,6 +350,7 @@ impl HierarchyView<'_> {
             ef,
             Self::max_expansions(ef),
             &mut |p| visit(self.rows[p as usize]),
+            &|p| fetch(self.rows[p as usize]),
             &dist,
         );
         out.extend(found.iter().map(|&(s, p)| (s, self.rows[p as usize])));
@@ -425,35 +429,47 @@ fn greedy<'a>(
 
 /// Best-first search of width `ef` on one level from `ep` (already visited), expanding at most
 /// `max_expansions` positions; `visit(pos)` records a position and says whether it was new.
-/// The closest positions found, best first.
+/// An expansion's new positions are all passed to `fetch` (a prefetch of what `dist` reads)
+/// before the first is scored. The closest positions found, best first.
 fn beam<'a>(
     neighbors: impl Fn(u32) -> &'a [u32],
     (ep, ep_d): (u32, f32),
     ef: usize,
     max_expansions: usize,
     visit: &mut dyn FnMut(u32) -> bool,
+    fetch: &dyn Fn(u32),
     dist: &dyn Fn(u32) -> f32,
 ) -> Vec<(f32, u32)> {
     let ef = ef.max(1);
     let mut found: Vec<(f32, u32, bool)> = vec![(ep_d, ep, false)];
+    let mut fresh: Vec<u32> = Vec::new();
     let mut expansions = 0;
-    while let Some(i) = found.iter().position(|e| !e.2) {
+    // Every position of `found` before `next` has been expanded.
+    let mut next = 0;
+    while let Some(i) = found[next..].iter().position(|e| !e.2).map(|i| next + i) {
         if expansions == max_expansions {
             break;
         }
         expansions += 1;
         found[i].2 = true;
+        next = i + 1;
+        fresh.clear();
         for &x in neighbors(found[i].1).iter().take_while(|&&x| x != NONE) {
-            if !visit(x) {
-                continue;
+            if visit(x) {
+                fetch(x);
+                fresh.push(x);
             }
+        }
+        for &x in &fresh {
             let d = dist(x);
             if found.len() < ef || d < found[found.len() - 1].0 {
                 let pos = found.partition_point(|e| e.0 <= d);
                 found.insert(pos, (d, x, false));
                 found.truncate(ef);
+                next = next.min(pos);
             }
         }
+        next = next.min(found.len());
     }
     found.into_iter().map(|e| (e.0, e.1)).collect()
 }
