@@ -25,6 +25,7 @@ use crate::{Error, Metric, Result};
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Rows used to train the product quantizer (256 per codeword at 8 bits, as faiss caps it).
 pub const PQ_TRAIN_ROWS: usize = 65_536;
@@ -218,6 +219,8 @@ pub struct Trained {
     pub centroids: Array2<f32>,
     pub pq: ProductQuantizer,
     pub coarse_objective: Vec<f64>,
+    /// For assigning rows to lists by [`kmeans::assign_bounded`] (L2 lists on the CPU).
+    pub bounds: Option<std::sync::Arc<kmeans::Bounds>>,
 }
 
 /// Trains the coarse quantizer and the product quantizer on `sample` (the rows of
@@ -256,7 +259,17 @@ pub fn train(
     say("training product quantizer");
     let pq_rows = sample_indices(sample.nrows(), PQ_TRAIN_ROWS.min(sample.nrows()), &mut rng);
     let pq_sample = sample.select(Axis(0), &pq_rows);
-    let labels = assign_lists(backend, pq_sample.view(), coarse.centroids.view(), metric)?;
+    let bounds = match coarse_metric(metric) {
+        Metric::L2 => kmeans::Bounds::new(backend, coarse.centroids.view())?.map(Arc::new),
+        _ => None,
+    };
+    let labels = assign_lists(
+        backend,
+        pq_sample.view(),
+        coarse.centroids.view(),
+        metric,
+        bounds.as_deref(),
+    )?;
     let pq_train = residuals(pq_sample.view(), &labels, coarse.centroids.view());
     let pq = ProductQuantizer::train(
         backend,
@@ -271,6 +284,7 @@ pub fn train(
         centroids: coarse.centroids,
         pq,
         coarse_objective: coarse.objective,
+        bounds,
     })
 }
 
@@ -291,7 +305,13 @@ impl Trained {
         out: &mut Encoded,
     ) -> Result<()> {
         for chunk in batch.axis_chunks_iter(Axis(0), ENCODE_CHUNK) {
-            let labels = assign_lists(backend, chunk, self.centroids.view(), self.metric)?;
+            let labels = assign_lists(
+                backend,
+                chunk,
+                self.centroids.view(),
+                self.metric,
+                self.bounds.as_deref(),
+            )?;
             let r = residuals(chunk, &labels, self.centroids.view());
             let codes = self.pq.encode(backend, r.view())?;
             out.codes.extend(codes.iter());
@@ -359,15 +379,17 @@ pub fn build(
     Ok(trained.finish(encoded))
 }
 
-/// The list of every row: nearest centroid by L2, or largest inner product for `ip`.
+/// The list of every row: nearest centroid by L2 ([`kmeans::assign_bounded`] with `bounds`),
+/// or largest inner product for `ip`.
 fn assign_lists(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
     centroids: ArrayView2<'_, f32>,
     metric: Metric,
+    bounds: Option<&kmeans::Bounds>,
 ) -> Result<Vec<u32>> {
     if coarse_metric(metric) == Metric::L2 {
-        return Ok(kmeans::assign(backend, data, centroids)?.0);
+        return Ok(kmeans::assign_bounded(backend, data, centroids, bounds)?.0);
     }
     let mut labels = Vec::with_capacity(data.nrows());
     for chunk in data.axis_chunks_iter(Axis(0), 65_536) {

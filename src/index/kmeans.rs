@@ -18,7 +18,10 @@
 //! With thousands of centroids (an IVF's coarse quantizer, the CAGRA builder's partition) the
 //! assignment is almost all of the cost, `n·k·dim`, though late iterations move few rows and
 //! those only to nearby centroids. [`train_local`] then assigns by local search ([`settle`]):
-//! each row compares only its current centroid's [`NEAR_CENTROIDS`] nearest centroids.
+//! each row compares only its current centroid's [`NEAR_CENTROIDS`] nearest centroids. Exact
+//! assignments with that many centroids on the CPU ([`assign_bounded`]) search locally too and
+//! prove each row's result by the triangle inequality, comparing every centroid only for the
+//! rows the proof misses.
 //!
 //! Known limits: Lloyd's algorithm finds a local optimum; training data is held in memory (the
 //! caller samples it).
@@ -277,6 +280,7 @@ pub fn host_step(
 }
 
 /// Rows grouped by their label (a counting sort, so row order is kept within a group).
+#[derive(Debug)]
 pub struct Groups {
     /// Rows per label.
     pub sizes: Vec<u64>,
@@ -429,14 +433,16 @@ pub fn centroid_neighbours(
 /// current centroid's neighbours (`near`, itself included) by
 /// [`Backend::assign_nearest_rows`], then the rows that moved look again from their new
 /// centroid, until none moves or after [`MAX_HOPS`] rounds. A row never moves farther away,
-/// so a Lloyd step by it still lowers the objective. Returns the rows' squared distances.
+/// so a Lloyd step by it still lowers the objective. Returns the rows' squared distances and
+/// the rows that were still moving after the last round (each of the others ends at the
+/// nearest of its centroid's neighbours).
 pub fn settle(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
     centroids: ArrayView2<'_, f32>,
     near: &[Vec<u32>],
     labels: &mut [u32],
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Vec<u32>)> {
     let n = data.nrows();
     let k = centroids.nrows();
     let mut dists = vec![0f32; n];
@@ -476,7 +482,186 @@ pub fn settle(
             }
         }
     }
-    Ok(dists)
+    Ok((dists, moving))
+}
+
+/// What [`assign_bounded`] prepares from the centroids alone, kept to assign batch after
+/// batch to the same centroids.
+#[derive(Debug)]
+pub struct Bounds {
+    /// `[g, dim]`: the centroids' own k-means.
+    groups: Array2<f32>,
+    /// The centroids of each group.
+    members: Groups,
+    /// Each centroid's [`NEAR_CENTROIDS`] nearest, itself first.
+    near: Vec<Vec<u32>>,
+    /// The squared distance from each centroid to the farthest of `near`, shrunk a little
+    /// against rounding; infinite where `near` holds every centroid.
+    reach: Vec<f32>,
+}
+
+impl Bounds {
+    /// `None` where [`assign_bounded`] assigns exactly: on a device, or with fewer than
+    /// [`LOCAL_MIN_CENTROIDS`] centroids.
+    pub fn new(backend: &dyn Backend, centroids: ArrayView2<'_, f32>) -> Result<Option<Bounds>> {
+        let k = centroids.nrows();
+        if k < LOCAL_MIN_CENTROIDS || backend.device_name().is_some() {
+            return Ok(None);
+        }
+        let g = (k as f64).sqrt().ceil() as usize;
+        let groups = train(backend, centroids, g, 10, GROUP_SEED, None)?.centroids;
+        let (of_centroid, _) = assign(backend, centroids, groups.view())?;
+        let near = centroid_neighbours(backend, centroids, NEAR_CENTROIDS)?;
+        let reach = near
+            .iter()
+            .enumerate()
+            .map(|(c, list)| match list.last() {
+                Some(&o) if list.len() < k => {
+                    let far = centroids.row(o as usize);
+                    let d: f32 = centroids
+                        .row(c)
+                        .iter()
+                        .zip(far)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum();
+                    d * (1.0 - 1e-3)
+                }
+                _ => f32::INFINITY,
+            })
+            .collect();
+        Ok(Some(Bounds {
+            members: group_by_label(&of_centroid, g),
+            groups,
+            near,
+            reach,
+        }))
+    }
+}
+
+/// Seed of the k-means that groups the centroids for [`assign_bounded`].
+const GROUP_SEED: u64 = 0x5EED_6209;
+
+/// [`assign`], exactly, but on the CPU with at least [`LOCAL_MIN_CENTROIDS`] centroids mostly
+/// by local search, each row comparing a few hundred centroids instead of all `k`:
+///
+/// 1. the centroids are grouped by a k-means of their own (√k groups); each row starts at the
+///    nearest centroid of its nearest group;
+/// 2. [`settle`] moves it to the nearest of its centroid's [`NEAR_CENTROIDS`] nearest, until
+///    it stops;
+/// 3. a row that stopped at centroid `c`, at distance `d`, whose centroid's neighbours reach
+///    farther than `2d` from `c`, has found its nearest centroid: every other centroid `o`
+///    lies beyond them, so `‖x − o‖ ≥ ‖o − c‖ − d > d`. Every other row is assigned exactly.
+///
+/// The labels are [`assign`]'s (up to rounding where two centroids lie at the same distance),
+/// as are the squared distances (up to rounding). [`train_local`] assigns so until it goes
+/// local. Measured on 1M × 128 clustered rows, 2 cores, against exact assignment: 2.5 % of
+/// the rows compared every centroid; the CAGRA partition took 4.3 s instead of 11.2 s (the
+/// same graph), IVF-PQ (4096 lists) coarse training 10.9–12.7 s instead of 19.3–20.5 s and
+/// encoding 6.1 s instead of 10.1 s (recall@10 0.8608 against 0.8605 at n_probes 8). `bounds`:
+/// [`Bounds::new`] of `centroids` (`None`: exact assignment).
+pub fn assign_bounded(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    centroids: ArrayView2<'_, f32>,
+    bounds: Option<&Bounds>,
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    match bounds {
+        Some(b) => match assign_local(backend, data, centroids, b)? {
+            Some(found) => Ok(found),
+            None => assign(backend, data, centroids),
+        },
+        None => assign(backend, data, centroids),
+    }
+}
+
+/// [`assign_bounded`] with bounds, or `None` where it would assign exactly: fewer rows than
+/// centroids, or more than [`MOST_OPEN`] of [`PROBE_ROWS`] evenly spread rows unproven.
+pub fn assign_local(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    centroids: ArrayView2<'_, f32>,
+    b: &Bounds,
+) -> Result<Option<(Vec<u32>, Vec<f32>)>> {
+    let n = data.nrows();
+    if n < centroids.nrows() {
+        return Ok(None);
+    }
+    if n > 4 * PROBE_ROWS {
+        let step = n / PROBE_ROWS;
+        let probe: Vec<usize> = (0..PROBE_ROWS).map(|i| i * step).collect();
+        let rows = data.select(Axis(0), &probe);
+        let (_, _, open) = local_pass(backend, rows.view(), centroids, b)?;
+        if open.len() as f64 > MOST_OPEN * PROBE_ROWS as f64 {
+            return Ok(None);
+        }
+    }
+    let (mut labels, mut dists, open) = local_pass(backend, data, centroids, b)?;
+    if !open.is_empty() {
+        let (l, d) = backend.assign_nearest_rows(data, &open, centroids)?;
+        for ((&r, l), d) in open.iter().zip(l).zip(d) {
+            labels[r as usize] = l;
+            dists[r as usize] = d;
+        }
+    }
+    Ok(Some((labels, dists)))
+}
+
+/// Rows [`assign_bounded`] tries on first.
+const PROBE_ROWS: usize = 2048;
+/// Share of the tried rows left unproven above which [`assign_bounded`] assigns exactly.
+const MOST_OPEN: f64 = 0.5;
+
+/// Steps 1–3 of [`assign_bounded`] without the exact assignment: labels, squared distances
+/// and the rows not proven at their nearest centroid.
+fn local_pass(
+    backend: &dyn Backend,
+    data: ArrayView2<'_, f32>,
+    centroids: ArrayView2<'_, f32>,
+    b: &Bounds,
+) -> Result<(Vec<u32>, Vec<f32>, Vec<u32>)> {
+    let n = data.nrows();
+    // 1. Starts.
+    let g = b.groups.nrows();
+    let (of_row, _) = assign(backend, data, b.groups.view())?;
+    let rows = group_by_label(&of_row, g);
+    let members = &b.members;
+    let starts: Vec<Vec<(u32, u32)>> = (0..g)
+        .into_par_iter()
+        .map(|j| -> Result<Vec<(u32, u32)>> {
+            let mine = &rows.order[rows.start[j]..rows.start[j + 1]];
+            let cands = &members.order[members.start[j]..members.start[j + 1]];
+            if mine.is_empty() || cands.is_empty() {
+                // A group left without centroids: its rows start anywhere and are checked.
+                return Ok(mine.iter().map(|&r| (r, 0)).collect());
+            }
+            let picked: Vec<usize> = cands.iter().map(|&c| c as usize).collect();
+            let sub = centroids.select(Axis(0), &picked);
+            let (l, _) = backend.assign_nearest_rows(data, mine, sub.view())?;
+            Ok(mine
+                .iter()
+                .zip(&l)
+                .map(|(&r, &l)| (r, cands[l as usize]))
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    let mut labels = vec![0u32; n];
+    for (r, c) in starts.into_iter().flatten() {
+        labels[r as usize] = c;
+    }
+    // 2. Local search.
+    let (dists, moving) = settle(backend, data, centroids, &b.near, &mut labels)?;
+    // 3. Proof.
+    let mut open = vec![false; n];
+    for &r in &moving {
+        open[r as usize] = true;
+    }
+    let open: Vec<u32> = (0..n as u32)
+        .filter(|&r| {
+            let (l, d) = (labels[r as usize] as usize, dists[r as usize].max(0.0));
+            open[r as usize] || 4.0 * d >= b.reach[l]
+        })
+        .collect();
+    Ok((labels, dists, open))
 }
 
 /// Rounds of [`settle`] at most.
@@ -502,6 +687,8 @@ struct LocalLloyd<'a> {
     local: bool,
     /// Assignments made by local search.
     local_steps: usize,
+    /// Whether exact assignments try [`assign_local`] first.
+    bounded: bool,
 }
 
 impl<'a> LocalLloyd<'a> {
@@ -512,6 +699,7 @@ impl<'a> LocalLloyd<'a> {
             labels: None,
             local: false,
             local_steps: 0,
+            bounded: true,
         }
     }
 
@@ -520,15 +708,31 @@ impl<'a> LocalLloyd<'a> {
             Some(mut labels) if self.local => {
                 self.local_steps += 1;
                 let near = centroid_neighbours(self.backend, centroids, NEAR_CENTROIDS)?;
-                let d = settle(self.backend, self.data, centroids, &near, &mut labels)?;
+                let (d, _) = settle(self.backend, self.data, centroids, &near, &mut labels)?;
                 (labels, d)
             }
             last => {
-                let (labels, dists) = assign(self.backend, self.data, centroids)?;
+                // Bounded assignment until it once finds it would not pay.
+                let bounds = match self.bounded {
+                    true => Bounds::new(self.backend, centroids)?,
+                    false => None,
+                };
+                let found = match &bounds {
+                    Some(b) => assign_local(self.backend, self.data, centroids, b)?,
+                    None => None,
+                };
+                self.bounded &= found.is_some();
+                let (labels, dists) = match found {
+                    Some(found) => found,
+                    None => assign(self.backend, self.data, centroids)?,
+                };
                 // Local search from the next step on once it would have found all but a few
                 // rows' exact centroid in this one.
                 if let Some(last) = last {
-                    let near = centroid_neighbours(self.backend, centroids, NEAR_CENTROIDS)?;
+                    let near = match bounds {
+                        Some(b) => b.near,
+                        None => centroid_neighbours(self.backend, centroids, NEAR_CENTROIDS)?,
+                    };
                     let missed = last
                         .iter()
                         .zip(&labels)

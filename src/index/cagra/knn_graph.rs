@@ -207,14 +207,17 @@ pub struct IvfPartition {
 }
 
 impl IvfPartition {
-    /// k-means on a sample ([`kmeans::train_local`]), then every row to its nearest centroid.
+    /// k-means on a sample ([`kmeans::train_local`]), then every row to its nearest centroid
+    /// ([`kmeans::assign_bounded`]).
     pub fn new(backend: &dyn Backend, data: ArrayView2<'_, f32>, p: &IvfJoin) -> Result<Self> {
         let n = data.nrows();
         let mut rng = Rng::new(p.seed);
         let train_rows = kmeans::sample_indices(n, (p.n_lists * 64).min(n), &mut rng);
         let sample = data.select(Axis(0), &train_rows);
         let km = kmeans::train_local(backend, sample.view(), p.n_lists, 10, p.seed, None)?;
-        let (labels, _) = kmeans::assign(backend, data, km.centroids.view())?;
+        let bounds = kmeans::Bounds::new(backend, km.centroids.view())?;
+        let (labels, _) =
+            kmeans::assign_bounded(backend, data, km.centroids.view(), bounds.as_ref())?;
         let mut offsets = vec![0usize; p.n_lists + 1];
         for &l in &labels {
             offsets[l as usize + 1] += 1;
