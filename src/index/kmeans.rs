@@ -608,8 +608,9 @@ pub fn assign_local(
 
 /// Rows [`assign_bounded`] tries on first.
 const PROBE_ROWS: usize = 2048;
-/// Share of the tried rows left unproven above which [`assign_bounded`] assigns exactly.
-const MOST_OPEN: f64 = 0.5;
+/// Share of the tried rows left unproven above which [`assign_bounded`] assigns exactly: on
+/// 200k × 128 rows with 781 lists, 46 % open cost more than comparing every centroid.
+const MOST_OPEN: f64 = 0.2;
 
 /// Steps 1–3 of [`assign_bounded`] without the exact assignment: labels, squared distances
 /// and the rows not proven at their nearest centroid.
