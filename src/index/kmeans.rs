@@ -334,8 +334,11 @@ pub fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<
         }
         let mut sums = vec![0f64; dim];
         for &r in rows {
-            for (s, v) in sums.iter_mut().zip(data.row(r as usize)) {
-                *s += *v as f64;
+            let row = data.row(r as usize);
+            // A contiguous row as a slice: the loop vectorises (the same additions).
+            match row.as_slice() {
+                Some(x) => sums.iter_mut().zip(x).for_each(|(s, v)| *s += *v as f64),
+                None => sums.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64),
             }
         }
         let inv = 1.0 / rows.len() as f64;
