@@ -221,6 +221,20 @@ fn kmeans_leaves_no_empty_cluster_and_lowers_the_objective() {
     );
 }
 
+/// Squared distance from row `r` of `data` to centroid `c`, computed directly.
+fn row_distance(
+    data: ndarray::ArrayView2<f32>,
+    centroids: ndarray::ArrayView2<f32>,
+    r: usize,
+    c: u32,
+) -> f32 {
+    data.row(r)
+        .iter()
+        .zip(centroids.row(c as usize))
+        .map(|(a, b)| (a - b).powi(2))
+        .sum()
+}
+
 /// Local assignment after centroids moved: every row ends at a centroid no farther than the
 /// one it started at, and almost every row at its exact nearest.
 #[test]
@@ -240,13 +254,7 @@ fn settle_moves_rows_only_closer_and_finds_almost_every_nearest_centroid() {
     let (dists, _) =
         kmeans::settle(&CpuBackend, data.view(), moved.view(), &near, &mut labels).unwrap();
     let (exact, exact_dists) = kmeans::assign(&CpuBackend, data.view(), moved.view()).unwrap();
-    let dist = |r: usize, c: u32| -> f32 {
-        data.row(r)
-            .iter()
-            .zip(moved.row(c as usize))
-            .map(|(a, b)| (a - b).powi(2))
-            .sum()
-    };
+    let dist = |r: usize, c: u32| row_distance(data.view(), moved.view(), r, c);
     let mut same = 0;
     for r in 0..data.nrows() {
         assert!(
@@ -290,13 +298,7 @@ fn bounded_assignment_finds_every_rows_nearest_centroid() {
         let (labels, dists) =
             kmeans::assign_bounded(&CpuBackend, data.view(), c, Some(&bounds)).unwrap();
         let (exact, exact_dists) = kmeans::assign(&CpuBackend, data.view(), c).unwrap();
-        let dist = |r: usize, l: u32| -> f32 {
-            data.row(r)
-                .iter()
-                .zip(c.row(l as usize))
-                .map(|(a, b)| (a - b).powi(2))
-                .sum()
-        };
+        let dist = |r: usize, l: u32| row_distance(data.view(), c, r, l);
         let mut differ = 0;
         for r in 0..data.nrows() {
             assert!(
