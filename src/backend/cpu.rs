@@ -365,8 +365,8 @@ fn nearest_rows(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, V
 
 /// The AVX2 kernel: eight centroids per register, a running best value and index per lane
 /// (indices carried as f32, exact below 2^24), one reduction per row. Rows go four at a time
-/// (each centroid load serves four rows, four independent chains of comparisons), each with
-/// the same operations as alone.
+/// (each centroid load serves four rows, four independent chains of comparisons), the last
+/// ones alone, each row with the same operations either way.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn nearest_rows_avx2(
@@ -375,77 +375,71 @@ unsafe fn nearest_rows_avx2(
     k: usize,
     dim: usize,
 ) -> (Vec<u32>, Vec<f32>) {
-    use std::arch::x86_64::*;
-    const L: usize = 8;
-    const R: usize = 4;
     assert!(ct.len() >= k * dim && k < 1 << 24 && dim > 0);
-    let blocks = k / L;
     let rows = chunk.len() / dim;
-    let (mut labels, mut dists) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    let (mut lane_v, mut lane_i) = ([[0f32; L]; R], [[0f32; L]; R]);
-    let step = _mm256_set1_ps(L as f32);
-    let mut quads = chunk.chunks_exact(dim * R);
+    let mut out = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let mut quads = chunk.chunks_exact(dim * 4);
     for quad in &mut quads {
-        let mut best_v = [_mm256_set1_ps(f32::INFINITY); R];
-        let mut best_i = [_mm256_setzero_ps(); R];
-        let mut cur = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-        for b in 0..blocks {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for d in 0..dim {
-                // SAFETY: d < dim and b·8 + 8 ≤ k, so the 8 floats at d·k + b·8 lie within
-                // ct (asserted to hold k·dim floats).
-                let c = unsafe { _mm256_loadu_ps(ct.as_ptr().add(d * k + b * L)) };
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let t = _mm256_sub_ps(_mm256_set1_ps(quad[r * dim + d]), c);
-                    *a = _mm256_fmadd_ps(t, t, *a);
-                }
-            }
-            for r in 0..R {
-                let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc[r], best_v[r]);
-                best_v[r] = _mm256_blendv_ps(best_v[r], acc[r], better);
-                best_i[r] = _mm256_blendv_ps(best_i[r], cur, better);
-            }
-            cur = _mm256_add_ps(cur, step);
-        }
-        for r in 0..R {
-            // SAFETY: both arrays hold exactly 8 floats, the width of the stores.
-            unsafe {
-                _mm256_storeu_ps(lane_v[r].as_mut_ptr(), best_v[r]);
-                _mm256_storeu_ps(lane_i[r].as_mut_ptr(), best_i[r]);
-            }
-            let row = &quad[r * dim..(r + 1) * dim];
-            let (label, best) = finish_row(row, ct, k, blocks * L, &lane_v[r], &lane_i[r]);
-            labels.push(label);
-            dists.push(best);
-        }
+        // SAFETY: AVX2 and FMA as this function; `ct` holds k·dim floats (asserted).
+        unsafe { nearest_group::<4>(quad, ct, k, dim, &mut out) };
     }
     for row in quads.remainder().chunks_exact(dim) {
-        let mut best_v = _mm256_set1_ps(f32::INFINITY);
-        let mut best_i = _mm256_setzero_ps();
-        let mut cur = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-        for b in 0..blocks {
-            let mut acc = _mm256_setzero_ps();
-            for (d, &x) in row.iter().enumerate() {
-                // SAFETY: as above.
-                let c = unsafe { _mm256_loadu_ps(ct.as_ptr().add(d * k + b * L)) };
-                let t = _mm256_sub_ps(_mm256_set1_ps(x), c);
-                acc = _mm256_fmadd_ps(t, t, acc);
+        // SAFETY: as above.
+        unsafe { nearest_group::<1>(row, ct, k, dim, &mut out) };
+    }
+    out
+}
+
+/// [`nearest_rows_avx2`] for `R` rows (`rows: [R, dim]`), appending labels and distances.
+///
+/// # Safety
+/// AVX2 and FMA; `ct` holds at least `k · dim` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn nearest_group<const R: usize>(
+    rows: &[f32],
+    ct: &[f32],
+    k: usize,
+    dim: usize,
+    (labels, dists): &mut (Vec<u32>, Vec<f32>),
+) {
+    use std::arch::x86_64::*;
+    const L: usize = 8;
+    let blocks = k / L;
+    let step = _mm256_set1_ps(L as f32);
+    let mut best_v = [_mm256_set1_ps(f32::INFINITY); R];
+    let mut best_i = [_mm256_setzero_ps(); R];
+    let mut cur = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+    for b in 0..blocks {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for d in 0..dim {
+            // SAFETY: d < dim and b·8 + 8 ≤ k, so the 8 floats at d·k + b·8 lie within ct.
+            let c = unsafe { _mm256_loadu_ps(ct.as_ptr().add(d * k + b * L)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let t = _mm256_sub_ps(_mm256_set1_ps(rows[r * dim + d]), c);
+                *a = _mm256_fmadd_ps(t, t, *a);
             }
-            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc, best_v);
-            best_v = _mm256_blendv_ps(best_v, acc, better);
-            best_i = _mm256_blendv_ps(best_i, cur, better);
-            cur = _mm256_add_ps(cur, step);
         }
+        for r in 0..R {
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc[r], best_v[r]);
+            best_v[r] = _mm256_blendv_ps(best_v[r], acc[r], better);
+            best_i[r] = _mm256_blendv_ps(best_i[r], cur, better);
+        }
+        cur = _mm256_add_ps(cur, step);
+    }
+    let (mut lane_v, mut lane_i) = ([0f32; L], [0f32; L]);
+    for r in 0..R {
         // SAFETY: both arrays hold exactly 8 floats, the width of the stores.
         unsafe {
-            _mm256_storeu_ps(lane_v[0].as_mut_ptr(), best_v);
-            _mm256_storeu_ps(lane_i[0].as_mut_ptr(), best_i);
+            _mm256_storeu_ps(lane_v.as_mut_ptr(), best_v[r]);
+            _mm256_storeu_ps(lane_i.as_mut_ptr(), best_i[r]);
         }
-        let (label, best) = finish_row(row, ct, k, blocks * L, &lane_v[0], &lane_i[0]);
+        let row = &rows[r * dim..(r + 1) * dim];
+        let (label, best) = finish_row(row, ct, k, blocks * L, &lane_v, &lane_i);
         labels.push(label);
         dists.push(best);
     }
-    (labels, dists)
 }
 
 /// Reduces the lanes (ties to the smaller index), then scores centroids `from..k` directly.
