@@ -178,28 +178,32 @@ fn detour_counts_by_table(knn: &Graph, a: usize, rank_of: &mut [u16], counts: &m
     }
 }
 
-/// Reverse edges by row, stored flat: row `b`'s are `rows[start[b]..start[b + 1]]`.
+/// Reverse edges by row: row `b`'s are the first `count[b]` of its `width` slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reverse {
-    start: Vec<usize>,
-    rows: Vec<u32>,
+    width: usize,
+    count: Vec<u32>,
+    slots: Vec<u32>,
 }
 
 impl Reverse {
     /// Reverse edges from lists, row by row.
     pub fn from_lists(lists: &[Vec<u32>]) -> Self {
-        let mut start = vec![0];
-        let mut rows = Vec::new();
-        for list in lists {
-            rows.extend_from_slice(list);
-            start.push(rows.len());
+        let width = lists.iter().map(Vec::len).max().unwrap_or(0);
+        let mut slots = vec![0; lists.len() * width];
+        for (out, list) in slots.chunks_mut(width.max(1)).zip(lists) {
+            out[..list.len()].copy_from_slice(list);
         }
-        Reverse { start, rows }
+        Reverse {
+            width,
+            count: lists.iter().map(|l| l.len() as u32).collect(),
+            slots,
+        }
     }
 
     /// Row `b`'s reverse edges, best first.
     pub fn row(&self, b: usize) -> &[u32] {
-        &self.rows[self.start[b]..self.start[b + 1]]
+        &self.slots[b * self.width..b * self.width + self.count[b] as usize]
     }
 }
 
@@ -210,15 +214,28 @@ const REVERSE_BLOCK: usize = 4096;
 /// of rank, then of A, and each B keeps the first `degree` that reach it.
 ///
 /// That order reads the graph column by column, so blocks of rows are first transposed (in
-/// parallel); then one pass counts each row's kept in-edges and a second writes them into
-/// place, in flat arrays.
+/// parallel). Then each core takes one range of targets B and reads every edge in that order,
+/// keeping those into its range: its counts stay in its own cache, where one pass over all
+/// rows' counts missed the cache at every edge.
 pub fn reverse_edges(pruned: &Graph) -> Reverse {
+    reverse_edges_in(pruned, rayon::current_num_threads())
+}
+
+/// [`reverse_edges`] with the targets split into `parts` ranges.
+fn reverse_edges_in(pruned: &Graph, parts: usize) -> Reverse {
     let (n, d) = (pruned.len(), pruned.degree);
+    if n == 0 || d == 0 {
+        return Reverse {
+            width: 0,
+            count: vec![0; n],
+            slots: Vec::new(),
+        };
+    }
     let blocks: Vec<Vec<u32>> = pruned
         .neighbors
-        .par_chunks(REVERSE_BLOCK * d.max(1))
+        .par_chunks(REVERSE_BLOCK * d)
         .map(|chunk| {
-            let rows = chunk.len() / d.max(1);
+            let rows = chunk.len() / d;
             let mut t = vec![NONE; chunk.len()];
             for (a, row) in chunk.chunks_exact(d).enumerate() {
                 for (rank, &b) in row.iter().enumerate() {
@@ -228,35 +245,37 @@ pub fn reverse_edges(pruned: &Graph) -> Reverse {
             t
         })
         .collect();
-    // Every edge A→B in (rank, A) order.
-    let each_edge = |f: &mut dyn FnMut(u32, usize)| {
-        for rank in 0..d {
-            for (i, t) in blocks.iter().enumerate() {
-                let rows = t.len() / d;
-                let first = i * REVERSE_BLOCK;
-                for (a, &b) in t[rank * rows..(rank + 1) * rows].iter().enumerate() {
-                    if b != NONE {
-                        f((first + a) as u32, b as usize);
+    let span = n.div_ceil(parts.clamp(1, n));
+    let mut count = vec![0u32; n];
+    // Zeros, not NONE: the pages are touched only where an edge is kept.
+    let mut slots = vec![0u32; n * d];
+    count
+        .par_chunks_mut(span)
+        .zip(slots.par_chunks_mut(span * d))
+        .enumerate()
+        .for_each(|(p, (count, slots))| {
+            let lo = p * span;
+            let len = count.len();
+            for rank in 0..d {
+                for (i, t) in blocks.iter().enumerate() {
+                    let rows = t.len() / d;
+                    let first = i * REVERSE_BLOCK;
+                    for (a, &b) in t[rank * rows..(rank + 1) * rows].iter().enumerate() {
+                        // NONE wraps far past every range.
+                        let at = (b as usize).wrapping_sub(lo);
+                        if at < len && (count[at] as usize) < d {
+                            slots[at * d + count[at] as usize] = (first + a) as u32;
+                            count[at] += 1;
+                        }
                     }
                 }
             }
-        }
-    };
-    let mut count = vec![0usize; n];
-    each_edge(&mut |_, b| count[b] = (count[b] + 1).min(d));
-    let mut start = vec![0usize; n + 1];
-    for b in 0..n {
-        start[b + 1] = start[b] + count[b];
+        });
+    Reverse {
+        width: d,
+        count,
+        slots,
     }
-    let mut fill = start.clone();
-    let mut rows = vec![NONE; start[n]];
-    each_edge(&mut |a, b| {
-        if fill[b] < start[b + 1] {
-            rows[fill[b]] = a;
-            fill[b] += 1;
-        }
-    });
-    Reverse { start, rows }
 }
 
 /// Step 3: protected half of the pruned edges, then reverse edges, then the rest.
@@ -503,6 +522,44 @@ mod tests {
                     rank_of.iter().all(|&r| r == RANK_ABSENT),
                     "table left dirty"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn reverse_edges_keep_each_rows_first_in_edges_by_rank_then_row_in_any_split() {
+        // Random graphs with empty slots and hub rows that more than `d` rows point at.
+        let mut rng = crate::synth::Rng::new(11);
+        for (n, d) in [(1usize, 3usize), (50, 1), (300, 4), (9000, 5)] {
+            let neighbors: Vec<u32> = (0..n * d)
+                .map(|_| match rng.next_u64() % 10 {
+                    0 => NONE,
+                    1 => (rng.next_u64() % 3) as u32 % n as u32,
+                    _ => (rng.next_u64() % n as u64) as u32,
+                })
+                .collect();
+            let pruned = Graph {
+                degree: d,
+                neighbors,
+            };
+            let mut lists = vec![Vec::new(); n];
+            for rank in 0..d {
+                for a in 0..n {
+                    let b = pruned.row(a)[rank];
+                    if b != NONE && lists[b as usize].len() < d {
+                        lists[b as usize].push(a as u32);
+                    }
+                }
+            }
+            for parts in [1, 2, 7, n + 5] {
+                let reverse = reverse_edges_in(&pruned, parts);
+                for (b, list) in lists.iter().enumerate() {
+                    assert_eq!(
+                        reverse.row(b),
+                        &list[..],
+                        "{n} rows, degree {d}, {parts} parts, row {b}"
+                    );
+                }
             }
         }
     }
