@@ -178,8 +178,9 @@ fn detour_counts_by_table(knn: &Graph, a: usize, rank_of: &mut [u16], counts: &m
     }
 }
 
-/// Reverse edges by row: row `b`'s are the first `count[b]` of its `width` slots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Reverse edges by row: row `b`'s are the first `count[b]` of its `width` slots (no equality:
+/// the same edges can lie in slots of different widths).
+#[derive(Debug, Clone)]
 pub struct Reverse {
     width: usize,
     count: Vec<u32>,
