@@ -530,9 +530,10 @@ impl std::fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Opens GPU `ordinal`: loads the driver, cuBLAS and NVRTC, compiles our kernels for the
-    /// device's compute capability and loads them.
-    pub fn open(ordinal: usize, precision: Precision) -> Result<Self> {
+    /// Whether GPU `ordinal` can be opened at all: the driver, NVRTC and cuBLAS on the library
+    /// path and a device of that number. The quick part of [`CudaBackend::open`], for commands
+    /// that open the device on a thread of their own but must refuse a bad `--gpu N` at once.
+    pub fn check(ordinal: usize) -> Result<()> {
         let libs = libraries();
         let missing: Vec<&str> = [
             ("libcuda (the NVIDIA driver)", libs.driver),
@@ -555,6 +556,13 @@ impl CudaBackend {
                 "--gpu {ordinal}: no such device; the driver sees {count} GPU(s)"
             )));
         }
+        Ok(())
+    }
+
+    /// Opens GPU `ordinal`: loads the driver, cuBLAS and NVRTC, compiles our kernels for the
+    /// device's compute capability and loads them.
+    pub fn open(ordinal: usize, precision: Precision) -> Result<Self> {
+        Self::check(ordinal)?;
         // One context for the report and the work: a context dropped in between would be torn
         // down and created again.
         let part = span("open: context");
@@ -731,9 +739,17 @@ impl CudaBackend {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Device>> {
-        self.device
+        let dev = self
+            .device
             .lock()
-            .map_err(|_| Error::Gpu("an earlier GPU call panicked".into()))
+            .map_err(|_| Error::Gpu("an earlier GPU call panicked".into()))?;
+        // The device may have been opened on another thread, and cuBLAS calls take the
+        // context current on the calling one.
+        dev.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| gpu_err("making the device's context current", e))?;
+        Ok(dev)
     }
 }
 

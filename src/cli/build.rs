@@ -1,7 +1,7 @@
 //! `vecbuild build`: read embeddings, build an index, write one artifact.
 
 use super::input::{check_duplicate_ids, read_with_progress, ColumnArgs};
-use super::{open_backend, Ui};
+use super::{Opening, Ui};
 use std::path::PathBuf;
 use std::time::Instant;
 use vecbuild::artifact::{IndexKind, Manifest};
@@ -201,6 +201,19 @@ impl IvfPqArgs {
     }
 }
 
+/// The backend, once the input has been read: what is left of a GPU's opening beyond the read
+/// is a part of the run's times of its own (`starting cuda:0`).
+fn started_after_reading<'a>(
+    opening: &'a Opening,
+    phases: &mut vecbuild::laps::Laps,
+) -> anyhow::Result<&'a dyn Backend> {
+    let backend = opening.wait()?;
+    if backend.device_name().is_some() {
+        phases.mark(format!("starting {}", backend.name()));
+    }
+    Ok(backend)
+}
+
 /// Parses `4G`, `512M`, `1.5GiB`, `100000` (bytes; K, M, G, T are powers of 1024).
 pub fn parse_size(text: &str) -> vecbuild::Result<u64> {
     let t = text.trim();
@@ -246,14 +259,10 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
     let mut phases = vecbuild::laps::Laps::start();
-    let backend = open_backend(&args.gpu)?;
-    let backend: &dyn Backend = &*backend;
+    // The GPU opens while the input is read; a bad `--gpu N` has already been refused.
+    let opening = Opening::start(&args.gpu)?;
     if args.dry_run {
-        return dry_run(backend, &args, kind, &cagra_params, ui);
-    }
-    match args.gpu.gpu {
-        Some(_) => phases.mark(format!("starting {}", backend.name())),
-        None => phases = vecbuild::laps::Laps::start(),
+        return dry_run(opening.wait()?, &args, kind, &cagra_params, ui);
     }
     let started = Instant::now();
     let opts = args.columns.options(args.metric.normalizes());
@@ -263,7 +272,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     let built = match kind {
         IndexKind::IvfPq => {
             let (index, raw, summary) =
-                build_ivf_pq(backend, &args, ui, &mut ids, &mut params, &mut phases)?;
+                build_ivf_pq(&opening, &args, ui, &mut ids, &mut params, &mut phases)?;
             search_defaults = serde_json::json!({
                 "n_probes": vecbuild::search::DEFAULT_N_PROBES.min(index.centroids.nrows()),
                 "refine_ratio": if args.ivf_pq.refine { 2.0 } else { 1.0 },
@@ -290,6 +299,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             })?;
             check_ids(&args, &ids, &summary)?;
             phases.mark("reading");
+            let backend = started_after_reading(&opening, &mut phases)?;
             if kind == IndexKind::Cagra {
                 let index = build_cagra(backend, &data, &summary, args.metric, &cagra_params, ui)?;
                 phases.mark("building");
@@ -309,6 +319,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             }
         }
     };
+    let backend = opening.wait()?;
     let summary = match &built {
         Built::Flat { summary, .. }
         | Built::IvfPq { summary, .. }
@@ -620,7 +631,7 @@ fn build_cagra(
 /// when --refine keeps them for the artifact). Where the sample is every row, pass 2 encodes
 /// the sample instead.
 fn build_ivf_pq(
-    backend: &dyn Backend,
+    opening: &Opening,
     args: &BuildArgs,
     ui: &Ui,
     ids: &mut Option<Ids>,
@@ -653,6 +664,7 @@ fn build_ivf_pq(
     // Reject duplicate ids before the expensive part.
     check_ids(args, ids, &summary)?;
     phases.mark("reading");
+    let backend = started_after_reading(opening, phases)?;
     let (p, reason, rows) = plan.ok_or_else(|| Error::param("input has no rows"))?;
     if summary.rows as usize != n {
         return Err(Error::param(format!(

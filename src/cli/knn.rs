@@ -1,7 +1,7 @@
 //! `vecbuild knn`: exact k-NN of queries against a base streamed from files, no index needed.
 
 use super::input::{check_duplicate_ids, read_with_progress, ColumnArgs};
-use super::{open_backend, Ui};
+use super::{Opening, Ui};
 use ndarray::Array2;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -62,10 +62,11 @@ pub struct KnnArgs {
 const MAX_K: usize = 4096;
 
 pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
-    let backend = open_backend(&args.gpu)?;
     if args.k == 0 || args.k > MAX_K {
         return Err(Error::param(format!("--k {} must be between 1 and {MAX_K}", args.k)).into());
     }
+    // The GPU opens while the queries are read; a bad `--gpu N` has already been refused.
+    let opening = Opening::start(&args.gpu)?;
     let started = Instant::now();
     let query_files = vecbuild::io::resolve_inputs(&args.queries)?;
     let mut q_opts = args.columns.options(args.metric.normalizes());
@@ -74,6 +75,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     let (q_ids, queries, q_summary) = vecbuild::io::read_all(&query_files, &q_opts)?;
     let nq = queries.nrows();
     let mut search = ExactSearch::new(queries, args.metric, args.k);
+    let backend = opening.wait()?;
 
     let mut base_ids: Option<Ids> = None;
     let mut compute = Duration::ZERO;
@@ -84,7 +86,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     let mut gathered = Gathered::new(block_rows, q_summary.dim);
     let mut add = |block: Array2<f32>| -> vecbuild::Result<()> {
         let t = Instant::now();
-        search.add(&*backend, block.view(), None)?;
+        search.add(backend, block.view(), None)?;
         compute += t.elapsed();
         Ok(())
     };
@@ -121,7 +123,7 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     )?;
     writer.finish()?;
     let secs = compute.as_secs_f64();
-    super::note_slower_paths(ui, &*backend);
+    super::note_slower_paths(ui, backend);
     ui.note(format!(
         "exact {}-NN of {nq} queries over {} base rows ({}, on {}): {:.3} s computing ({:.0} QPS, {:.1} GFLOP/s), {:.2} s in all → {}",
         args.k,

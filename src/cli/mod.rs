@@ -26,7 +26,10 @@ mod knn;
 mod search;
 mod tune;
 
+use std::sync::{Mutex, OnceLock};
+
 use clap::{Parser, Subcommand};
+use vecbuild::backend::Backend;
 
 /// Build approximate-nearest-neighbour indexes from embeddings in Parquet, serve them from a
 /// memory-mapped artifact, and run batch query jobs.
@@ -133,7 +136,7 @@ pub struct GpuArgs {
 }
 
 /// Notes, for the run's summary, each stage the GPU backend ran the slower way and why.
-pub fn note_slower_paths(ui: &Ui, backend: &dyn vecbuild::backend::Backend) {
+pub fn note_slower_paths(ui: &Ui, backend: &dyn Backend) {
     for what in backend.slower_paths() {
         ui.note(format!("note: {what}"));
     }
@@ -141,22 +144,87 @@ pub fn note_slower_paths(ui: &Ui, backend: &dyn vecbuild::backend::Backend) {
 
 /// The compute backend for `--gpu`: the CPU without it, else that GPU or a clear error (exit
 /// 2) — never a silent CPU fallback.
-pub fn open_backend(args: &GpuArgs) -> anyhow::Result<Box<dyn vecbuild::backend::Backend>> {
-    match args.gpu {
-        None if args.gpu_precision != "fp32" => Err(vecbuild::Error::param(
-            "--gpu-precision needs --gpu N (the CPU computes in fp32)",
-        )
-        .into()),
-        None => Ok(Box::new(vecbuild::backend::CpuBackend)),
-        #[cfg(feature = "cuda")]
-        Some(n) => Ok(Box::new(vecbuild::backend::cuda::CudaBackend::open(
-            n as usize,
-            args.gpu_precision.parse()?,
-        )?)),
-        #[cfg(not(feature = "cuda"))]
-        Some(n) => Err(vecbuild::Error::Gpu(format!(
-            "--gpu {n}: this vecbuild was built without the `cuda` feature; run without --gpu to use the CPU"
-        ))
-        .into()),
+pub fn open_backend(args: &GpuArgs) -> anyhow::Result<Box<dyn Backend + Send>> {
+    Opening::start(args)?.finish()
+}
+
+type Opened = vecbuild::Result<Box<dyn Backend + Send>>;
+
+/// The compute backend for `--gpu`, opened on a thread of its own while the command reads its
+/// input. What can make `--gpu N` fail at once (no driver, no such device, a bad precision) is
+/// refused by [`Opening::start`], before anything is read; the slow rest (context, cuBLAS,
+/// kernels: about 0.3 s on an H100 host) overlaps the read, and [`Opening::wait`] takes it.
+pub struct Opening {
+    thread: Mutex<Option<std::thread::JoinHandle<Opened>>>,
+    backend: OnceLock<Box<dyn Backend + Send>>,
+}
+
+impl Opening {
+    pub fn start(args: &GpuArgs) -> anyhow::Result<Self> {
+        let opening = |thread, backend: Option<Box<dyn Backend + Send>>| Opening {
+            thread: Mutex::new(thread),
+            backend: backend.map(OnceLock::from).unwrap_or_default(),
+        };
+        match args.gpu {
+            None if args.gpu_precision != "fp32" => Err(vecbuild::Error::param(
+                "--gpu-precision needs --gpu N (the CPU computes in fp32)",
+            )
+            .into()),
+            None => Ok(opening(None, Some(Box::new(vecbuild::backend::CpuBackend)))),
+            #[cfg(feature = "cuda")]
+            Some(n) => {
+                use vecbuild::backend::cuda::CudaBackend;
+                let precision = args.gpu_precision.parse()?;
+                CudaBackend::check(n as usize)?;
+                let thread = std::thread::Builder::new()
+                    .name("gpu-open".into())
+                    .spawn(move || -> Opened {
+                        Ok(Box::new(CudaBackend::open(n as usize, precision)?))
+                    })?;
+                Ok(opening(Some(thread), None))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Some(n) => Err(vecbuild::Error::Gpu(format!(
+                "--gpu {n}: this vecbuild was built without the `cuda` feature; run without --gpu to use the CPU"
+            ))
+            .into()),
+        }
+    }
+
+    /// The backend, waiting for it to open the first time.
+    pub fn wait(&self) -> anyhow::Result<&(dyn Backend + Send)> {
+        if let Some(b) = self.backend.get() {
+            return Ok(&**b);
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        let opened = match thread {
+            Some(t) => t
+                .join()
+                .map_err(|_| vecbuild::Error::Gpu("opening the GPU panicked".into()))??,
+            None => {
+                return Err(
+                    vecbuild::Error::Gpu("the GPU failed to open (see above)".into()).into(),
+                )
+            }
+        };
+        Ok(&**self.backend.get_or_init(|| opened))
+    }
+
+    /// The backend itself, once open.
+    pub fn finish(mut self) -> anyhow::Result<Box<dyn Backend + Send>> {
+        self.wait()?;
+        self.backend
+            .take()
+            .ok_or_else(|| vecbuild::Error::Gpu("the GPU failed to open".into()).into())
+    }
+}
+
+impl Drop for Opening {
+    /// A command that fails while the device is still opening (bad input, say) waits for it,
+    /// so the process never exits with the driver half-way through creating a context.
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.get_mut().ok().and_then(|t| t.take()) {
+            let _ = t.join();
+        }
     }
 }
