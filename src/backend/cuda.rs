@@ -586,7 +586,7 @@ impl CudaBackend {
         let part = span("open: cuBLAS");
         let blas = CudaBlas::new(stream.clone()).map_err(|e| gpu_err("starting cuBLAS", e))?;
         drop(part);
-        let _span = span("open: kernels");
+        let part = span("open: kernels");
         if precision == Precision::Tf32 {
             use cudarc::cublas::sys;
             // SAFETY: a valid handle and a defined math mode.
@@ -644,31 +644,34 @@ impl CudaBackend {
                 .remove(name)
                 .ok_or_else(|| Error::Gpu(format!("kernel {name} not loaded")))
         };
+        drop(part);
         let tile_bytes = super::tile_bytes(info.free_bytes);
+        let mut device = Device {
+            stream,
+            blas,
+            precision,
+            select_topk: load("select_topk")?,
+            argmin_rows: load("argmin_rows")?,
+            assign_small: load("assign_small")?,
+            to_half: load("to_half")?,
+            prune_graph: load("prune_graph")?,
+            refine_graph: load("refine_graph")?,
+            join_scores: load("join_scores")?,
+            cagra_search: load("cagra_search")?,
+            ivf_pq_scan: load("ivf_pq_scan")?,
+            centroid_means: load("centroid_means")?,
+            pq_encode: load("pq_encode")?,
+            ordered_sums: load("ordered_sums")?,
+            scratch: Scratch::default(),
+            copy_stream,
+            staging: [None, None],
+            tile_events,
+            returns: [None, None],
+            tile_bytes,
+        };
+        device.warm_up()?;
         Ok(CudaBackend {
-            device: Mutex::new(Device {
-                stream,
-                blas,
-                precision,
-                select_topk: load("select_topk")?,
-                argmin_rows: load("argmin_rows")?,
-                assign_small: load("assign_small")?,
-                to_half: load("to_half")?,
-                prune_graph: load("prune_graph")?,
-                refine_graph: load("refine_graph")?,
-                join_scores: load("join_scores")?,
-                cagra_search: load("cagra_search")?,
-                ivf_pq_scan: load("ivf_pq_scan")?,
-                centroid_means: load("centroid_means")?,
-                pq_encode: load("pq_encode")?,
-                ordered_sums: load("ordered_sums")?,
-                scratch: Scratch::default(),
-                copy_stream,
-                staging: [None, None],
-                tile_events,
-                returns: [None, None],
-                tile_bytes,
-            }),
+            device: Mutex::new(device),
             info,
             precision,
             kernels_from_cache,
@@ -838,6 +841,23 @@ fn raw<T>(stream: &Arc<CudaStream>, buf: &CudaSlice<T>) -> u64 {
 }
 
 impl Device {
+    /// One small product, so that cuBLAS's own start on its first GEMM of a process (~85 ms on
+    /// an H100 host) is paid while the device opens, on the thread that overlaps the input
+    /// read, rather than in the first stage that multiplies.
+    fn warm_up(&mut self) -> Result<()> {
+        let _span = span("open: first GEMM");
+        let (rows, dim) = (128, 128);
+        let stream = self.stream.clone();
+        let zeros = stream
+            .alloc_zeros::<f32>(rows * dim)
+            .map_err(|e| gpu_err("allocating device memory", e))?;
+        let ptr = raw(&stream, &zeros);
+        self.gemm(ptr, rows, ptr, rows, dim, 1.0)?;
+        stream
+            .synchronize()
+            .map_err(|e| gpu_err("the first product on the device", e))
+    }
+
     /// Copies a base tile's `rows` and then its `norms` (empty but for L2) into pinned staging
     /// buffer `slot` (0 or 1), on [`host_threads`], once the last copy from it has run.
     fn stage(&mut self, slot: usize, rows: &[f32], norms: &[f32]) -> Result<()> {
