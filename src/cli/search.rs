@@ -1,7 +1,7 @@
 //! `vecbuild search`: batch queries from a file against an artifact, results to Parquet.
 
 use super::input::{read_with_progress, ColumnArgs};
-use super::{open_backend, Ui};
+use super::{Opening, Ui};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vecbuild::io::parquet::ResultsWriter;
@@ -84,12 +84,14 @@ pub struct SearchArgs {
 
 pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The GPU opens while the index is mapped and checked; a bad `--gpu N` is refused first.
+    let opening = Opening::start(&args.gpu)?;
     let searcher = Searcher::open(&args.index)?;
-    let backend = open_backend(&args.gpu)?;
+    let backend = opening.wait()?;
     let m = searcher.manifest().clone();
     if backend.device_name().is_some() {
         let t = Instant::now();
-        ui.note(match searcher.load_on(&*backend)? {
+        ui.note(match searcher.load_on(backend)? {
             true => format!(
                 "copied the index to {} in {:.3} s (not counted in the search time)",
                 backend.name(),
@@ -136,7 +138,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
                 max_iterations: args.max_iterations,
                 exact_walk: args.exact_walk,
             };
-            let results = searcher.search_on(&*backend, queries.view(), args.k, &params)?;
+            let results = searcher.search_on(backend, queries.view(), args.k, &params)?;
             search_time += t.elapsed();
             searched += queries.nrows() as u64;
             // Lists hold what each query found: empty slots are left out.
@@ -183,7 +185,7 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
         w.finish()?;
     }
     let secs = search_time.as_secs_f64();
-    super::note_slower_paths(ui, &*backend);
+    super::note_slower_paths(ui, backend);
     ui.note(format!(
         "searched {searched} queries (k={}) against {} rows in {:.3} s ({:.0} QPS in search; {:.2} s in all) → {}",
         args.k,
