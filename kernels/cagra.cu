@@ -6,6 +6,7 @@
 // better rank. Ranks stand in for distances; no vector is read.
 
 #define NO_ROW 0xffffffffu
+#define FULL_MASK 0xffffffffu
 
 __device__ __forceinline__ unsigned table_slot(unsigned v, unsigned mask) {
     return (v * 0x9E3779B9u >> 7) & mask;
@@ -94,6 +95,115 @@ prune_graph(const unsigned* __restrict__ knn, int d, int d_out, int table,
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reverse edges and merge, the optimisation's steps 2 and 3 (optimize::reverse_edges and
+// optimize::merge in src/index/cagra/optimize.rs, the CPU oracle), so the two give the same
+// graph. Over the pruned graph [n, d] (d = d_out), with n·d < 2^32:
+//
+//   reverse_count  in-edges per row (count, zeroed first);
+//   (the host turns the counts into offsets, their exclusive prefix sum, [n + 1])
+//   reverse_fill   each edge A->B at rank s writes its key s·n + A into B's range of keys, in
+//                  any order (cursor, zeroed first, counts them); keys are distinct, and in key
+//                  order the edges come by rank, then by A: the CPU's order;
+//   merge_graph    a warp per row B takes its d least keys in order (B's reverse edges as the
+//                  CPU keeps them: the first d that reach it), then writes B's merged row: the
+//                  first d / 2 pruned edges, the reverse edges, the other pruned edges, skipping
+//                  empty slots, B itself and repeats, up to d. (Only the rare row that more than
+//                  2·d rows reach takes a warp exchange per reverse edge; the rest, one per 32
+//                  candidates.)
+
+#define MERGE_THREADS 256
+
+// pruned: [n, d]; count: [n]. grid: (⌈n·d / 256⌉), block: 256.
+extern "C" __global__ void __launch_bounds__(256)
+reverse_count(const unsigned* __restrict__ pruned, unsigned long long edges, unsigned n,
+              unsigned* __restrict__ count) {
+    const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= edges) return;
+    const unsigned b = pruned[e];
+    if (b < n) atomicAdd(&count[b], 1u);
+}
+
+// pruned: [n, d]; offsets: [n + 1]; cursor: [n]; keys: [offsets[n]].
+// grid: (⌈n·d / 256⌉), block: 256.
+extern "C" __global__ void __launch_bounds__(256)
+reverse_fill(const unsigned* __restrict__ pruned, int d, unsigned n,
+             const unsigned* __restrict__ offsets, unsigned* __restrict__ cursor,
+             unsigned* __restrict__ keys) {
+    const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (unsigned long long)n * d) return;
+    const unsigned b = pruned[e];
+    if (b >= n) return;
+    const unsigned a = (unsigned)(e / d), s = (unsigned)(e % d);
+    const unsigned at = atomicAdd(&cursor[b], 1u);
+    keys[offsets[b] + at] = s * n + a;
+}
+
+// pruned: [n, d]; offsets, keys: as reverse_fill left them; out: [n, d], NO_ROW where a row has
+// fewer than d edges.
+// grid: (⌈n / (MERGE_THREADS / 32)⌉), block: MERGE_THREADS, dynamic shared memory:
+// (MERGE_THREADS / 32) · 2·d · 4 bytes.
+extern "C" __global__ void __launch_bounds__(MERGE_THREADS)
+merge_graph(const unsigned* __restrict__ pruned, int d, unsigned n,
+            const unsigned* __restrict__ offsets, const unsigned* __restrict__ keys,
+            unsigned* __restrict__ out) {
+    extern __shared__ unsigned merge_shared[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned b = blockIdx.x * (MERGE_THREADS / 32) + warp;
+    if (b >= n) return;  // the whole warp: the rest of the kernel is the warp's alone
+    // B's candidates in the merge's order: its first d / 2 pruned edges, its reverse edges
+    // (`take` of them), its other pruned edges.
+    unsigned* cand = merge_shared + warp * 2 * d;
+    const unsigned* own = pruned + (size_t)b * d;
+    const int half = d / 2;
+    const unsigned first = offsets[b], count = offsets[b + 1] - first;
+    const int take = count < (unsigned)d ? (int)count : d;
+    for (int s = lane; s < d; s += 32) cand[s < half ? s : s + take] = own[s];
+
+    // The reverse edges: B's `take` least keys, in order.
+    if (count <= 2u * d) {
+        // Few keys (the usual case): each one's place is the number of keys below it.
+        for (unsigned j = lane; j < count; j += 32) {
+            const unsigned k = keys[first + j];
+            unsigned place = 0;
+            for (unsigned i = 0; i < count; ++i) place += keys[first + i] < k;
+            if (place < (unsigned)d) cand[half + place] = k % n;
+        }
+    } else {
+        // A row many rows reach: each round the least key at or above `floor` (keys are below
+        // n·d ≤ 2^32 − 1, so NO_ROW is above them all and floor = key + 1 does not wrap).
+        unsigned floor = 0;
+        for (int i = 0; i < take; ++i) {
+            unsigned least = NO_ROW;
+            for (unsigned j = lane; j < count; j += 32) {
+                const unsigned k = keys[first + j];
+                if (k >= floor && k < least) least = k;
+            }
+            for (int o = 16; o > 0; o >>= 1)
+                least = min(least, __shfl_xor_sync(FULL_MASK, least, o));
+            if (lane == 0) cand[half + i] = least % n;
+            floor = least + 1;
+        }
+    }
+    __syncwarp();
+
+    // A candidate is kept where it is an edge (not empty, not B) seen for the first time; the
+    // row is the first d kept, in order, placed 32 candidates at a time.
+    const int total = d + take;
+    int filled = 0;
+    for (int at = 0; at < total && filled < d; at += 32) {
+        const int c = at + lane;
+        const unsigned v = c < total ? cand[c] : NO_ROW;
+        bool keep = v != NO_ROW && v != b;
+        for (int e = 0; keep && e < c; ++e) keep = cand[e] != v;
+        const unsigned kept = __ballot_sync(FULL_MASK, keep);
+        const int place = filled + __popc(kept & ((1u << lane) - 1));
+        if (keep && place < d) out[(size_t)b * d + place] = v;
+        filled += __popc(kept);
+    }
+    for (int s = min(filled, d) + lane; s < d; s += 32) out[(size_t)b * d + s] = NO_ROW;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The neighbour-of-neighbour pass of the ivf kNN graph builder: the same computation as
 // knn_graph::refine without reverse lists (src/index/cagra/knn_graph.rs, the CPU oracle), so
 // the two give the same graph. Each row u scores the first `fan` entries of the lists of its
@@ -103,7 +213,6 @@ prune_graph(const unsigned* __restrict__ knn, int d, int d_out, int table,
 // and differ exactly as they do on a CPU with AVX2 and FMA.
 
 #define REFINE_THREADS 128
-#define FULL_MASK 0xffffffffu
 
 // Ascending bitonic sort of a[0..cap) in shared memory, cap a power of two, by the whole block.
 // Starts and ends with the block in step.

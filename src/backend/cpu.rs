@@ -62,12 +62,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn prune_graph(
+    fn optimize_graph(
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph> {
-        Ok(crate::index::cagra::optimize::prune(knn, d_out))
+        Ok(crate::index::cagra::optimize::optimize(knn, d_out, laps))
     }
 
     fn subspace_lloyds<'a>(

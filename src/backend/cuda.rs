@@ -26,8 +26,10 @@
 //! `argmin_rows`, one warp per row, ties to the smaller centroid; for up to [`SMALL_DIM`]
 //! dimensions (PQ sub-spaces) `assign_small` computes the differences directly, as the CPU does.
 //!
-//! CAGRA's rank-based pruning ([`Backend::prune_graph`]) is `prune_graph` (kernels/cagra.cu),
-//! one block per row, the same integer computation as the CPU's, so the graphs are identical.
+//! CAGRA's graph optimisation ([`Backend::optimize_graph`]: rank-based pruning, reverse edges,
+//! merge) is `prune_graph`, `reverse_count`, `reverse_fill` and `merge_graph`
+//! (kernels/cagra.cu, `cuda/optimize.rs`), the same integer computations as the CPU's, so the
+//! graphs are identical.
 //! The ivf builder's neighbour-of-neighbour pass ([`Backend::refine_graph`]) is `refine_graph`,
 //! one block per row, with the CPU's candidates, arithmetic and order (`cuda/join.rs`).
 //!
@@ -38,6 +40,7 @@ mod cagra;
 mod ivf_pq;
 mod join;
 pub mod kernel_cache;
+mod optimize;
 mod quantize;
 
 pub use cagra::{layout as cagra_search_layout, Layout as CagraSearchLayout};
@@ -84,6 +87,9 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "to_half"),
     ("select.cu", "ivf_pq_scan"),
     ("cagra.cu", "prune_graph"),
+    ("cagra.cu", "reverse_count"),
+    ("cagra.cu", "reverse_fill"),
+    ("cagra.cu", "merge_graph"),
     ("cagra.cu", "refine_graph"),
     ("cagra.cu", "join_scores"),
     ("cagra_search.cu", "cagra_search"),
@@ -499,6 +505,9 @@ struct Device {
     assign_small: CudaFunction,
     to_half: CudaFunction,
     prune_graph: CudaFunction,
+    reverse_count: CudaFunction,
+    reverse_fill: CudaFunction,
+    merge_graph: CudaFunction,
     refine_graph: CudaFunction,
     join_scores: CudaFunction,
     cagra_search: CudaFunction,
@@ -655,6 +664,9 @@ impl CudaBackend {
             assign_small: load("assign_small")?,
             to_half: load("to_half")?,
             prune_graph: load("prune_graph")?,
+            reverse_count: load("reverse_count")?,
+            reverse_fill: load("reverse_fill")?,
+            merge_graph: load("merge_graph")?,
             refine_graph: load("refine_graph")?,
             join_scores: load("join_scores")?,
             cagra_search: load("cagra_search")?,
@@ -1552,73 +1564,13 @@ impl Backend for CudaBackend {
         self.knn_tiles(queries, rows, held.n, 0, topk)
     }
 
-    fn prune_graph(
+    fn optimize_graph(
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph> {
-        let (n, d) = (knn.len(), knn.degree);
-        if n == 0 || d == 0 || d_out > d {
-            return Err(Error::Gpu(format!(
-                "prune_graph: degree {d} → {d_out} is not supported on the GPU"
-            )));
-        }
-        let table = (2 * d).next_power_of_two().max(16);
-        // The kernel's tables and lists, and its one static word.
-        let shared = (2 * table + 2 * d) * 4 + 4;
-        let dev = self.lock()?;
-        let stream = dev.stream.clone();
-        let why = if shared > 48 << 10 {
-            Some(format!(
-                "degree {d} needs more shared memory than the kernel may use"
-            ))
-        } else if !fits_half_free(&stream, 4 * n * (d + d_out))? {
-            Some("the graphs need more than half the free device memory".to_string())
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            // The CPU prunes them (the same computation, the same graph), the device left to
-            // others.
-            drop(dev);
-            self.slower(format!("the rank-based pruning ran on the CPU: {why}"));
-            return Ok(crate::index::cagra::optimize::prune(knn, d_out));
-        }
-        let part = span("prune: kNN graph copied up");
-        let knn_dev = stream
-            .clone_htod(&knn.neighbors)
-            .map_err(|e| gpu_err("copying the kNN graph to the device", e))?;
-        drop(part);
-        // SAFETY: the kernel writes every one of the n·d_out slots.
-        let mut out = unsafe { stream.alloc::<u32>(n * d_out) }
-            .map_err(|e| gpu_err("allocating device memory", e))?;
-        let (d_i, d_out_i, table_i) = (d as i32, d_out as i32, table as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: ((2 * table + 2 * d) * 4) as u32,
-        };
-        let mut launch = stream.launch_builder(&dev.prune_graph);
-        launch
-            .arg(&knn_dev)
-            .arg(&d_i)
-            .arg(&d_out_i)
-            .arg(&table_i)
-            .arg(&mut out);
-        // SAFETY: arguments match prune_graph's signature; knn holds n·d entries, out n·d_out,
-        // and the shared memory is sized as the kernel lays it out (checked ≤ 48 KiB above).
-        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching prune_graph", e))?;
-        let _span = span("prune: kernel run and pruned graph copied back");
-        let neighbors = stream
-            .clone_dtoh(&out)
-            .map_err(|e| gpu_err("copying the pruned graph from the device", e))?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("running prune_graph", e))?;
-        Ok(crate::index::cagra::Graph {
-            degree: d_out,
-            neighbors,
-        })
+        optimize::optimize_graph(self, knn, d_out, laps)
     }
 
     fn join_lists(&self, job: &ListJoin<'_>, progress: &(dyn Fn(f64) + Sync)) -> Result<Vec<u32>> {

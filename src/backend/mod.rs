@@ -195,12 +195,15 @@ pub trait Backend: Sync {
         )))
     }
 
-    /// CAGRA rank-based pruning: the `d_out` edges of each kNN-graph row with the fewest
-    /// detourable routes, ties to the better rank (see [`crate::index::cagra::optimize`]).
-    fn prune_graph(
+    /// CAGRA graph optimisation, steps 1–3 of [`crate::index::cagra::optimize`]: rank-based
+    /// pruning to the `d_out` edges of each kNN-graph row with the fewest detourable routes,
+    /// reverse edges, merge. Each step is a part of `laps` (`rank-based pruning`, `reverse
+    /// edges`, `merge`). The CPU's is [`crate::index::cagra::optimize::optimize`].
+    fn optimize_graph(
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph>;
 
     /// The CAGRA ivf builder's join: each list's rows against the rows of its probed lists,

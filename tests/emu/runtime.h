@@ -76,6 +76,7 @@ struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned x, y, z, w; };
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+static inline void __syncwarp(unsigned = 0xffffffffu) { warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 static inline unsigned lane_of() { return threadIdx.x % 32; }
 static inline std::atomic<unsigned long long>* slots_of() { return &warp_slots[threadIdx.x / 32 * 32]; }
 static inline unsigned long long swap_in_warp(unsigned long long mine, unsigned src) {
@@ -120,6 +121,7 @@ static unsigned atomicMax(unsigned* p, unsigned v) {
 }
 template <class T> static T __ldg(const T* p) { return *p; }
 static inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 static inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); return i; }

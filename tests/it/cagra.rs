@@ -175,8 +175,13 @@ impl vecbuild::backend::Backend for NamedDevice {
     ) -> vecbuild::Result<()> {
         CpuBackend.knn_block(queries, base, base_sq_norms, first_row, topk)
     }
-    fn prune_graph(&self, knn: &Graph, d_out: usize) -> vecbuild::Result<Graph> {
-        CpuBackend.prune_graph(knn, d_out)
+    fn optimize_graph(
+        &self,
+        knn: &Graph,
+        d_out: usize,
+        laps: &mut vecbuild::laps::Laps,
+    ) -> vecbuild::Result<Graph> {
+        CpuBackend.optimize_graph(knn, d_out, laps)
     }
     fn assign_nearest(
         &self,

@@ -510,6 +510,71 @@ fn prune_graph_kernel_prunes_as_the_cpu_does() {
     assert_eq!(read_u32(&d.join("pruned")), cpu.neighbors);
 }
 
+#[test]
+fn reverse_and_merge_kernels_merge_as_the_cpu_does() {
+    let dir = tmp();
+    let d = dir.path();
+    // The three launches and the prefix sum between them, as cuda/optimize.rs runs them.
+    let main = r#"
+    unsigned n = std::atoi(argv[2]);
+    int deg = std::atoi(argv[3]);
+    auto pruned = load<unsigned>(dir + "pruned");
+    unsigned long long edges = (unsigned long long)n * deg;
+    unsigned blocks = (unsigned)((edges + 255) / 256);
+    std::vector<unsigned> count(n, 0), cursor(n, 0), offsets(n + 1, 0);
+    launch({blocks, 1, 1}, {256, 1, 1}, [&] { reverse_count(pruned.data(), edges, n, count.data()); });
+    for (unsigned b = 0; b < n; ++b) offsets[b + 1] = offsets[b] + count[b];
+    std::vector<unsigned> keys(std::max(offsets[n], 1u), 7);
+    launch({blocks, 1, 1}, {256, 1, 1}, [&] {
+        reverse_fill(pruned.data(), deg, n, offsets.data(), cursor.data(), keys.data());
+    });
+    std::vector<unsigned> out(edges, 7);
+    unsigned rows = MERGE_THREADS / 32;
+    launch({(n + rows - 1) / rows, 1, 1}, {MERGE_THREADS, 1, 1}, [&] {
+        merge_graph(pruned.data(), deg, n, offsets.data(), keys.data(), out.data());
+    });
+    save(dir + "merged", out);"#;
+    let Some(exe) = host_build(d, "cagra.cu", main) else {
+        return;
+    };
+    use vecbuild::index::cagra::{optimize, Graph};
+    let mut rng = Rng::new(61);
+    // Degrees below, at and beyond a warp, and row counts that leave the last block part empty.
+    for (n, deg) in [(301usize, 12usize), (203, 40), (77, 64)] {
+        let mut neighbors = Vec::with_capacity(n * deg);
+        for a in 0..n {
+            let mut row: Vec<u32> = (0..deg)
+                .map(|s| match (a + s) % 9 {
+                    // Hubs that more than `deg` rows reach, at several ranks.
+                    0 => (s % 3) as u32,
+                    _ => rng.below(n as u64) as u32,
+                })
+                .collect();
+            // Empty tails, the row itself and repeats, which the merge skips.
+            if a % 5 == 1 {
+                row[deg / 3..].fill(u32::MAX);
+            }
+            if a % 7 == 2 {
+                row[1] = a as u32;
+                row[deg - 1] = row[0];
+            }
+            neighbors.extend(row);
+        }
+        let pruned = Graph {
+            degree: deg,
+            neighbors,
+        };
+        write(&d.join("pruned"), &pruned.neighbors);
+        run_driver(&exe, d, &[n, deg].map(|v| v.to_string()));
+        let cpu = optimize::merge(&pruned, &optimize::reverse_edges(&pruned));
+        assert_eq!(
+            read_u32(&d.join("merged")),
+            cpu.neighbors,
+            "n {n}, degree {deg}"
+        );
+    }
+}
+
 #[cfg(feature = "cuda")]
 #[test]
 fn refine_graph_kernel_refines_as_the_cpu_does() {

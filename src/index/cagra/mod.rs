@@ -425,12 +425,7 @@ fn graph_stages(
     let started = Instant::now();
     let mut laps = Laps::start();
     progress("optimizing graph", 0.0);
-    let pruned = backend.prune_graph(&knn, params.graph_degree)?;
-    laps.mark("rank-based pruning");
-    let reverse = optimize::reverse_edges(&pruned);
-    laps.mark("reverse edges");
-    let mut graph = optimize::merge(&pruned, &reverse);
-    laps.mark("merge");
+    let mut graph = backend.optimize_graph(&knn, params.graph_degree, &mut laps)?;
     let prune_seconds = started.elapsed().as_secs_f64();
     let entry = nearest_to_mean(data.view(), norms, metric);
     laps.mark("entry point");

@@ -20,6 +20,7 @@
 //! row itself.
 
 use super::Graph;
+use crate::laps::Laps;
 use crate::search::cagra::{CagraIndex, CagraSearchParams};
 use crate::Metric;
 use ndarray::ArrayView2;
@@ -308,6 +309,17 @@ pub fn merge(pruned: &Graph, reverse: &Reverse) -> Graph {
         degree: d,
         neighbors,
     }
+}
+
+/// Steps 1–3 on the CPU: pruning to `d_out` edges, reverse edges, merge; each a part of `laps`.
+pub fn optimize(knn: &Graph, d_out: usize, laps: &mut Laps) -> Graph {
+    let pruned = prune(knn, d_out);
+    laps.mark("rank-based pruning");
+    let reverse = reverse_edges(&pruned);
+    laps.mark("reverse edges");
+    let graph = merge(&pruned, &reverse);
+    laps.mark("merge");
+    graph
 }
 
 /// Rows reachable from `entries` by following edges.
