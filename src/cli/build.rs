@@ -294,7 +294,7 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
                     // (a count the allocator refuses is left to ordinary growth).
                     let _ = data.try_reserve_exact(n.saturating_mul(b.vectors.ncols()));
                 }
-                data.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+                vecbuild::io::extend_parallel(&mut data, b.vectors.as_slice().unwrap_or(&[]));
                 Ok(())
             })?;
             check_ids(&args, &ids, &summary)?;
@@ -710,7 +710,7 @@ fn build_ivf_pq(
         read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
             trained.encode(backend, b.vectors.view(), &mut encoded)?;
             if let Some(r) = raw.as_mut() {
-                r.extend_from_slice(b.vectors.as_slice().unwrap_or(&[]));
+                vecbuild::io::extend_parallel(r, b.vectors.as_slice().unwrap_or(&[]));
             }
             Ok(())
         })?;
