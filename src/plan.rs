@@ -406,29 +406,38 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                 }
             }
             let graph = 4 * n * d_out;
-            let own = [("kNN graph", knn), ("pruned graph", graph)];
+            // Pruning, reverse edges and merge: on a GPU all three on the device, where the
+            // reverse edges are every pruned edge's key by target, and only the merged graph
+            // comes back.
+            let own = [
+                ("kNN graph", knn),
+                ("pruned graph", graph),
+                ("reverse edges: keys by target", graph),
+                ("reverse edges: counts, offsets, cursors", 12 * n + 4),
+                ("merged graph", graph),
+            ];
             // The CPU's pruning looks ranks up in a table of every row, one per worker thread.
             let rank_tables =
                 match !gpu && n <= crate::index::cagra::optimize::RANK_TABLE_ROWS as u64 {
                     true => 2 * n * rayon::current_num_threads() as u64,
                     false => 0,
                 };
+            let on_host = match gpu {
+                true => vec![("kNN graph", knn), ("merged graph", graph)],
+                false => vec![
+                    ("kNN graph", knn),
+                    ("pruned graph", graph),
+                    ("rank tables, one per worker thread", rank_tables),
+                    (
+                        "reverse edges, with the graph transposed by blocks",
+                        2 * graph + 16 * n,
+                    ),
+                    ("merged graph", graph),
+                ],
+            };
             stages.push(Stage {
                 name: "pruning",
-                host: [
-                    base.clone(),
-                    vec![
-                        ("kNN graph", knn),
-                        ("pruned graph", graph),
-                        ("rank tables, one per worker thread", rank_tables),
-                        (
-                            "reverse edges, with the graph transposed by blocks",
-                            2 * graph + 16 * n,
-                        ),
-                        ("merged graph", graph),
-                    ],
-                ]
-                .concat(),
+                host: [base.clone(), on_host].concat(),
                 device: dev(scratch.with(&own)),
             });
             // Writing: the rows in stored order beside the input's, their 8-bit codes, the
@@ -506,14 +515,15 @@ mod tests {
     }
 
     #[test]
-    fn a_gpu_cagra_build_holds_both_graphs_on_the_device_while_pruning() {
+    fn a_gpu_cagra_build_holds_its_graphs_on_the_device_while_optimising() {
         let params = CagraParams::default();
         let (n, dim) = (1_000_000u64, 128u64);
         let tile = crate::backend::tile_bytes(70 << 30) as u64;
         assert_eq!(tile, 2 << 30);
         let gpu = plan(Build::Cagra(&params), input(n, dim), Some(tile));
         let pruning = gpu.stages.iter().find(|s| s.name == "pruning").unwrap();
-        let graphs = 4 * n * (params.intermediate_graph_degree + params.graph_degree) as u64;
+        // The kNN graph, the pruned graph, the reverse edges' keys and the merged graph.
+        let graphs = 4 * n * (params.intermediate_graph_degree + 3 * params.graph_degree) as u64;
         assert!(pruning.device_bytes() >= graphs);
         // Score tiles never exceed the tile size the backend picked.
         for s in &gpu.stages {
