@@ -10,6 +10,8 @@
 
 #define SELECT_THREADS 256
 #define SELECT_SLOTS 2048
+// Columns a thread reads per round of select_topk.
+#define SELECT_ROUND 4
 #define NO_ROW 0xffffffffu
 
 __device__ __forceinline__ bool before(float sa, unsigned ia, float sb, unsigned ib) {
@@ -89,7 +91,8 @@ __device__ void keep_best(float* s, unsigned* idx, int* count, float* threshold,
 // out_col:    [rows, k] column numbers; empty slots are 0xffffffff
 //
 // grid: (rows), block: SELECT_THREADS. Per row: the block keeps the best kp (k rounded up to
-// a power of two) in shared memory; columns that beat the threshold are appended behind them;
+// a power of two) in shared memory; columns that beat the threshold are appended behind them,
+// SELECT_ROUND columns a thread per round;
 // once max(kp, block) have gathered (or the buffer could overflow, or the row ends), a bitonic
 // sort of the occupied prefix, rounded up to a power of two, keeps the best and tightens the
 // threshold. The first sort comes after one round, so it is small; after it almost every
@@ -107,22 +110,33 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
     const long long row = blockIdx.x;
     const float* r = scores + row * ld;
     const int cap = SELECT_SLOTS - kp;
-    const int trigger = min(max(kp, (int)blockDim.x), cap - (int)blockDim.x + 1);
+    // A round reads SELECT_ROUND columns a thread, so a round can append that many a thread:
+    // the buffer behind the best kp (at least 1024 slots, kp <= 1024) always has room for them.
+    const int round = SELECT_ROUND * (int)blockDim.x;
+    const int trigger = min(max(kp, (int)blockDim.x), cap - round + 1);
 
     start_best(s, idx, SELECT_SLOTS, &count, &threshold,
                thresholds ? thresholds[row] : __int_as_float(0x7f800000));
 
-    for (int start = 0; start < n; start += blockDim.x) {
-        int j = start + threadIdx.x;
-        if (j < n) {
-            float v = r[j] + (col_add ? col_add[j] : 0.0f);
-            if (v <= threshold) {
+    for (int start = 0; start < n; start += round) {
+        // The round's loads first, then the tests: SELECT_ROUND reads in flight per thread,
+        // and one pair of barriers (keep_best) per round rather than per column block.
+        float v[SELECT_ROUND];
+#pragma unroll
+        for (int u = 0; u < SELECT_ROUND; ++u) {
+            const int j = start + u * (int)blockDim.x + threadIdx.x;
+            v[u] = j < n ? r[j] + (col_add ? col_add[j] : 0.0f) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < SELECT_ROUND; ++u) {
+            const int j = start + u * (int)blockDim.x + threadIdx.x;
+            if (j < n && v[u] <= threshold) {
                 int pos = atomicAdd(&count, 1);
-                s[kp + pos] = v;
+                s[kp + pos] = v[u];
                 idx[kp + pos] = (unsigned)j;
             }
         }
-        keep_best(s, idx, &count, &threshold, k, kp, trigger, start + (int)blockDim.x >= n);
+        keep_best(s, idx, &count, &threshold, k, kp, trigger, start + round >= n);
     }
 
     for (int t = threadIdx.x; t < k; t += blockDim.x) {
