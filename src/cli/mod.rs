@@ -201,11 +201,7 @@ impl Opening {
             Some(t) => t
                 .join()
                 .map_err(|_| vecbuild::Error::Gpu("opening the GPU panicked".into()))??,
-            None => {
-                return Err(
-                    vecbuild::Error::Gpu("the GPU failed to open (see above)".into()).into(),
-                )
-            }
+            None => return Err(vecbuild::Error::Gpu("the GPU failed to open".into()).into()),
         };
         Ok(&**self.backend.get_or_init(|| opened))
     }
