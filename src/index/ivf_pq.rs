@@ -314,7 +314,10 @@ impl Trained {
             )?;
             let r = residuals(chunk, &labels, self.centroids.view());
             let codes = self.pq.encode(backend, r.view())?;
-            out.codes.extend(codes.iter());
+            match codes.as_slice() {
+                Some(flat) => out.codes.extend_from_slice(flat),
+                None => out.codes.extend(codes.iter()),
+            }
             out.labels.extend(labels);
         }
         Ok(())
@@ -415,20 +418,28 @@ fn residuals(
     labels: &[u32],
     centroids: ArrayView2<'_, f32>,
 ) -> Array2<f32> {
-    let dim = data.ncols().max(1);
-    let mut out = data.as_standard_layout().into_owned();
-    if let Some(flat) = out.as_slice_mut() {
-        flat.par_chunks_mut(dim * 1024)
-            .zip(labels.par_chunks(1024))
-            .for_each(|(rows, labels)| {
-                for (row, &l) in rows.chunks_mut(dim).zip(labels) {
-                    for (x, c) in row.iter_mut().zip(centroids.row(l as usize)) {
-                        *x -= *c;
-                    }
+    let (n, dim) = data.dim();
+    // Borrowed where `data` is already row-major; written straight into the output (no serial
+    // copy of the rows first).
+    let rows = data.as_standard_layout();
+    let rows = rows.as_slice().unwrap_or(&[]);
+    let mut out = vec![0f32; n * dim];
+    let block = dim.max(1) * 1024;
+    out.par_chunks_mut(block)
+        .zip(rows.par_chunks(block))
+        .zip(labels.par_chunks(1024))
+        .for_each(|((out, rows), labels)| {
+            for ((o, x), &l) in out
+                .chunks_mut(dim.max(1))
+                .zip(rows.chunks(dim.max(1)))
+                .zip(labels)
+            {
+                for ((o, x), c) in o.iter_mut().zip(x).zip(centroids.row(l as usize)) {
+                    *o = *x - *c;
                 }
-            });
-    }
-    out
+            }
+        });
+    Array2::from_shape_vec((n, dim), out).expect("n · dim residuals")
 }
 
 /// Writes an IVF-PQ artifact. `vectors: [n, dim]` (row order) are stored when the index was
