@@ -99,10 +99,21 @@ done
 cmp -s "$W/knn-OLD.parquet" "$W/knn-NEW.parquet" && note "knn results OLD = NEW (bytes)" \
     || note "knn results OLD != NEW (bytes): compare with vecbuild eval"
 
-# 3. IVF-PQ search, probes on the device against probes from the host.
-"$NEW" build --gpu 0 --input "$W/b.parquet" --index ivf-pq --n-lists "$lists" --out "$W/p.vbx" \
-    >"$OUT/ivf-build.log" 2>&1
-note "IVF-PQ build (NEW): exit $?, $(grep -E '^time:' "$OUT/ivf-build.log")"
+# 3. IVF-PQ builds, the two binaries alternating (the same tensors expected), then search with
+#    the probes on the device against probes from the host.
+for round in 1 2; do
+    for v in OLD NEW; do
+        bin=$OLD; [ $v = NEW ] && bin=$NEW
+        "$bin" build --gpu 0 --input "$W/b.parquet" --index ivf-pq --n-lists "$lists" \
+            --out "$W/p-$v.vbx" >"$OUT/ivf-build-$v-r$round.log" 2>&1
+        note "r$round IVF-PQ build $v: exit $?, $(grep -E '^(IVF-PQ stages|time):' \
+            "$OUT/ivf-build-$v-r$round.log" | tr '\n' ' ')"
+    done
+done
+sums() { "$NEW" info --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["checksums"])'; }
+[ "$(sums "$W/p-OLD.vbx")" = "$(sums "$W/p-NEW.vbx")" ] && note "IVF-PQ tensors OLD = NEW" \
+    || note "IVF-PQ tensors OLD != NEW"
+cp "$W/p-NEW.vbx" "$W/p.vbx"
 for np in $probes; do
     for round in 1 2; do
         for probes_on in host device; do
@@ -127,8 +138,8 @@ cagra() { # label binary extra...
     local label=$1 bin=$2
     shift 2
     local log="$OUT/cagra-${label// /-}.log"
-    VECBUILD_TRACE=1 "$bin" build --gpu 0 --input "$W/b.parquet" --index cagra --out "$W/c.vbx" "$@" \
-        >"$log" 2>&1
+    VECBUILD_TRACE=1 "$bin" build --gpu 0 --input "$W/b.parquet" --index cagra \
+        --out "$W/c-${label// /-}.vbx" "$@" >"$log" 2>&1
     note "$label: exit $?, $(grep -E '^time:' "$log")"
     grep -E '^CAGRA (stages|optimisation)' "$log" | sed 's/^/    /' | tee -a "$AB"
     awk '/^trace: /{ms=$(NF-1); $1=""; $(NF)=""; $(NF-1)=""; t[$0]+=ms; c[$0]++}
@@ -140,4 +151,6 @@ for round in 1 2; do
     cagra "r$round NEW cagra" "$NEW"
 done
 cagra "NEW cagra tf32" "$NEW" --gpu-precision tf32
+[ "$(sums "$W/c-r1-OLD-cagra.vbx")" = "$(sums "$W/c-r1-NEW-cagra.vbx")" ] \
+    && note "CAGRA tensors OLD = NEW" || note "CAGRA tensors OLD != NEW"
 echo "logs in $OUT"
