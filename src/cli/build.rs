@@ -654,10 +654,24 @@ fn build_ivf_pq(
             plan = Some((p, reason, rows));
         }
         let rows = plan.as_ref().map(|p| &p.2[..]).unwrap_or(&[]);
-        let end = b.first_row as usize + b.vectors.nrows();
+        let (first, end) = (
+            b.first_row as usize,
+            b.first_row as usize + b.vectors.nrows(),
+        );
+        let standard = b.vectors.as_standard_layout();
+        let flat = standard.as_slice().unwrap_or(&[]);
+        let dim = b.vectors.ncols();
         while next < rows.len() && rows[next] < end {
-            sample.extend(b.vectors.row(rows[next] - b.first_row as usize).iter());
-            next += 1;
+            // A run of consecutive sampled rows (all of them, where the sample is every row)
+            // is one slice.
+            let mut last = next;
+            while last + 1 < rows.len() && rows[last + 1] == rows[last] + 1 && rows[last + 1] < end
+            {
+                last += 1;
+            }
+            let (a, z) = (rows[next] - first, rows[last] + 1 - first);
+            vecbuild::io::extend_parallel(&mut sample, &flat[a * dim..z * dim]);
+            next = last + 1;
         }
         Ok(())
     })?;
