@@ -259,12 +259,16 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
     }
     let cagra_params = args.cagra.resolve(args.ivf_pq.seed)?;
     let mut phases = vecbuild::laps::Laps::start();
+    let started = Instant::now();
     // The GPU opens while the input is read; a bad `--gpu N` has already been refused.
     let opening = Opening::start(&args.gpu)?;
     if args.dry_run {
         return dry_run(opening.wait()?, &args, kind, &cagra_params, ui);
     }
-    let started = Instant::now();
+    if let Some(n) = args.gpu.gpu {
+        // The driver's start and the device count: not part of the read.
+        phases.mark(format!("finding GPU {n}"));
+    }
     let opts = args.columns.options(args.metric.normalizes());
     let mut ids: Option<Ids> = None;
     let mut params = serde_json::json!({ "allow_duplicate_ids": args.allow_duplicate_ids });
