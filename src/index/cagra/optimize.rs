@@ -357,18 +357,23 @@ pub fn guarantee_connectivity(
     let mut rewired = 0;
     let mut seen = vec![false; n];
     let mut parent = vec![NONE; n];
+    let part = crate::laps::span("connectivity: walk from the entry");
     if (entry as usize) < n {
         mark_from(graph, entry, &mut seen, &mut parent);
     }
+    drop(part);
     if seen.iter().all(|&s| s) {
         return (entries, rewired);
     }
+    let part = crate::laps::span("connectivity: in-degrees");
     let mut in_degree = vec![0u32; n];
     for &v in &graph.neighbors {
         if v != NONE {
             in_degree[v as usize] += 1;
         }
     }
+    drop(part);
+    let _span = crate::laps::span("connectivity: islands linked");
     for u in 0..n {
         if seen[u] {
             continue;
