@@ -10,6 +10,7 @@
 #define MEAN_THREADS 128
 #define ENCODE_THREADS 256
 #define MAX_DSUB 16
+#define FULL_MASK 0xffffffffu
 
 // Each centroid with rows becomes their mean: the rows are added in the order given (the
 // host's counting sort keeps row order within a cluster) in f64, one addition per row and
@@ -62,6 +63,81 @@ ordered_sums(const float* __restrict__ x, long long n, int count, double* __rest
     double sum = 0.0;
     for (long long i = 0; i < n; ++i) sum += (double)row[i];
     out[m] = sum;
+}
+
+// PQ training's grouping (src/index/kmeans.rs' group_by_label, for every sub-space at once):
+// sub-space m's rows counted by code, the counts' exclusive prefix sum written as its clusters'
+// starts, and its rows placed by code, each code's rows in row order (a stable counting sort),
+// so that centroid_means adds them in the CPU's order. A stopped sub-space gets all-zero starts:
+// its clusters are empty, and its centroids stay where they are.
+//
+// codes:   [n, pq_dim] bytes (pq_encode's), each below ksub
+// running: [pq_dim] 0 for a sub-space that has stopped
+// order:   [pq_dim, n] rows by code
+// start:   [pq_dim, ksub + 1]
+// sizes:   [pq_dim, ksub] rows per code (all 0 for a stopped sub-space)
+//
+// grid: (pq_dim), block: GROUP_THREADS, ksub <= 256. Rows are placed a block's worth at a time:
+// a row's place is its code's cursor, plus the rows of that code in the warps before its own,
+// plus those in the lanes before it in its warp.
+#define GROUP_THREADS 256
+#define GROUP_CODES 256
+
+extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
+group_codes(const unsigned char* __restrict__ codes, long long n, int pq_dim, int ksub,
+            const int* __restrict__ running, unsigned* __restrict__ order,
+            unsigned* __restrict__ start, unsigned* __restrict__ sizes) {
+    __shared__ unsigned cursor[GROUP_CODES];
+    __shared__ unsigned in_warp[GROUP_THREADS / 32][GROUP_CODES];
+    const int m = blockIdx.x;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    unsigned* st = start + (long long)m * (ksub + 1);
+    if (!running[m]) {
+        for (int c = threadIdx.x; c <= ksub; c += blockDim.x) st[c] = 0;
+        for (int c = threadIdx.x; c < ksub; c += blockDim.x) sizes[(long long)m * ksub + c] = 0;
+        return;
+    }
+    for (int c = threadIdx.x; c < GROUP_CODES; c += blockDim.x) cursor[c] = 0;
+    __syncthreads();
+    for (long long r = threadIdx.x; r < n; r += blockDim.x) {
+        atomicAdd(&cursor[codes[r * pq_dim + m]], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned sum = 0;
+        for (int c = 0; c < ksub; ++c) {
+            const unsigned size = cursor[c];
+            sizes[(long long)m * ksub + c] = size;
+            st[c] = sum;
+            cursor[c] = sum;
+            sum += size;
+        }
+        st[ksub] = sum;
+    }
+    __syncthreads();
+    unsigned* out = order + (long long)m * n;
+    for (long long first = 0; first < n; first += blockDim.x) {
+        const long long r = first + threadIdx.x;
+        const int c = r < n ? (int)codes[r * pq_dim + m] : -1;
+        const unsigned same = __match_any_sync(FULL_MASK, c);
+        const unsigned before = __popc(same & ((1u << lane) - 1));
+        for (int k = lane; k < GROUP_CODES; k += 32) in_warp[warp][k] = 0;
+        __syncwarp();
+        if (c >= 0 && before == 0) in_warp[warp][c] = __popc(same);
+        __syncthreads();
+        if (c >= 0) {
+            unsigned place = cursor[c] + before;
+            for (int w = 0; w < warp; ++w) place += in_warp[w][c];
+            out[place] = (unsigned)r;
+        }
+        __syncthreads();
+        for (int k = threadIdx.x; k < GROUP_CODES; k += blockDim.x) {
+            unsigned rows = 0;
+            for (int w = 0; w < warps; ++w) rows += in_warp[w][k];
+            cursor[k] += rows;
+        }
+        __syncthreads();
+    }
 }
 
 // PQ codes of residual rows, every sub-space in one launch. Sub-vector m of a row is its

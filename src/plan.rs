@@ -118,12 +118,13 @@ fn lloyd_rows(rows: u64, k: u64, dim: u64) -> u64 {
 /// Device buffers PQ training holds with every sub-space stepped together on the device
 /// (`Backend::subspace_lloyds`, sub-spaces of at most [`crate::backend::cpu::SMALL_DIM`]
 /// floats): the `rows` rows of `dim` floats, then per row and sub-space a code byte, a distance
-/// and an order entry, and per sub-space an objective, `ksub + 1` cluster starts and a codebook.
+/// and an order entry, and per sub-space an objective, a running flag, `ksub + 1` cluster
+/// starts, `ksub` cluster sizes and a codebook.
 pub fn subspace_rows(rows: u64, dim: u64, pq_dim: u64, ksub: u64, dsub: u64) -> u64 {
     4 * rows * dim
         + (rows * pq_dim).next_multiple_of(4)
         + 8 * rows * pq_dim
-        + pq_dim * (8 + 4 * (ksub + 1) + 4 * ksub * dsub)
+        + pq_dim * (8 + 4 + 4 * (ksub + 1) + 4 * ksub + 4 * ksub * dsub)
 }
 
 /// What a build reads.
@@ -577,7 +578,7 @@ mod tests {
         let together = subspace_rows(pq_rows, 128, 64, 256, 2);
         assert_eq!(
             together,
-            4 * pq_rows * 128 + 9 * pq_rows * 64 + 64 * (8 + 4 * 257 + 2048)
+            4 * pq_rows * 128 + 9 * pq_rows * 64 + 64 * (8 + 4 + 4 * 257 + 4 * 256 + 2048)
         );
         assert!(pq
             .device

@@ -96,6 +96,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("quantize.cu", "centroid_means"),
     ("quantize.cu", "pq_encode"),
     ("quantize.cu", "ordered_sums"),
+    ("quantize.cu", "group_codes"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -515,6 +516,7 @@ struct Device {
     centroid_means: CudaFunction,
     pq_encode: CudaFunction,
     ordered_sums: CudaFunction,
+    group_codes: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -674,6 +676,7 @@ impl CudaBackend {
             centroid_means: load("centroid_means")?,
             pq_encode: load("pq_encode")?,
             ordered_sums: load("ordered_sums")?,
+            group_codes: load("group_codes")?,
             scratch: Scratch::default(),
             copy_stream,
             staging: [None, None],

@@ -108,6 +108,15 @@ static unsigned __ballot_sync(unsigned, int pred) {
     warp_barriers[threadIdx.x / 32]->arrive_and_wait();
     return bits;
 }
+// The lanes holding the same value as this one (every lane of the warp taking part).
+static unsigned __match_any_sync(unsigned, int v) {
+    slots_of()[lane_of()].store((unsigned long long)(unsigned)v);
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    unsigned bits = 0;
+    for (unsigned i = 0; i < 32; ++i) bits |= slots_of()[i].load() == (unsigned)v ? 1u << i : 0u;
+    warp_barriers[threadIdx.x / 32]->arrive_and_wait();
+    return bits;
+}
 template <class T> static T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
 static unsigned atomicCAS(unsigned* p, unsigned expected, unsigned desired) {
     std::atomic_ref<unsigned>(*p).compare_exchange_strong(expected, desired);

@@ -73,6 +73,7 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "centroid_means",
             "pq_encode",
             "ordered_sums",
+            "group_codes",
         ] {
             let line = out
                 .stdout

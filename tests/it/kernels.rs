@@ -175,6 +175,67 @@ fn centroid_means_kernel_moves_centroids_as_the_cpu_update_does() {
 /// The codes are the CPU's; with a distance buffer (PQ training) so are each code's squared
 /// distance and each sub-space's objective, added by `ordered_sums`.
 #[test]
+fn group_codes_kernel_groups_each_sub_space_as_group_by_label_does() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    long long n = std::atoll(argv[2]);
+    int pq_dim = std::atoi(argv[3]), ksub = std::atoi(argv[4]);
+    auto codes = load<unsigned char>(dir + "codes");
+    auto running = load<int>(dir + "running");
+    std::vector<unsigned> order(pq_dim * n, 7), start(pq_dim * (ksub + 1), 7), sizes(pq_dim * ksub, 7);
+    launch({(unsigned)pq_dim, 1, 1}, {GROUP_THREADS, 1, 1}, [&] {
+        group_codes(codes.data(), n, pq_dim, ksub, running.data(), order.data(), start.data(), sizes.data());
+    });
+    save(dir + "order", order);
+    save(dir + "start", start);
+    save(dir + "sizes", sizes);"#;
+    let Some(exe) = host_build(d, "quantize.cu", main) else {
+        return;
+    };
+    use vecbuild::index::kmeans::group_by_label;
+    let mut rng = Rng::new(67);
+    // Rows not a multiple of the block; 16 and 256 codes; skewed codes (runs of one code across
+    // warps and blocks of rows); one sub-space stopped.
+    for (n, pq_dim, ksub) in [(1000usize, 5usize, 16usize), (777, 3, 256)] {
+        let codes: Vec<u8> = (0..n * pq_dim)
+            .map(|i| match (i / pq_dim) % 7 {
+                0..=2 => (i / pq_dim / 100 % ksub) as u8,
+                _ => rng.below(ksub as u64) as u8,
+            })
+            .collect();
+        let running: Vec<i32> = (0..pq_dim).map(|m| i32::from(m != 1)).collect();
+        write(&d.join("codes"), &codes);
+        write(&d.join("running"), &running);
+        run_driver(&exe, d, &[n, pq_dim, ksub].map(|v| v.to_string()));
+        let (order, start, sizes) = (
+            read_u32(&d.join("order")),
+            read_u32(&d.join("start")),
+            read_u32(&d.join("sizes")),
+        );
+        for m in 0..pq_dim {
+            let st = &start[m * (ksub + 1)..(m + 1) * (ksub + 1)];
+            let sz = &sizes[m * ksub..(m + 1) * ksub];
+            if running[m] == 0 {
+                assert!(st.iter().chain(sz).all(|&v| v == 0), "sub-space {m}");
+                continue;
+            }
+            let labels: Vec<u32> = (0..n).map(|r| codes[r * pq_dim + m] as u32).collect();
+            let g = group_by_label(&labels, ksub);
+            assert_eq!(
+                &order[m * n..(m + 1) * n],
+                &g.order[..],
+                "n {n}, sub-space {m}"
+            );
+            let want: Vec<u32> = g.start.iter().map(|&s| s as u32).collect();
+            assert_eq!(st, &want[..], "n {n}, sub-space {m}");
+            let want: Vec<u32> = g.sizes.iter().map(|&s| s as u32).collect();
+            assert_eq!(sz, &want[..], "n {n}, sub-space {m}");
+        }
+    }
+}
+
+#[test]
 fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     let dir = tmp();
     let d = dir.path();

@@ -13,17 +13,18 @@
 
 use super::{assigns_small, gpu_err, raw, CudaBackend, Device};
 use crate::backend::{Lloyd, Lloyds, Step};
-use crate::index::kmeans::{group_by_label, Groups};
+use crate::index::kmeans::group_by_label;
 use crate::metric::squared_norms;
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use ndarray::{Array2, ArrayView2};
-use rayon::prelude::*;
 
 /// Threads per block of `centroid_means` (`MEAN_THREADS` in kernels/quantize.cu).
 const MEAN_THREADS: u32 = 128;
 /// Threads per block of `pq_encode` (`ENCODE_THREADS` in kernels/quantize.cu).
 const ENCODE_THREADS: u32 = 256;
+/// Threads per block of `group_codes` (`GROUP_THREADS` in kernels/quantize.cu).
+const GROUP_THREADS: u32 = 256;
 
 /// PQ codes of `residuals: [n, dim]` in one launch of `pq_encode` (kernels/quantize.cu), which
 /// finds the codes `assign_small` finds one sub-space at a time; `None` where a sub-space is
@@ -354,10 +355,12 @@ fn launch_means(
 /// A product quantizer's training rows held on the device, every sub-space's k-means stepped
 /// together ([`Backend::subspace_lloyds`](crate::backend::Backend)). Per iteration: one
 /// `pq_encode` launch assigns every row in every sub-space (the codes `assign_small` gives the
-/// CPU, with their distances), `ordered_sums` adds each sub-space's objective in row order, the
-/// codes (a byte per row and sub-space) come back for the host's counting sorts (side by side),
-/// and one `centroid_means` launch moves every running sub-space's centroids. Before, each
-/// sub-space took its own Lloyd iterations: pq_dim times the launches and round trips.
+/// CPU, with their distances), `ordered_sums` adds each sub-space's objective in row order,
+/// `group_codes` sorts each running sub-space's rows by code (the host's stable counting sort,
+/// on the device), and one `centroid_means` launch moves every running sub-space's centroids;
+/// the objectives, cluster sizes and codebooks come back. Before, each sub-space took its own
+/// Lloyd iterations (pq_dim times the launches and round trips), and later the codes came
+/// back every iteration for counting sorts on the host.
 pub(super) struct DeviceSubspaces<'a> {
     backend: &'a CudaBackend,
     n: usize,
@@ -377,6 +380,10 @@ pub(super) struct DeviceSubspaces<'a> {
     order: CudaSlice<u32>,
     /// `[pq_dim, ksub + 1]`.
     start: CudaSlice<u32>,
+    /// `[pq_dim, ksub]`.
+    sizes: CudaSlice<u32>,
+    /// `[pq_dim]`: 1 for a sub-space still iterating.
+    running: CudaSlice<i32>,
     /// `[pq_dim · ksub, dsub]`.
     books: CudaSlice<f32>,
 }
@@ -423,8 +430,9 @@ impl<'a> DeviceSubspaces<'a> {
             .clone_htod(host.as_ref())
             .map_err(|e| gpu_err("copying PQ training rows to the device", e))?;
         let alloc = || -> std::result::Result<_, cudarc::driver::DriverError> {
-            // SAFETY: each is written before it is read: codes, distances and sums by the
-            // kernels of a step, order, starts and codebooks by that step's uploads.
+            // SAFETY: each is written before it is read: codes, distances, sums, order, starts
+            // and sizes by the kernels of a step, the running flags and codebooks by that
+            // step's uploads.
             Ok(unsafe {
                 (
                     stream.alloc::<u32>(words)?,
@@ -432,11 +440,13 @@ impl<'a> DeviceSubspaces<'a> {
                     stream.alloc::<f64>(pq_dim)?,
                     stream.alloc::<u32>(pq_dim * n)?,
                     stream.alloc::<u32>(pq_dim * (ksub + 1))?,
+                    stream.alloc::<u32>(pq_dim * ksub)?,
+                    stream.alloc::<i32>(pq_dim)?,
                     stream.alloc::<f32>(pq_dim * ksub * dsub)?,
                 )
             })
         };
-        let (codes, dists, sums, order, start, books) =
+        let (codes, dists, sums, order, start, sizes, running, books) =
             alloc().map_err(|e| gpu_err("allocating device memory", e))?;
         Ok(Some(Box::new(DeviceSubspaces {
             backend,
@@ -451,6 +461,8 @@ impl<'a> DeviceSubspaces<'a> {
             sums,
             order,
             start,
+            sizes,
+            running,
             books,
         })))
     }
@@ -476,15 +488,21 @@ impl Lloyds for DeviceSubspaces<'_> {
         for c in centroids.iter() {
             books.extend(c.iter());
         }
-        // Assign every row in every sub-space, and add each sub-space's objective.
-        let mut packed = vec![0u32; self.codes.len()];
+        // Assign every row in every sub-space, add each sub-space's objective, group each
+        // running sub-space's rows by code, and move its centroids: all on the device, with
+        // the objectives, cluster sizes and codebooks brought back.
+        let flags: Vec<i32> = running.iter().map(|&r| i32::from(r)).collect();
         let mut sums = vec![0f64; pq_dim];
+        let mut sizes = vec![0u32; pq_dim * ksub];
         {
             let dev = self.backend.lock()?;
             let stream = dev.stream.clone();
             stream
                 .memcpy_htod(&books, &mut self.books)
                 .map_err(|e| gpu_err("copying codebooks to the device", e))?;
+            stream
+                .memcpy_htod(&flags, &mut self.running)
+                .map_err(|e| gpu_err("copying the running sub-spaces to the device", e))?;
             let (x_ptr, book_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.books));
             let (codes_ptr, dists_ptr) = (raw(&stream, &self.codes), raw(&stream, &self.dists));
             launch_pq_encode(
@@ -505,71 +523,60 @@ impl Lloyds for DeviceSubspaces<'_> {
             // SAFETY: arguments match ordered_sums' signature; the distances hold pq_dim·n
             // floats and the sums pq_dim doubles.
             unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching ordered_sums", e))?;
-            stream
-                .memcpy_dtoh(&self.codes, &mut packed)
-                .map_err(|e| gpu_err("copying PQ codes from the device", e))?;
-            stream
-                .memcpy_dtoh(&self.sums, &mut sums)
-                .map_err(|e| gpu_err("copying objectives from the device", e))?;
-            stream
-                .synchronize()
-                .map_err(|e| gpu_err("assigning PQ training rows", e))?;
-        }
-        // Each running sub-space's rows grouped by code, side by side (the device is not held:
-        // see `host_threads`); a stopped one's clusters are all empty, so it stays put.
-        let codes: &[u8] = bytemuck::cast_slice(&packed);
-        let grouped: Vec<Option<Groups>> = (0..pq_dim)
-            .into_par_iter()
-            .map(|m| {
-                running[m].then(|| {
-                    let labels: Vec<u32> = (0..n).map(|r| codes[r * pq_dim + m] as u32).collect();
-                    group_by_label(&labels, ksub)
-                })
-            })
-            .collect();
-        let mut order = vec![0u32; pq_dim * n];
-        let mut start = vec![0u32; pq_dim * (ksub + 1)];
-        for (m, g) in grouped.iter().enumerate() {
-            if let Some(g) = g {
-                order[m * n..(m + 1) * n].copy_from_slice(&g.order);
-                for (s, &v) in start[m * (ksub + 1)..].iter_mut().zip(&g.start) {
-                    *s = v as u32;
-                }
-            }
-        }
-        {
-            let dev = self.backend.lock()?;
-            let stream = dev.stream.clone();
-            stream
-                .memcpy_htod(&order, &mut self.order)
-                .map_err(|e| gpu_err("copying the row order to the device", e))?;
-            stream
-                .memcpy_htod(&start, &mut self.start)
-                .map_err(|e| gpu_err("copying cluster starts to the device", e))?;
-            let (rows_ptr, order_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.order));
-            let (start_ptr, c_ptr) = (raw(&stream, &self.start), raw(&stream, &self.books));
+            let (ksub_i, order_ptr) = (ksub as i32, raw(&stream, &self.order));
+            let (start_ptr, sizes_ptr) = (raw(&stream, &self.start), raw(&stream, &self.sizes));
+            let running_ptr = raw(&stream, &self.running);
+            let cfg = LaunchConfig {
+                grid_dim: (pq_dim as u32, 1, 1),
+                block_dim: (GROUP_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = stream.launch_builder(&dev.group_codes);
+            launch
+                .arg(&codes_ptr)
+                .arg(&n_i)
+                .arg(&count_i)
+                .arg(&ksub_i)
+                .arg(&running_ptr)
+                .arg(&order_ptr)
+                .arg(&start_ptr)
+                .arg(&sizes_ptr);
+            // SAFETY: arguments match group_codes' signature; the codes hold n·pq_dim bytes
+            // below ksub ≤ 256, the flags pq_dim ints, the order pq_dim·n, the starts
+            // pq_dim·(ksub + 1) and the sizes pq_dim·ksub words.
+            unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching group_codes", e))?;
+            let rows_ptr = raw(&stream, &self.rows);
+            let c_ptr = raw(&stream, &self.books);
             let shape = (ksub, pq_dim, 32);
             launch_means(
                 &dev, rows_ptr, n, self.dim, dsub, shape, order_ptr, start_ptr, c_ptr,
             )?;
             stream
+                .memcpy_dtoh(&self.sums, &mut sums)
+                .map_err(|e| gpu_err("copying objectives from the device", e))?;
+            stream
+                .memcpy_dtoh(&self.sizes, &mut sizes)
+                .map_err(|e| gpu_err("copying cluster sizes from the device", e))?;
+            stream
                 .memcpy_dtoh(&self.books, &mut books)
                 .map_err(|e| gpu_err("copying codebooks from the device", e))?;
             stream
                 .synchronize()
-                .map_err(|e| gpu_err("updating PQ codebooks", e))?;
+                .map_err(|e| gpu_err("training PQ codebooks", e))?;
         }
         let words = ksub * dsub;
-        Ok(grouped
-            .into_iter()
-            .zip(centroids.iter_mut())
+        Ok(centroids
+            .iter_mut()
             .enumerate()
-            .map(|(m, (g, c))| {
-                let g = g?;
+            .map(|(m, c)| {
+                if !running[m] {
+                    return None;
+                }
                 for (v, &b) in c.iter_mut().zip(&books[m * words..(m + 1) * words]) {
                     *v = b;
                 }
-                Some((g.sizes, sums[m]))
+                let sizes = sizes[m * ksub..(m + 1) * ksub].iter().map(|&s| s as u64);
+                Some((sizes.collect(), sums[m]))
             })
             .collect())
     }
