@@ -545,11 +545,9 @@ impl Lloyds for DeviceSubspaces<'_> {
             // below ksub ≤ 256, the flags pq_dim ints, the order pq_dim·n, the starts
             // pq_dim·(ksub + 1) and the sizes pq_dim·ksub words.
             unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching group_codes", e))?;
-            let rows_ptr = raw(&stream, &self.rows);
-            let c_ptr = raw(&stream, &self.books);
             let shape = (ksub, pq_dim, 32);
             launch_means(
-                &dev, rows_ptr, n, self.dim, dsub, shape, order_ptr, start_ptr, c_ptr,
+                &dev, x_ptr, n, self.dim, dsub, shape, order_ptr, start_ptr, book_ptr,
             )?;
             stream
                 .memcpy_dtoh(&self.sums, &mut sums)
