@@ -88,10 +88,12 @@ impl FromStr for Metric {
 
 /// Squared L2 norm of each row: `x: [n, dim] → [n]`.
 pub fn squared_norms(x: ndarray::ArrayView2<'_, f32>) -> Vec<f32> {
-    x.rows()
-        .into_iter()
-        .map(|r| r.iter().map(|v| v * v).sum())
-        .collect()
+    x.rows().into_iter().map(squared_norm).collect()
+}
+
+/// `‖x‖²`, summed in order.
+pub fn squared_norm<'a>(x: impl IntoIterator<Item = &'a f32>) -> f32 {
+    x.into_iter().map(|v| v * v).sum()
 }
 
 /// Scales each row to unit length in place. Returns the index of the first zero row, if any

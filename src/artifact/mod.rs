@@ -98,22 +98,22 @@ pub fn ids_tensors(ids: &Ids) -> Vec<TensorOut<'_>> {
     }
 }
 
-/// Writes an artifact atomically: checksums every tensor into the manifest first.
+/// Writes an artifact atomically, every tensor's checksum in the manifest (hashed as the
+/// tensor is written).
 pub fn write(path: &Path, mut manifest: Manifest, tensors: &[TensorOut<'_>]) -> Result<()> {
-    use rayon::prelude::*;
     manifest.format_version = FORMAT_VERSION;
-    let part = crate::laps::span("artifact: checksums");
-    manifest.checksums = tensors
-        .par_iter()
-        .map(|t| (t.name.to_string(), xxh3_hex(t.bytes)))
-        .collect();
-    drop(part);
-    let text = serde_json::to_string(&manifest).map_err(|e| Error::param(e.to_string()))?;
-    let mut metadata = BTreeMap::new();
-    metadata.insert("format".to_string(), "vecbuild".to_string());
-    metadata.insert(MANIFEST_HASH_KEY.to_string(), xxh3_hex(text.as_bytes()));
-    metadata.insert(MANIFEST_KEY.to_string(), text);
-    container::write(path, &metadata, tensors)
+    container::write_with(path, tensors, |hashes| {
+        manifest.checksums = hashes
+            .iter()
+            .map(|(name, &h)| (name.to_string(), format!("{h:016x}")))
+            .collect();
+        let text = serde_json::to_string(&manifest).map_err(|e| Error::param(e.to_string()))?;
+        let mut metadata = BTreeMap::new();
+        metadata.insert("format".to_string(), "vecbuild".to_string());
+        metadata.insert(MANIFEST_HASH_KEY.to_string(), xxh3_hex(text.as_bytes()));
+        metadata.insert(MANIFEST_KEY.to_string(), text);
+        Ok(metadata)
+    })
 }
 
 /// An opened, verified artifact.
@@ -293,11 +293,12 @@ impl Artifact {
                 name,
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                bytes: self
-                    .container
-                    .bytes(name, t.dtype)
-                    .map(|b| b.0)
-                    .unwrap_or(&[]),
+                source: container::Source::Bytes(
+                    self.container
+                        .bytes(name, t.dtype)
+                        .map(|b| b.0)
+                        .unwrap_or(&[]),
+                ),
             })
             .collect();
         write(path, manifest, &tensors)

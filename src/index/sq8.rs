@@ -71,16 +71,19 @@ impl Sq8 {
         codes
             .par_chunks_mut(dim.max(1))
             .zip(flat.par_chunks(dim.max(1)))
-            .for_each(|(out, row)| {
-                for (d, (&v, c)) in row.iter().zip(out.iter_mut()).enumerate() {
-                    let s = self.scale[d];
-                    *c = match s > 0.0 {
-                        true => ((v - self.min[d]) / s).round().clamp(0.0, 255.0) as u8,
-                        false => 0,
-                    };
-                }
-            });
+            .for_each(|(out, row)| self.encode_row(row, out));
         codes
+    }
+
+    /// The code of one row, into `out` `[dim]`.
+    pub fn encode_row(&self, row: &[f32], out: &mut [u8]) {
+        for (d, (&v, c)) in row.iter().zip(out.iter_mut()).enumerate() {
+            let s = self.scale[d];
+            *c = match s > 0.0 {
+                true => ((v - self.min[d]) / s).round().clamp(0.0, 255.0) as u8,
+                false => 0,
+            };
+        }
     }
 
     /// The vector a code row stands for.

@@ -41,7 +41,7 @@ use crate::artifact::container::{DType, TensorOut};
 use crate::backend::Backend;
 use crate::index::sq8::Sq8;
 use crate::laps::{span, Laps};
-use crate::metric::squared_norms;
+use crate::metric::{squared_norm, squared_norms};
 use crate::synth::Rng;
 use crate::{Error, Metric, Result};
 use hierarchy::Hierarchy;
@@ -576,21 +576,24 @@ pub fn write(
     drop(part);
     let index = &index;
     let ids = &ids;
-    let part = span("cagra write: vectors gathered");
-    let rows = gather_rows(vectors, &order);
-    drop(part);
-    let norms = if manifest.metric == Metric::L2 {
-        squared_norms(rows.view())
+    // The rows, their norms and codes in stored order: the rows and codes are made a block at
+    // a time as the file is written, never held whole (at 1M × 128, 512 + 128 MB).
+    let rows = vectors.as_standard_layout();
+    let rows = rows.as_slice().unwrap_or(&[]);
+    let row = |r: usize| &rows[r * dim..(r + 1) * dim];
+    let fill_rows = |first: usize, out: &mut [u8]| {
+        let out: &mut [f32] = bytemuck::cast_slice_mut(out);
+        out.par_chunks_mut(dim.max(1))
+            .zip(&order[first..])
+            .for_each(|(o, &r)| o.copy_from_slice(row(r)));
+    };
+    let norms: Vec<f32> = if manifest.metric == Metric::L2 {
+        order.par_iter().map(|&r| squared_norm(row(r))).collect()
     } else {
         Vec::new()
     };
     let mut tensors = vec![
-        TensorOut::new(
-            "vectors",
-            DType::F32,
-            vec![n, dim],
-            rows.as_slice().unwrap_or(&[]),
-        ),
+        TensorOut::rows("vectors", DType::F32, vec![n, dim], &fill_rows),
         TensorOut::new("graph", DType::U32, vec![n, d], &index.graph.neighbors),
         TensorOut::new(
             "graph.entry_points",
@@ -602,15 +605,21 @@ pub fn write(
     if manifest.metric == Metric::L2 {
         tensors.push(TensorOut::new("sq_norms", DType::F32, vec![n], &norms));
     }
+    // The ranges are the rows' in any order.
     let sq8 = (codes == SearchCodes::Sq8).then(|| {
-        let _span = span("cagra write: search codes");
-        let q = Sq8::train(rows.view());
-        let codes = q.encode(rows.view());
-        (q, codes)
+        let _span = span("cagra write: search code ranges");
+        Sq8::train(vectors)
     });
-    if let Some((q, codes)) = &sq8 {
+    let fill_codes = |first: usize, out: &mut [u8]| {
+        if let Some(q) = &sq8 {
+            out.par_chunks_mut(dim.max(1))
+                .zip(&order[first..])
+                .for_each(|(o, &r)| q.encode_row(row(r), o));
+        }
+    };
+    if let Some(q) = &sq8 {
         tensors.extend([
-            TensorOut::new("codes", DType::U8, vec![n, dim], codes),
+            TensorOut::rows("codes", DType::U8, vec![n, dim], &fill_codes),
             TensorOut::new("codes.min", DType::F32, vec![dim], &q.min),
             TensorOut::new("codes.scale", DType::F32, vec![dim], &q.scale),
         ]);
@@ -630,23 +639,6 @@ pub fn write(
     ));
     tensors.extend(crate::artifact::ids_tensors(ids));
     crate::artifact::write(path, manifest, &tensors)
-}
-
-/// `rows[order[i]]` for each `i`, as one `[order.len(), dim]` array, blocks of rows copied on
-/// all cores.
-fn gather_rows(rows: ArrayView2<'_, f32>, order: &[usize]) -> ndarray::Array2<f32> {
-    let dim = rows.ncols();
-    let mut out = ndarray::Array2::<f32>::zeros((order.len(), dim));
-    if let Some(flat) = out.as_slice_mut() {
-        flat.par_chunks_mut(dim.max(1))
-            .zip(order.par_iter())
-            .for_each(|(o, &r)| {
-                for (x, &v) in o.iter_mut().zip(rows.row(r)) {
-                    *x = v;
-                }
-            });
-    }
-    out
 }
 
 /// Rows of the queue that [`reordered`]'s walk fetches ahead of the one it reads.
