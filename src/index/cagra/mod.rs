@@ -571,11 +571,30 @@ pub fn write(
             ids.len()
         )));
     }
-    let part = span("cagra write: rows reordered");
-    let (order, index, ids) = reordered(index, ids);
+    let part = span("cagra write: stored order");
+    let (order, new_of) = stored_order(index);
     drop(part);
-    let index = &index;
-    let ids = &ids;
+    let part = span("cagra write: ids and upper levels relabelled");
+    let map = |v: u32| match new_of.get(v as usize) {
+        Some(&new) => new,
+        None => v,
+    };
+    let entry_points: Vec<u32> = index.entry_points.iter().map(|&e| map(e)).collect();
+    let h = &index.hierarchy;
+    let upper_rows: Vec<u32> = h.rows.iter().map(|&r| map(r)).collect();
+    let ids = &ids.take(order.iter().copied());
+    drop(part);
+    // The graph relabelled, made a block of rows at a time as the file is written.
+    let fill_graph = |first: usize, out: &mut [u8]| {
+        let out: &mut [u32] = bytemuck::cast_slice_mut(out);
+        out.par_chunks_mut(d.max(1))
+            .zip(&order[first..])
+            .for_each(|(o, &old)| {
+                for (x, &v) in o.iter_mut().zip(index.graph.row(old)) {
+                    *x = map(v);
+                }
+            });
+    };
     // The rows, their norms and codes in stored order: the rows and codes are made a block at
     // a time as the file is written, never held whole (at 1M × 128, 512 + 128 MB).
     let rows = vectors.as_standard_layout();
@@ -594,12 +613,12 @@ pub fn write(
     };
     let mut tensors = vec![
         TensorOut::rows("vectors", DType::F32, vec![n, dim], &fill_rows),
-        TensorOut::new("graph", DType::U32, vec![n, d], &index.graph.neighbors),
+        TensorOut::rows("graph", DType::U32, vec![n, d], &fill_graph),
         TensorOut::new(
             "graph.entry_points",
             DType::U32,
-            vec![index.entry_points.len()],
-            &index.entry_points,
+            vec![entry_points.len()],
+            &entry_points,
         ),
     ];
     if manifest.metric == Metric::L2 {
@@ -624,9 +643,13 @@ pub fn write(
             TensorOut::new("codes.scale", DType::F32, vec![dim], &q.scale),
         ]);
     }
-    let h = &index.hierarchy;
     tensors.extend([
-        TensorOut::new("upper.rows", DType::U32, vec![h.rows.len()], &h.rows),
+        TensorOut::new(
+            "upper.rows",
+            DType::U32,
+            vec![upper_rows.len()],
+            &upper_rows,
+        ),
         TensorOut::new("upper.counts", DType::U32, vec![h.counts.len()], &h.counts),
         TensorOut::new("upper.graph", DType::U32, vec![h.graph.len()], &h.graph),
     ]);
@@ -641,17 +664,17 @@ pub fn write(
     crate::artifact::write(path, manifest, &tensors)
 }
 
-/// Rows of the queue that [`reordered`]'s walk fetches ahead of the one it reads.
+/// Rows of the queue that [`stored_order`]'s walk fetches ahead of the one it reads.
 const BFS_AHEAD: usize = 32;
 
 /// The order rows are stored in: the upper levels' rows first (in hierarchy position order, so
 /// the descent through them reads one compact block), then the rest breadth first over the
-/// graph from the entry points (then any row left), with the index and ids relabelled to it.
-/// Neighbours get nearby row numbers, so a search reads nearby memory: on 200k × 128 in 1000
+/// graph from the entry points (then any row left), as `(input row of each stored row, stored
+/// row of each input row)`. Neighbours get nearby row numbers, so a search reads nearby memory: on 200k × 128 in 1000
 /// clusters (2 threads, interleaved runs, same recall) breadth-first order took CPU search from
 /// ~28k to ~49k QPS at itopk 16 and ~21k to ~31k at itopk 32; upper rows first then added 8 %
 /// at itopk 16 and 15 % at itopk 32 (medians of 8 interleaved runs).
-fn reordered(index: &Cagra, ids: &crate::Ids) -> (Vec<usize>, Cagra, crate::Ids) {
+fn stored_order(index: &Cagra) -> (Vec<usize>, Vec<u32>) {
     let n = index.graph.len();
     let d = index.graph.degree;
     let mut seen = vec![false; n];
@@ -693,35 +716,5 @@ fn reordered(index: &Cagra, ids: &crate::Ids) -> (Vec<usize>, Cagra, crate::Ids)
     for (new, &old) in order.iter().enumerate() {
         new_of[old] = new as u32;
     }
-    let map = |v: u32| {
-        if (v as usize) < n {
-            new_of[v as usize]
-        } else {
-            v
-        }
-    };
-    let mut neighbors = vec![0u32; n * d];
-    neighbors
-        .par_chunks_mut(d.max(1))
-        .zip(order.par_iter())
-        .for_each(|(out, &old)| {
-            for (o, &v) in out.iter_mut().zip(index.graph.row(old)) {
-                *o = map(v);
-            }
-        });
-    let mut hierarchy = index.hierarchy.clone();
-    for r in hierarchy.rows.iter_mut() {
-        *r = map(*r);
-    }
-    let out = Cagra {
-        graph: Graph {
-            degree: d,
-            neighbors,
-        },
-        entry_points: index.entry_points.iter().map(|&e| map(e)).collect(),
-        hierarchy,
-        stats: index.stats.clone(),
-    };
-    let ids = ids.take(order.iter().copied());
-    (order, out, ids)
+    (order, new_of)
 }
