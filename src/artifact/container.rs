@@ -238,7 +238,13 @@ fn write_blocks(
             Source::Bytes(bytes) => {
                 let (hash, written) = rayon::join(
                     || xxhash_rust::xxh3::xxh3_64(bytes),
-                    || out.write_all(bytes),
+                    || -> std::io::Result<()> {
+                        for piece in bytes.chunks(block_bytes.max(1)) {
+                            out.write_all(piece)?;
+                            out.start_writeback()?;
+                        }
+                        Ok(())
+                    },
                 );
                 written.map_err(io)?;
                 hash
@@ -271,7 +277,7 @@ fn write_blocks(
 /// Writes the `len` bytes of a [`Source::Rows`] tensor of `shape`, made a block of rows at a
 /// time, the next block made while the one before is hashed and written; returns their xxh3-64.
 fn write_rows(
-    out: &mut (impl Write + Send),
+    out: &mut AtomicFile,
     fill: &(dyn Fn(usize, &mut [u8]) + Sync),
     shape: &[usize],
     len: usize,
@@ -302,7 +308,8 @@ fn write_rows(
         let (written, ()) = rayon::join(
             || {
                 hasher.update(done);
-                out.write_all(done)
+                out.write_all(done)?;
+                out.start_writeback()
             },
             || {
                 if next_count > 0 {
