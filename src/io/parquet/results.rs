@@ -93,7 +93,13 @@ impl ResultsWriter {
             .map_err(|e| Error::param(format!("results: {e}")))?;
         self.writer
             .write(&batch)
-            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))
+            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+        // What the Parquet writer has handed on goes to the disk while the next batch is
+        // searched, not all in the sync at the end.
+        self.writer
+            .inner_mut()
+            .start_writeback()
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     pub fn finish(self) -> Result<()> {
