@@ -140,6 +140,103 @@ group_codes(const unsigned char* __restrict__ codes, long long n, int pq_dim, in
     }
 }
 
+// The coarse k-means' grouping (src/index/kmeans.rs' group_by_label, for any number of labels
+// k): the rows of label c at order[start[c] .. start[c + 1]] in row order (a stable counting
+// sort), so that centroid_means adds them in the CPU's order. The rows are cut into chunks of
+// `chunk` consecutive rows, each with its own row of counts; four launches in turn:
+//
+// 1. label_counts   grid (chunks), block GROUP_THREADS: counts[q][c] = rows of chunk q with
+//                   label c (counts zeroed by the caller)
+// 2. label_offsets  grid (ceil(k / GROUP_THREADS)), block GROUP_THREADS: counts[q][c] becomes
+//                   the rows with label c in the chunks before q; sizes[c] their total
+// 3. label_starts   grid (1), block SCAN_THREADS: start[c] = the sizes before c, start[k] = n
+// 4. label_scatter  grid (chunks), block 32: a warp places its chunk's rows, 32 at a time: a
+//                   row's place is its label's start, plus its label's rows in the chunks
+//                   before (then in this chunk's rounds before), plus those in the lanes before
+//
+// labels: [n], each below k
+// counts: [chunks, k]
+// sizes:  [k]
+// start:  [k + 1]
+// order:  [n]
+#define SCAN_THREADS 1024
+
+extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
+label_counts(const unsigned* __restrict__ labels, long long n, int k, long long chunk,
+             unsigned* __restrict__ counts) {
+    const long long q = blockIdx.x;
+    const long long first = q * chunk;
+    const long long end = min(n, first + chunk);
+    unsigned* row = counts + q * k;
+    for (long long r = first + threadIdx.x; r < end; r += blockDim.x) {
+        const unsigned c = labels[r];
+        if (c < (unsigned)k) atomicAdd(&row[c], 1u);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
+label_offsets(unsigned* __restrict__ counts, int chunks, int k, unsigned* __restrict__ sizes) {
+    const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= k) return;
+    unsigned running = 0;
+    for (long long q = 0; q < chunks; ++q) {
+        unsigned* at = counts + q * k + c;
+        const unsigned v = *at;
+        *at = running;
+        running += v;
+    }
+    sizes[c] = running;
+}
+
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+label_starts(const unsigned* __restrict__ sizes, int k, unsigned* __restrict__ start) {
+    __shared__ unsigned partial[SCAN_THREADS];
+    const int t = threadIdx.x;
+    // Thread t adds the sizes of its own run of labels, the block scans the runs' sums, then
+    // each thread writes its run's starts.
+    const long long per = ((long long)k + blockDim.x - 1) / blockDim.x;
+    const long long lo = min((long long)k, t * per);
+    const long long hi = min((long long)k, lo + per);
+    unsigned sum = 0;
+    for (long long c = lo; c < hi; ++c) sum += sizes[c];
+    partial[t] = sum;
+    __syncthreads();
+    for (int step = 1; step < (int)blockDim.x; step <<= 1) {
+        const unsigned add = t >= step ? partial[t - step] : 0u;
+        __syncthreads();
+        partial[t] += add;
+        __syncthreads();
+    }
+    unsigned before = partial[t] - sum;
+    for (long long c = lo; c < hi; ++c) {
+        start[c] = before;
+        before += sizes[c];
+    }
+    if (t == (int)blockDim.x - 1) start[k] = partial[t];
+}
+
+extern "C" __global__ void __launch_bounds__(32)
+label_scatter(const unsigned* __restrict__ labels, long long n, int k, long long chunk,
+              unsigned* __restrict__ counts, const unsigned* __restrict__ start,
+              unsigned* __restrict__ order) {
+    const long long q = blockIdx.x;
+    const int lane = threadIdx.x;
+    const long long first = q * chunk;
+    const long long end = min(n, first + chunk);
+    unsigned* before_chunk = counts + q * k;
+    for (long long r0 = first; r0 < end; r0 += 32) {
+        const long long r = r0 + lane;
+        const unsigned label = r < end ? labels[r] : 0xffffffffu;
+        const int c = label < (unsigned)k ? (int)label : -1;
+        const unsigned same = __match_any_sync(FULL_MASK, c);
+        const unsigned before = __popc(same & ((1u << lane) - 1));
+        if (c >= 0) order[start[c] + before_chunk[c] + before] = (unsigned)r;
+        __syncwarp();
+        if (c >= 0 && before == 0) before_chunk[c] += __popc(same);
+        __syncwarp();
+    }
+}
+
 // PQ codes of residual rows, every sub-space in one launch. Sub-vector m of a row is its
 // columns m·dsub .. (m+1)·dsub, zero past the last column (src/index/pq.rs, `subspace`); its
 // code is the nearest of codebook m's ksub centroids by assign_small's arithmetic

@@ -110,9 +110,25 @@ fn assign_scratch(s: &mut Scratch, rows: u64, k: u64, dim: u64, tile: u64) {
 }
 
 /// Device buffers a k-means holds with its `rows` rows on the device (`Backend::lloyd`): the
-/// rows, their labels, scores and order, the centroids, their norms and cluster starts.
+/// rows, their labels, scores and order, the centroids, their norms, cluster starts and sizes,
+/// and the grouping's counts per chunk of rows.
 fn lloyd_rows(rows: u64, k: u64, dim: u64) -> u64 {
-    4 * rows * dim + 12 * rows + 4 * k * dim + 8 * k + 4
+    let chunks = rows.div_ceil(group_chunk_rows(rows as usize, k as usize) as u64);
+    4 * rows * dim + 12 * rows + 4 * k * dim + 12 * k + 4 + 4 * chunks * k
+}
+
+/// At most this many chunks of rows when a GPU k-means groups its rows by label.
+const GROUP_CHUNKS: usize = 1024;
+/// At most this many counts (chunks × labels) when a GPU k-means groups its rows: 16 MiB.
+pub const GROUP_CELLS: usize = 1 << 22;
+
+/// Rows per chunk when a GPU k-means groups `n` rows by `k` labels (each chunk counts its rows
+/// per label): at most [`GROUP_CHUNKS`] chunks and [`GROUP_CELLS`] counts, and at least a
+/// warp's 32 rows.
+pub fn group_chunk_rows(n: usize, k: usize) -> usize {
+    n.div_ceil(GROUP_CHUNKS)
+        .max(n.saturating_mul(k).div_ceil(GROUP_CELLS))
+        .max(32)
 }
 
 /// Device buffers PQ training holds with every sub-space stepped together on the device

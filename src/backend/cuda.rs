@@ -97,6 +97,10 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("quantize.cu", "pq_encode"),
     ("quantize.cu", "ordered_sums"),
     ("quantize.cu", "group_codes"),
+    ("quantize.cu", "label_counts"),
+    ("quantize.cu", "label_offsets"),
+    ("quantize.cu", "label_starts"),
+    ("quantize.cu", "label_scatter"),
 ];
 
 /// Largest k the GPU selection keeps per query (its shared-memory buffer holds 2048 slots).
@@ -517,6 +521,10 @@ struct Device {
     pq_encode: CudaFunction,
     ordered_sums: CudaFunction,
     group_codes: CudaFunction,
+    label_counts: CudaFunction,
+    label_offsets: CudaFunction,
+    label_starts: CudaFunction,
+    label_scatter: CudaFunction,
     scratch: Scratch,
     tile_bytes: usize,
 }
@@ -677,6 +685,10 @@ impl CudaBackend {
             pq_encode: load("pq_encode")?,
             ordered_sums: load("ordered_sums")?,
             group_codes: load("group_codes")?,
+            label_counts: load("label_counts")?,
+            label_offsets: load("label_offsets")?,
+            label_starts: load("label_starts")?,
+            label_scatter: load("label_scatter")?,
             scratch: Scratch::default(),
             copy_stream,
             staging: [None, None],

@@ -74,6 +74,10 @@ fn kernels_compile_for_sm80_and_sm90_without_spills() {
             "pq_encode",
             "ordered_sums",
             "group_codes",
+            "label_counts",
+            "label_offsets",
+            "label_starts",
+            "label_scatter",
         ] {
             let line = out
                 .stdout

@@ -235,6 +235,62 @@ fn group_codes_kernel_groups_each_sub_space_as_group_by_label_does() {
     }
 }
 
+/// The coarse k-means' grouping on the device, over chunks of rows with any number of labels,
+/// is the host's stable counting sort: the same order, starts and sizes.
+#[test]
+fn label_grouping_kernels_group_rows_as_group_by_label_does() {
+    let dir = tmp();
+    let d = dir.path();
+    let main = r#"
+    long long n = std::atoll(argv[2]), chunk = std::atoll(argv[4]);
+    int k = std::atoi(argv[3]);
+    unsigned chunks = (unsigned)((n + chunk - 1) / chunk);
+    auto labels = load<unsigned>(dir + "labels");
+    std::vector<unsigned> counts((size_t)chunks * k, 0), sizes(k, 7), start(k + 1, 7), order(n, 7);
+    launch({chunks, 1, 1}, {GROUP_THREADS, 1, 1},
+           [&] { label_counts(labels.data(), n, k, chunk, counts.data()); });
+    launch({(unsigned)((k + GROUP_THREADS - 1) / GROUP_THREADS), 1, 1}, {GROUP_THREADS, 1, 1},
+           [&] { label_offsets(counts.data(), (int)chunks, k, sizes.data()); });
+    launch({1, 1, 1}, {SCAN_THREADS, 1, 1}, [&] { label_starts(sizes.data(), k, start.data()); });
+    launch({chunks, 1, 1}, {32, 1, 1}, [&] {
+        label_scatter(labels.data(), n, k, chunk, counts.data(), start.data(), order.data());
+    });
+    save(dir + "order", order);
+    save(dir + "start", start);
+    save(dir + "sizes", sizes);"#;
+    let Some(exe) = host_build(d, "quantize.cu", main) else {
+        return;
+    };
+    use vecbuild::index::kmeans::group_by_label;
+    let mut rng = Rng::new(71);
+    // One label; a few labels in long runs (across rounds, chunks and blocks); more labels
+    // than the scan's threads, some with no rows; chunks of one round, of several with a short
+    // last round, and one chunk for all rows.
+    for (n, k, chunk) in [
+        (100usize, 1usize, 32usize),
+        (1000, 7, 96),
+        (777, 300, 50),
+        (3001, 5000, 1000),
+        (2500, 40, 2500),
+    ] {
+        let labels: Vec<u32> = (0..n)
+            .map(|r| match r % 5 {
+                0 | 1 => (r / 60 % k) as u32,
+                _ => rng.below(k as u64) as u32,
+            })
+            .collect();
+        write(&d.join("labels"), &labels);
+        run_driver(&exe, d, &[n, k, chunk].map(|v| v.to_string()));
+        let g = group_by_label(&labels, k);
+        let case = format!("n {n}, k {k}, chunks of {chunk}");
+        assert_eq!(read_u32(&d.join("order")), g.order, "{case}");
+        let want: Vec<u32> = g.start.iter().map(|&s| s as u32).collect();
+        assert_eq!(read_u32(&d.join("start")), want, "{case}");
+        let want: Vec<u32> = g.sizes.iter().map(|&s| s as u32).collect();
+        assert_eq!(read_u32(&d.join("sizes")), want, "{case}");
+    }
+}
+
 #[test]
 fn pq_encode_kernel_finds_the_cpu_codes_of_every_sub_space() {
     let dir = tmp();

@@ -5,11 +5,13 @@
 //!
 //! The rows are copied to the device once. Each iteration uploads the centroids, assigns every
 //! row as [`Backend::assign_nearest`](crate::backend::Backend) does (the same GEMM tiles and
-//! `argmin_rows`, or `assign_small` for PQ sub-spaces, so the same labels), and copies the
-//! labels and scores back: the host adds the objective and groups the rows by label (counting
-//! sort), and `centroid_means` (kernels/quantize.cu) moves each centroid to the mean of its rows
-//! with the CPU's arithmetic in the CPU's order. Per iteration that is `12·n` bytes each way
-//! plus the centroids, instead of the rows.
+//! `argmin_rows`, or `assign_small` for PQ sub-spaces, so the same labels), groups the rows by
+//! label on the device in the host's order (`label_counts` … `label_scatter`, a stable
+//! counting sort over chunks of rows), and `centroid_means` (kernels/quantize.cu) moves each
+//! centroid to the mean of its rows with the CPU's arithmetic in the CPU's order. The scores
+//! come back for the objective (added on the host in row order), with the cluster sizes and
+//! the centroids: per iteration `4·n` bytes back and the centroids each way, instead of the
+//! rows.
 
 use super::{assigns_small, gpu_err, raw, CudaBackend, Device};
 use crate::backend::{Lloyd, Lloyds, Step};
@@ -23,8 +25,11 @@ use ndarray::{Array2, ArrayView2};
 const MEAN_THREADS: u32 = 128;
 /// Threads per block of `pq_encode` (`ENCODE_THREADS` in kernels/quantize.cu).
 const ENCODE_THREADS: u32 = 256;
-/// Threads per block of `group_codes` (`GROUP_THREADS` in kernels/quantize.cu).
+/// Threads per block of `group_codes`, `label_counts` and `label_offsets` (`GROUP_THREADS` in
+/// kernels/quantize.cu).
 const GROUP_THREADS: u32 = 256;
+/// Threads of `label_starts`' one block (`SCAN_THREADS` in kernels/quantize.cu).
+const SCAN_THREADS: u32 = 1024;
 
 /// PQ codes of `residuals: [n, dim]` in one launch of `pq_encode` (kernels/quantize.cu), which
 /// finds the codes `assign_small` finds one sub-space at a time; `None` where a sub-space is
@@ -85,8 +90,23 @@ pub(super) struct DeviceLloyd<'a> {
     /// The rows on the host, and whether they were checked against fp16's range.
     data: ArrayView2<'a, f32>,
     rows_checked: bool,
-    /// Centroids, their norms and the cluster starts, sized by the first call.
-    centroids: Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<u32>)>,
+    /// Buffers sized by the number of centroids, at the first call.
+    clusters: Option<Clusters>,
+}
+
+/// A k-means' device buffers sized by its `k` centroids.
+struct Clusters {
+    /// `[k, dim]`.
+    centroids: CudaSlice<f32>,
+    /// `[k]`: their squared norms (the GEMM assignment).
+    norms: CudaSlice<f32>,
+    /// `[k + 1]`: where each cluster's rows start in the order.
+    start: CudaSlice<u32>,
+    /// `[k]`: rows per cluster.
+    sizes: CudaSlice<u32>,
+    /// `[chunks, k]`: the grouping's counts per chunk of `chunk` rows.
+    counts: CudaSlice<u32>,
+    chunk: usize,
 }
 
 impl<'a> DeviceLloyd<'a> {
@@ -103,7 +123,9 @@ impl<'a> DeviceLloyd<'a> {
         let host = super::contiguous(&data);
         let dev = backend.lock()?;
         let stream = dev.stream.clone();
-        if !super::fits_half_free(&stream, 4 * n * (dim + 3))? {
+        // The rows, labels, scores and order, and the grouping's counts at their largest.
+        let counts = 4 * crate::plan::GROUP_CELLS;
+        if !super::fits_half_free(&stream, 4 * n * (dim + 3) + counts)? {
             backend.slower(format!(
                 "k-means over {n} rows copied them to the device for each iteration: held, they \
                  need more than half the free device memory"
@@ -130,16 +152,17 @@ impl<'a> DeviceLloyd<'a> {
             order,
             data,
             rows_checked: false,
-            centroids: None,
+            clusters: None,
         })))
     }
 
-    /// Uploads `centroids` and assigns every held row on the device; returns the labels and
-    /// squared distances (copied back).
-    fn assign(&mut self, centroids: ArrayView2<'_, f32>) -> Result<(Vec<u32>, Vec<f32>)> {
+    /// Uploads `centroids` and assigns every held row on the device (labels and scores in
+    /// `labels` and `scores`, not waited for); returns whether by `assign_small`, whose scores
+    /// are the squared distances (the GEMM's lack the rows' norms).
+    fn assign_on_device(&mut self, centroids: ArrayView2<'_, f32>) -> Result<bool> {
         let (n, dim) = (self.n, self.dim);
         let kc = centroids.nrows();
-        if kc == 0 || centroids.ncols() != dim {
+        if kc == 0 || centroids.ncols() != dim || kc > i32::MAX as usize {
             return Err(Error::Gpu(
                 "k-means on the GPU: centroids missing or of another dimension".into(),
             ));
@@ -161,40 +184,46 @@ impl<'a> DeviceLloyd<'a> {
         let mut dev = self.backend.lock()?;
         let stream = dev.stream.clone();
         if self
-            .centroids
+            .clusters
             .as_ref()
-            .is_none_or(|(c, _, _)| c.len() != kc * dim)
+            .is_none_or(|c| c.centroids.len() != kc * dim)
         {
-            // SAFETY: each is uploaded below (norms on the GEMM path only, where they are read)
-            // or, for the starts, before `centroid_means` reads them.
+            let chunk = crate::plan::group_chunk_rows(n, kc);
+            let chunks = n.div_ceil(chunk);
+            // SAFETY: each is written before it is read: the centroids (and, on the GEMM path,
+            // their norms) by the uploads below, the rest by the grouping's launches (the
+            // counts zeroed first).
             let alloc = || -> std::result::Result<_, cudarc::driver::DriverError> {
                 Ok(unsafe {
-                    (
-                        stream.alloc::<f32>(kc * dim)?,
-                        stream.alloc::<f32>(kc)?,
-                        stream.alloc::<u32>(kc + 1)?,
-                    )
+                    Clusters {
+                        centroids: stream.alloc::<f32>(kc * dim)?,
+                        norms: stream.alloc::<f32>(kc)?,
+                        start: stream.alloc::<u32>(kc + 1)?,
+                        sizes: stream.alloc::<u32>(kc)?,
+                        counts: stream.alloc::<u32>(chunks * kc)?,
+                        chunk,
+                    }
                 })
             };
-            self.centroids = Some(alloc().map_err(|e| gpu_err("allocating device memory", e))?);
+            self.clusters = Some(alloc().map_err(|e| gpu_err("allocating device memory", e))?);
         }
-        let (c_dev, cn_dev, _) = self
-            .centroids
+        let clusters = self
+            .clusters
             .as_mut()
             .ok_or_else(|| Error::Gpu("centroid buffer missing".into()))?;
         let c_host = super::contiguous(&centroids);
         stream
-            .memcpy_htod(c_host.as_ref(), c_dev)
+            .memcpy_htod(c_host.as_ref(), &mut clusters.centroids)
             .map_err(|e| gpu_err("copying centroids to the device", e))?;
-        let (c_ptr, rows_ptr) = (raw(&stream, c_dev), raw(&stream, &self.rows));
+        let (c_ptr, rows_ptr) = (raw(&stream, &clusters.centroids), raw(&stream, &self.rows));
         let (oc_ptr, os_ptr) = (raw(&stream, &self.labels), raw(&stream, &self.scores));
         if small {
             dev.nearest_small(rows_ptr, n, c_ptr, kc, dim, oc_ptr, os_ptr)?;
         } else {
             stream
-                .memcpy_htod(&squared_norms(centroids), cn_dev)
+                .memcpy_htod(&squared_norms(centroids), &mut clusters.norms)
                 .map_err(|e| gpu_err("copying centroid norms to the device", e))?;
-            let cn_ptr = raw(&stream, cn_dev);
+            let cn_ptr = raw(&stream, &clusters.norms);
             // The tiles `Backend::assign_nearest` uses, so cuBLAS sees the same shapes.
             let r_tile = dev.assign_tile_rows(kc, n);
             for r0 in (0..n).step_by(r_tile) {
@@ -212,67 +241,144 @@ impl<'a> DeviceLloyd<'a> {
                 )?;
             }
         }
-        let mut labels = vec![0u32; n];
-        let mut dists = vec![0f32; n];
-        stream
-            .memcpy_dtoh(&self.labels, &mut labels)
-            .map_err(|e| gpu_err("copying labels from the device", e))?;
-        stream
-            .memcpy_dtoh(&self.scores, &mut dists)
-            .map_err(|e| gpu_err("copying distances from the device", e))?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("assigning rows to centroids", e))?;
+        Ok(small)
+    }
+
+    /// The rows' squared distances from the scores `assign_on_device` left (copied back, the
+    /// copy waited for by the caller's synchronisation): `assign_nearest`'s, the rows' norms
+    /// added on the GEMM path.
+    fn distances(&self, scores: &mut [f32], small: bool) {
         if !small {
             // Scores are ‖c‖² − 2·x·c: add ‖x‖² as `assign_nearest` does.
-            for (d, x) in dists.iter_mut().zip(&self.sq_norms) {
+            for (d, x) in scores.iter_mut().zip(&self.sq_norms) {
                 *d = (*d + x).max(0.0);
             }
         }
-        Ok((labels, dists))
+    }
+
+    /// Groups the rows by the labels on the device (`label_counts`, `label_offsets`,
+    /// `label_starts`, `label_scatter`): the order, starts and sizes the host's
+    /// `group_by_label` gives, left in `order` and the clusters' `start` and `sizes`.
+    fn group_on_device(&mut self, dev: &Device, kc: usize) -> Result<()> {
+        let stream = dev.stream.clone();
+        let clusters = self
+            .clusters
+            .as_mut()
+            .ok_or_else(|| Error::Gpu("centroid buffer missing".into()))?;
+        stream
+            .memset_zeros(&mut clusters.counts)
+            .map_err(|e| gpu_err("clearing the grouping's counts", e))?;
+        let (n_i, k_i, chunk_i) = (self.n as i64, kc as i32, clusters.chunk as i64);
+        let chunks = self.n.div_ceil(clusters.chunk);
+        let chunks_i = chunks as i32;
+        let labels_ptr = raw(&stream, &self.labels);
+        let (counts_ptr, sizes_ptr) = (
+            raw(&stream, &clusters.counts),
+            raw(&stream, &clusters.sizes),
+        );
+        let (start_ptr, order_ptr) = (raw(&stream, &clusters.start), raw(&stream, &self.order));
+        let cfg = |blocks: usize, threads: u32| LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&dev.label_counts);
+        launch
+            .arg(&labels_ptr)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&chunk_i)
+            .arg(&counts_ptr);
+        // SAFETY (all four): arguments match the kernels' signatures; the labels hold n words
+        // below kc, the counts chunks·kc, the sizes kc, the starts kc + 1 and the order n.
+        unsafe { launch.launch(cfg(chunks, GROUP_THREADS)) }
+            .map_err(|e| gpu_err("launching label_counts", e))?;
+        let mut launch = stream.launch_builder(&dev.label_offsets);
+        launch
+            .arg(&counts_ptr)
+            .arg(&chunks_i)
+            .arg(&k_i)
+            .arg(&sizes_ptr);
+        unsafe { launch.launch(cfg(kc.div_ceil(GROUP_THREADS as usize), GROUP_THREADS)) }
+            .map_err(|e| gpu_err("launching label_offsets", e))?;
+        let mut launch = stream.launch_builder(&dev.label_starts);
+        launch.arg(&sizes_ptr).arg(&k_i).arg(&start_ptr);
+        unsafe { launch.launch(cfg(1, SCAN_THREADS)) }
+            .map_err(|e| gpu_err("launching label_starts", e))?;
+        let mut launch = stream.launch_builder(&dev.label_scatter);
+        launch
+            .arg(&labels_ptr)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&chunk_i)
+            .arg(&counts_ptr)
+            .arg(&start_ptr)
+            .arg(&order_ptr);
+        unsafe { launch.launch(cfg(chunks, 32)) }
+            .map_err(|e| gpu_err("launching label_scatter", e))?;
+        Ok(())
     }
 }
 
 impl Lloyd for DeviceLloyd<'_> {
     fn step(&mut self, centroids: &mut Array2<f32>) -> Result<Step> {
-        let (labels, dists) = self.assign(centroids.view())?;
-        let objective: f64 = dists.iter().map(|&d| d as f64).sum();
+        let small = self.assign_on_device(centroids.view())?;
         let kc = centroids.nrows();
-        let groups = group_by_label(&labels, kc);
-        let start: Vec<u32> = groups.start.iter().map(|&s| s as u32).collect();
-        let dev = self.backend.lock()?;
-        let stream = dev.stream.clone();
-        let (c_dev, _, start_dev) = self
-            .centroids
-            .as_mut()
-            .ok_or_else(|| Error::Gpu("centroid buffer missing".into()))?;
-        stream
-            .memcpy_htod(&groups.order, &mut self.order)
-            .map_err(|e| gpu_err("copying the row order to the device", e))?;
-        stream
-            .memcpy_htod(&start, start_dev)
-            .map_err(|e| gpu_err("copying cluster starts to the device", e))?;
-        let (rows_ptr, order_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.order));
-        let (start_ptr, c_ptr) = (raw(&stream, start_dev), raw(&stream, c_dev));
-        let shape = (kc, 1, MEAN_THREADS);
-        launch_means(
-            &dev, rows_ptr, self.n, self.dim, self.dim, shape, order_ptr, start_ptr, c_ptr,
-        )?;
-        let flat = centroids
-            .as_slice_mut()
-            .ok_or_else(|| Error::Gpu("k-means centroids not contiguous".into()))?;
-        stream
-            .memcpy_dtoh(c_dev, flat)
-            .map_err(|e| gpu_err("copying centroids from the device", e))?;
-        stream
-            .synchronize()
-            .map_err(|e| gpu_err("updating centroids", e))?;
-        Ok((groups.sizes, objective))
+        let mut scores = vec![0f32; self.n];
+        let mut sizes = vec![0u32; kc];
+        {
+            let dev = self.backend.lock()?;
+            let stream = dev.stream.clone();
+            self.group_on_device(&dev, kc)?;
+            let clusters = self
+                .clusters
+                .as_mut()
+                .ok_or_else(|| Error::Gpu("centroid buffer missing".into()))?;
+            let (rows_ptr, order_ptr) = (raw(&stream, &self.rows), raw(&stream, &self.order));
+            let (start_ptr, c_ptr) = (
+                raw(&stream, &clusters.start),
+                raw(&stream, &clusters.centroids),
+            );
+            let shape = (kc, 1, MEAN_THREADS);
+            launch_means(
+                &dev, rows_ptr, self.n, self.dim, self.dim, shape, order_ptr, start_ptr, c_ptr,
+            )?;
+            let flat = centroids
+                .as_slice_mut()
+                .ok_or_else(|| Error::Gpu("k-means centroids not contiguous".into()))?;
+            stream
+                .memcpy_dtoh(&clusters.centroids, flat)
+                .map_err(|e| gpu_err("copying centroids from the device", e))?;
+            stream
+                .memcpy_dtoh(&clusters.sizes, &mut sizes)
+                .map_err(|e| gpu_err("copying cluster sizes from the device", e))?;
+            stream
+                .memcpy_dtoh(&self.scores, &mut scores)
+                .map_err(|e| gpu_err("copying distances from the device", e))?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("updating centroids", e))?;
+        }
+        self.distances(&mut scores, small);
+        let objective: f64 = scores.iter().map(|&d| d as f64).sum();
+        Ok((sizes.iter().map(|&s| s as u64).collect(), objective))
     }
 
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>> {
-        let (labels, _) = self.assign(centroids)?;
-        Ok(group_by_label(&labels, centroids.nrows()).sizes)
+        self.assign_on_device(centroids)?;
+        let kc = centroids.nrows();
+        let mut labels = vec![0u32; self.n];
+        {
+            let dev = self.backend.lock()?;
+            let stream = dev.stream.clone();
+            stream
+                .memcpy_dtoh(&self.labels, &mut labels)
+                .map_err(|e| gpu_err("copying labels from the device", e))?;
+            stream
+                .synchronize()
+                .map_err(|e| gpu_err("assigning rows to centroids", e))?;
+        }
+        Ok(group_by_label(&labels, kc).sizes)
     }
 }
 
