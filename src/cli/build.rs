@@ -292,14 +292,8 @@ pub fn run(args: BuildArgs, ui: &Ui) -> anyhow::Result<()> {
             let n = vecbuild::io::count_rows(&files)? as usize;
             let mut data: Vec<f32> = Vec::new();
             let summary = read_with_progress(ui, "reading", &args.input, opts, &mut |b: Batch| {
-                Ids::accumulate(&mut ids, b.ids)?;
-                if data.capacity() == 0 {
-                    // All rows at once, from the metadata's count: no doubling while reading
-                    // (a count the allocator refuses is left to ordinary growth).
-                    let _ = data.try_reserve_exact(n.saturating_mul(b.vectors.ncols()));
-                }
-                vecbuild::io::extend_parallel(&mut data, b.vectors.as_slice().unwrap_or(&[]));
-                Ok(())
+                vecbuild::io::append_vectors(&mut data, n, &b);
+                Ids::accumulate(&mut ids, b.ids)
             })?;
             check_ids(&args, &ids, &summary)?;
             phases.mark("reading");
@@ -733,7 +727,7 @@ fn build_ivf_pq(
         read_with_progress(ui, "encoding", &args.input, opts(), &mut |b: Batch| {
             trained.encode(backend, b.vectors.view(), &mut encoded)?;
             if let Some(r) = raw.as_mut() {
-                vecbuild::io::extend_parallel(r, b.vectors.as_slice().unwrap_or(&[]));
+                vecbuild::io::append_vectors(r, n, &b);
             }
             Ok(())
         })?;

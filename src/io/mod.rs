@@ -294,17 +294,28 @@ pub fn extend_parallel(dst: &mut Vec<f32>, src: &[f32]) {
     unsafe { dst.set_len(dst.len() + src.len()) };
 }
 
+/// Appends a batch's vectors to `data`, which is first given room for `rows` rows of the
+/// batch's width in all: no doubling (a copy of everything so far, onto pages the kernel
+/// zeroes first) while a file is read into memory. A count the allocator refuses is left to
+/// ordinary growth.
+pub fn append_vectors(data: &mut Vec<f32>, rows: usize, batch: &Batch) {
+    if data.capacity() == 0 {
+        let _ = data.try_reserve_exact(rows.saturating_mul(batch.vectors.ncols()));
+    }
+    extend_parallel(data, batch.vectors.as_slice().unwrap_or(&[]));
+}
+
 /// Reads all inputs into memory: `(ids, vectors [n, dim], summary)`.
 pub fn read_all(
     files: &[PathBuf],
     opts: &ReadOptions<'_>,
 ) -> Result<(Ids, Array2<f32>, InputSummary)> {
+    let rows = count_rows(files)? as usize;
     let mut ids: Option<Ids> = None;
     let mut data: Vec<f32> = Vec::new();
     let summary = read_inputs(files, opts, &mut |batch: Batch| {
-        Ids::accumulate(&mut ids, batch.ids)?;
-        extend_parallel(&mut data, batch.vectors.as_slice().unwrap_or(&[]));
-        Ok(())
+        append_vectors(&mut data, rows, &batch);
+        Ids::accumulate(&mut ids, batch.ids)
     })?;
     let vectors = Array2::from_shape_vec((summary.rows as usize, summary.dim), data)
         .map_err(|e| Error::param(format!("internal shape error: {e}")))?;
