@@ -670,10 +670,11 @@ const BFS_AHEAD: usize = 32;
 /// The order rows are stored in: the upper levels' rows first (in hierarchy position order, so
 /// the descent through them reads one compact block), then the rest breadth first over the
 /// graph from the entry points (then any row left), as `(input row of each stored row, stored
-/// row of each input row)`. Neighbours get nearby row numbers, so a search reads nearby memory: on 200k × 128 in 1000
-/// clusters (2 threads, interleaved runs, same recall) breadth-first order took CPU search from
-/// ~28k to ~49k QPS at itopk 16 and ~21k to ~31k at itopk 32; upper rows first then added 8 %
-/// at itopk 16 and 15 % at itopk 32 (medians of 8 interleaved runs).
+/// row of each input row)`. Neighbours get nearby row numbers, so a search reads nearby
+/// memory: on 200k × 128 in 1000 clusters (2 threads, interleaved runs, same recall)
+/// breadth-first order took CPU search from ~28k to ~49k QPS at itopk 16 and ~21k to ~31k at
+/// itopk 32; upper rows first then added 8 % at itopk 16 and 15 % at itopk 32 (medians of 8
+/// interleaved runs).
 fn stored_order(index: &Cagra) -> (Vec<usize>, Vec<u32>) {
     let n = index.graph.len();
     let d = index.graph.degree;
