@@ -15,7 +15,6 @@
 
 use super::{assigns_small, gpu_err, raw, CudaBackend, Device};
 use crate::backend::{Lloyd, Lloyds, Step};
-use crate::index::kmeans::group_by_label;
 use crate::metric::squared_norms;
 use crate::{Error, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -367,18 +366,20 @@ impl Lloyd for DeviceLloyd<'_> {
     fn sizes(&mut self, centroids: ArrayView2<'_, f32>) -> Result<Vec<u64>> {
         self.assign_on_device(centroids)?;
         let kc = centroids.nrows();
-        let mut labels = vec![0u32; self.n];
-        {
-            let dev = self.backend.lock()?;
-            let stream = dev.stream.clone();
-            stream
-                .memcpy_dtoh(&self.labels, &mut labels)
-                .map_err(|e| gpu_err("copying labels from the device", e))?;
-            stream
-                .synchronize()
-                .map_err(|e| gpu_err("assigning rows to centroids", e))?;
-        }
-        Ok(group_by_label(&labels, kc).sizes)
+        let mut sizes = vec![0u32; kc];
+        let dev = self.backend.lock()?;
+        self.group_on_device(&dev, kc)?;
+        let clusters = self
+            .clusters
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("centroid buffer missing".into()))?;
+        dev.stream
+            .memcpy_dtoh(&clusters.sizes, &mut sizes)
+            .map_err(|e| gpu_err("copying cluster sizes from the device", e))?;
+        dev.stream
+            .synchronize()
+            .map_err(|e| gpu_err("assigning rows to centroids", e))?;
+        Ok(sizes.iter().map(|&s| s as u64).collect())
     }
 }
 
