@@ -2,11 +2,14 @@
 
 use super::input::{read_with_progress, ColumnArgs};
 use super::{Opening, Ui};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
+use vecbuild::ids::IdsView;
 use vecbuild::io::parquet::ResultsWriter;
 use vecbuild::io::Batch;
-use vecbuild::search::NO_NEIGHBOR;
+use vecbuild::search::{SearchResults, NO_NEIGHBOR};
 use vecbuild::{Error, Ids, SearchParams, Searcher};
 
 /// Search an artifact with a file of queries and write the results as Parquet.
@@ -111,13 +114,25 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let mut writer: Option<ResultsWriter> = None;
+    let params = SearchParams {
+        n_probes: args.n_probes,
+        refine_ratio: args.refine_ratio,
+        itopk_size: args.itopk_size,
+        search_width: args.search_width,
+        max_iterations: args.max_iterations,
+        exact_walk: args.exact_walk,
+    };
     let mut pending: Vec<Batch> = Vec::new();
     let mut pending_rows = 0usize;
     let mut search_time = Duration::ZERO;
     let mut searched = 0u64;
-    let mut flush =
-        |pending: &mut Vec<Batch>, writer: &mut Option<ResultsWriter>| -> vecbuild::Result<()> {
+    let mut opts = args.columns.options(m.metric.normalizes());
+    opts.expect_dim = Some(m.dim);
+    // Three stages at once: the queries are decoded on the reader's threads, searched here, and
+    // the results of the batch before encoded and written on a thread of their own.
+    std::thread::scope(|scope| -> vecbuild::Result<()> {
+        let mut results = ResultsThread::spawn(scope, &args.out, searcher.ids());
+        let mut flush = |pending: &mut Vec<Batch>| -> vecbuild::Result<()> {
             if pending.is_empty() {
                 return Ok(());
             }
@@ -129,61 +144,25 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
             }
             let queries = ndarray::concatenate(ndarray::Axis(0), &views)
                 .map_err(|e| Error::param(e.to_string()))?;
+            pending.clear();
             let t = Instant::now();
-            let params = SearchParams {
-                n_probes: args.n_probes,
-                refine_ratio: args.refine_ratio,
-                itopk_size: args.itopk_size,
-                search_width: args.search_width,
-                max_iterations: args.max_iterations,
-                exact_walk: args.exact_walk,
-            };
-            let results = searcher.search_on(backend, queries.view(), args.k, &params)?;
+            let found = searcher.search_on(backend, queries.view(), args.k, &params)?;
             search_time += t.elapsed();
             searched += queries.nrows() as u64;
-            // Lists hold what each query found: empty slots are left out.
-            let ids = searcher.ids();
-            let found: Vec<(u64, f32)> = results
-                .rows
-                .iter()
-                .zip(results.distances.iter())
-                .map(|(&r, &d)| (r, d))
-                .collect();
-            let mut offsets = vec![0usize];
-            let mut kept: Vec<usize> = Vec::with_capacity(found.len());
-            let mut dists: Vec<f32> = Vec::with_capacity(found.len());
-            for row in found.chunks(results.rows.ncols().max(1)) {
-                for &(r, d) in row.iter().filter(|(r, _)| *r != NO_NEIGHBOR) {
-                    kept.push(r as usize);
-                    dists.push(d);
-                }
-                offsets.push(kept.len());
-            }
-            let neighbors = ids.take(kept);
-            if writer.is_none() {
-                *writer = Some(ResultsWriter::create(&args.out, q_ids.kind(), ids.kind())?);
-            }
-            if let Some(w) = writer.as_mut() {
-                w.write(&q_ids, &neighbors, &offsets, &dists)?;
-            }
-            pending.clear();
-            Ok(())
+            results.send(q_ids, found)
         };
-    let mut opts = args.columns.options(m.metric.normalizes());
-    opts.expect_dim = Some(m.dim);
-    read_with_progress(ui, "searching", &args.queries, opts, &mut |b: Batch| {
-        pending_rows += b.vectors.nrows();
-        pending.push(b);
-        if pending_rows >= args.batch_queries.max(1) {
-            pending_rows = 0;
-            flush(&mut pending, &mut writer)?;
-        }
-        Ok(())
+        read_with_progress(ui, "searching", &args.queries, opts, &mut |b: Batch| {
+            pending_rows += b.vectors.nrows();
+            pending.push(b);
+            if pending_rows >= args.batch_queries.max(1) {
+                pending_rows = 0;
+                flush(&mut pending)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut pending)?;
+        results.finish()
     })?;
-    flush(&mut pending, &mut writer)?;
-    if let Some(w) = writer {
-        w.finish()?;
-    }
     let secs = search_time.as_secs_f64();
     super::note_slower_paths(ui, backend);
     ui.note(format!(
@@ -195,5 +174,103 @@ pub fn run(args: SearchArgs, ui: &Ui) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     ));
+    Ok(())
+}
+
+/// What the search hands the results thread.
+enum ToWriter {
+    /// A batch's query ids and what the search found for them.
+    Found(Ids, SearchResults),
+    /// Every batch has been sent: finish the file.
+    Done,
+}
+
+/// Results encoded and written on a thread of their own, a batch behind the search.
+struct ResultsThread<'scope> {
+    to: SyncSender<ToWriter>,
+    thread: Option<ScopedJoinHandle<'scope, vecbuild::Result<()>>>,
+}
+
+impl<'scope> ResultsThread<'scope> {
+    fn spawn<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        out: &'env Path,
+        ids: IdsView<'env>,
+    ) -> Self {
+        // One batch waiting while one is written: the search runs at most a batch ahead.
+        let (to, from) = sync_channel(1);
+        let thread = scope.spawn(move || write_results(from, out, ids));
+        ResultsThread {
+            to,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands on a batch's results; when the writing has failed, its error.
+    fn send(&mut self, q_ids: Ids, found: SearchResults) -> vecbuild::Result<()> {
+        match self.to.send(ToWriter::Found(q_ids, found)) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.stopped()),
+        }
+    }
+
+    /// Waits for the file to be finished (it appears under its name only then).
+    fn finish(mut self) -> vecbuild::Result<()> {
+        match self.to.send(ToWriter::Done) {
+            Ok(()) => self.join(),
+            Err(_) => Err(self.stopped()),
+        }
+    }
+
+    /// Why the thread stopped before it was told to finish.
+    fn stopped(&mut self) -> Error {
+        match self.join() {
+            Err(e) => e,
+            Ok(()) => Error::param("internal: the results thread stopped early"),
+        }
+    }
+
+    fn join(&mut self) -> vecbuild::Result<()> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(done)) => done,
+            Some(Err(_)) => Err(Error::param("internal: the results thread panicked")),
+            None => Err(Error::param(
+                "internal: the results thread was joined twice",
+            )),
+        }
+    }
+}
+
+/// The results thread: each batch's rows become the index's ids (empty slots left out) and
+/// are written; the file is kept only when [`ToWriter::Done`] comes (a search that failed drops
+/// the channel, and the half-written file goes with the writer). No queries, no file.
+fn write_results(from: Receiver<ToWriter>, out: &Path, ids: IdsView<'_>) -> vecbuild::Result<()> {
+    let mut writer: Option<ResultsWriter> = None;
+    while let Ok(msg) = from.recv() {
+        let (q_ids, found) = match msg {
+            ToWriter::Found(q_ids, found) => (q_ids, found),
+            ToWriter::Done => return writer.map_or(Ok(()), ResultsWriter::finish),
+        };
+        let mut offsets = Vec::with_capacity(found.rows.nrows() + 1);
+        offsets.push(0usize);
+        let mut kept: Vec<usize> = Vec::with_capacity(found.rows.len());
+        let mut dists: Vec<f32> = Vec::with_capacity(found.rows.len());
+        for (rows, distances) in found.rows.outer_iter().zip(found.distances.outer_iter()) {
+            for (&r, &d) in rows.iter().zip(distances) {
+                if r != NO_NEIGHBOR {
+                    kept.push(r as usize);
+                    dists.push(d);
+                }
+            }
+            offsets.push(kept.len());
+        }
+        let neighbors = ids.take(kept);
+        if writer.is_none() {
+            writer = Some(ResultsWriter::create(out, q_ids.kind(), ids.kind())?);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&q_ids, &neighbors, &offsets, &dists)?;
+        }
+    }
     Ok(())
 }

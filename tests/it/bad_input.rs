@@ -406,6 +406,75 @@ fn query_dimension_differs_from_the_index() {
 }
 
 #[test]
+fn a_bad_query_after_batches_were_written_leaves_no_results() {
+    // Batches of 8 queries: the first three have been searched and handed to the results
+    // thread (some written) when row 30 turns out to be NaN.
+    let dir = tmp();
+    write_parquet(
+        &dir.path().join("a.parquet"),
+        vec![("emb", fsl_f32(&data(50, 4, 1), 4, "item", &[]))],
+        50,
+    );
+    let mut q = data(40, 4, 2);
+    write_parquet(
+        &dir.path().join("good.parquet"),
+        vec![("emb", fsl_f32(&q, 4, "item", &[]))],
+        8,
+    );
+    q[30 * 4 + 1] = f32::NAN;
+    write_parquet(
+        &dir.path().join("q.parquet"),
+        vec![("emb", fsl_f32(&q, 4, "item", &[]))],
+        8,
+    );
+    ok(
+        dir.path(),
+        &["build", "--input", "a.parquet", "--out", "a.vbx"],
+    );
+    let search = |queries: &str, batch: &str, out: &str| {
+        run(
+            dir.path(),
+            &[
+                "search",
+                "--index",
+                "a.vbx",
+                "--queries",
+                queries,
+                "--k",
+                "3",
+                "--batch-queries",
+                batch,
+                "--out",
+                out,
+            ],
+        )
+    };
+    let before = listing(dir.path());
+    let out = search("q.parquet", "8", "r.parquet");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("q.parquet: row 30") && out.stderr.contains("NaN"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(listing(dir.path()), before, "nothing left behind");
+
+    // The same queries without the NaN: in batches of 8 or all at once, the same results.
+    let read =
+        |name: &str| vecbuild::io::parquet::read_results(&dir.path().join(name)).expect("results");
+    for (batch, out) in [("8", "r8.parquet"), ("16384", "r.parquet")] {
+        let done = search("good.parquet", batch, out);
+        assert_eq!(done.code, 0, "{}", done.stderr);
+    }
+    let (small, whole) = (read("r8.parquet"), read("r.parquet"));
+    assert_eq!(small.query_ids, whole.query_ids);
+    assert_eq!(small.neighbors, whole.neighbors);
+    assert_eq!(small.offsets, whole.offsets);
+    assert_eq!(small.distances, whole.distances);
+    assert_eq!(whole.offsets.len(), 41);
+}
+
+#[test]
 fn not_a_parquet_file() {
     let dir = tmp();
     std::fs::write(dir.path().join("a.parquet"), b"id,emb\n1,2\n").unwrap();
