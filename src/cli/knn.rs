@@ -72,7 +72,9 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
     let mut q_opts = args.columns.options(args.metric.normalizes());
     q_opts.vector_column = args.query_vector_column.clone();
     q_opts.id_column = args.query_id_column.clone();
+    let reading = vecbuild::laps::span("knn: queries read");
     let (q_ids, queries, q_summary) = vecbuild::io::read_all(&query_files, &q_opts)?;
+    drop(reading);
     let nq = queries.nrows();
     let mut search = ExactSearch::new(queries, args.metric, args.k);
     let backend = opening.wait()?;
@@ -112,16 +114,14 @@ pub fn run(args: KnnArgs, ui: &Ui) -> anyhow::Result<()> {
         .into());
     }
     let results = search.finish();
+    let writing = vecbuild::laps::span("knn: results written");
     let neighbors = base_ids.take(results.rows.iter().map(|&r| r as usize));
     let offsets: Vec<usize> = (0..=nq).map(|i| i * args.k).collect();
     let mut writer = ResultsWriter::create(&args.out, q_ids.kind(), base_ids.kind())?;
-    writer.write(
-        &q_ids,
-        &neighbors,
-        &offsets,
-        results.distances.as_slice().unwrap_or(&[]),
-    )?;
+    let (distances, _) = results.distances.into_raw_vec_and_offset();
+    writer.write(q_ids, neighbors, &offsets, distances)?;
     writer.finish()?;
+    drop(writing);
     let secs = compute.as_secs_f64();
     super::note_slower_paths(ui, backend);
     ui.note(format!(

@@ -269,7 +269,7 @@ fn write_results(from: Receiver<ToWriter>, out: &Path, ids: IdsView<'_>) -> vecb
             writer = Some(ResultsWriter::create(out, q_ids.kind(), ids.kind())?);
         }
         if let Some(w) = writer.as_mut() {
-            w.write(&q_ids, &neighbors, &offsets, &dists)?;
+            w.write(q_ids, neighbors, &offsets, dists)?;
         }
     }
     Ok(())

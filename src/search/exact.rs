@@ -6,6 +6,7 @@ use crate::backend::{Backend, Queries};
 use crate::metric::squared_norms;
 use crate::{Error, Metric, Result, TopK};
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 /// Checks queries against an index's dimension and metric and prepares them: finite values
 /// required, rows normalised for cosine.
@@ -117,16 +118,23 @@ impl ExactSearch {
             .first()
             .map(|t| (t.k() as u64).min(self.rows_seen) as usize)
             .unwrap_or(0);
-        let mut rows = Array2::<u64>::zeros((nq, k));
-        let mut distances = Array2::<f32>::zeros((nq, k));
-        for (i, t) in self.topk.into_iter().enumerate() {
-            for (j, n) in t.into_sorted().into_iter().take(k).enumerate() {
-                rows[[i, j]] = n.row;
-                distances[[i, j]] = self
-                    .metric
-                    .report(n.score + Queries::offset(self.metric, &self.q_norms, i));
-            }
-        }
+        // Each query's list sorted and reported on its own core.
+        let mut rows = vec![0u64; nq * k];
+        let mut distances = vec![0f32; nq * k];
+        let (metric, q_norms) = (self.metric, &self.q_norms);
+        rows.par_chunks_mut(k.max(1))
+            .zip(distances.par_chunks_mut(k.max(1)))
+            .zip(self.topk.into_par_iter())
+            .enumerate()
+            .for_each(|(i, ((rows, distances), t))| {
+                let offset = Queries::offset(metric, q_norms, i);
+                for (j, n) in t.into_sorted().into_iter().take(k).enumerate() {
+                    rows[j] = n.row;
+                    distances[j] = metric.report(n.score + offset);
+                }
+            });
+        let rows = Array2::from_shape_vec((nq, k), rows).expect("nq × k rows");
+        let distances = Array2::from_shape_vec((nq, k), distances).expect("nq × k distances");
         SearchResults { rows, distances }
     }
 }

@@ -152,10 +152,10 @@ pub(crate) fn id_type(kind: IdKind) -> DataType {
 }
 
 /// An Arrow array holding `ids`.
-pub fn ids_to_array(ids: &Ids) -> Result<ArrayRef> {
+pub fn ids_to_array(ids: Ids) -> Result<ArrayRef> {
     Ok(match ids {
-        Ids::Int64(v) => Arc::new(Int64Array::from(v.clone())),
-        Ids::UInt64(v) => Arc::new(UInt64Array::from(v.clone())),
+        Ids::Int64(v) => Arc::new(Int64Array::from(v)),
+        Ids::UInt64(v) => Arc::new(UInt64Array::from(v)),
         Ids::Utf8 { offsets, data } => {
             let offs: Vec<i32> = offsets
                 .iter()
@@ -166,7 +166,7 @@ pub fn ids_to_array(ids: &Ids) -> Result<ArrayRef> {
                 .collect::<Result<_>>()?;
             let array = StringArray::try_new(
                 OffsetBuffer::new(ScalarBuffer::from(offs)),
-                data.clone().into(),
+                data.into(),
                 None,
             )
             .map_err(|e| Error::param(format!("string ids: {e}")))?;
