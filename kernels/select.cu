@@ -92,7 +92,8 @@ __device__ void keep_best(float* s, unsigned* idx, int* count, float* threshold,
 //
 // grid: (rows), block: SELECT_THREADS. Per row: the block keeps the best kp (k rounded up to
 // a power of two) in shared memory; columns that beat the threshold are appended behind them,
-// SELECT_ROUND columns a thread per round;
+// SELECT_ROUND columns a thread per round (one at kp = 1024, where the buffer behind the best
+// has room for only one round's worth beyond the kp waiting);
 // once max(kp, block) have gathered (or the buffer could overflow, or the row ends), a bitonic
 // sort of the occupied prefix, rounded up to a power of two, keeps the best and tightens the
 // threshold. The first sort comes after one round, so it is small; after it almost every
@@ -110,10 +111,15 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
     const long long row = blockIdx.x;
     const float* r = scores + row * ld;
     const int cap = SELECT_SLOTS - kp;
-    // A round reads SELECT_ROUND columns a thread, so a round can append that many a thread:
-    // the buffer behind the best kp (at least 1024 slots, kp <= 1024) always has room for them.
-    const int round = SELECT_ROUND * (int)blockDim.x;
-    const int trigger = min(max(kp, (int)blockDim.x), cap - round + 1);
+    // A round reads `per` columns a thread, so a round can append that many a thread: the
+    // buffer behind the best kp (at least 1024 slots, kp <= 1024) always has room for them.
+    // Candidates gather until max(kp, block) are waiting, so rounds are as long as leaves room
+    // for that many (SELECT_ROUND columns a thread, 1 at kp = 1024): a shorter wait would sort
+    // the whole buffer for every few candidates.
+    const int wait_for = max(kp, (int)blockDim.x);
+    const int per = max(1, min(SELECT_ROUND, (cap - wait_for + 1) / (int)blockDim.x));
+    const int round = per * (int)blockDim.x;
+    const int trigger = min(wait_for, cap - round + 1);
 
     start_best(s, idx, SELECT_SLOTS, &count, &threshold,
                thresholds ? thresholds[row] : __int_as_float(0x7f800000));
@@ -125,12 +131,12 @@ select_topk(const float* __restrict__ scores, long long ld, int n,
 #pragma unroll
         for (int u = 0; u < SELECT_ROUND; ++u) {
             const int j = start + u * (int)blockDim.x + threadIdx.x;
-            v[u] = j < n ? r[j] + (col_add ? col_add[j] : 0.0f) : 0.0f;
+            v[u] = u < per && j < n ? r[j] + (col_add ? col_add[j] : 0.0f) : 0.0f;
         }
 #pragma unroll
         for (int u = 0; u < SELECT_ROUND; ++u) {
             const int j = start + u * (int)blockDim.x + threadIdx.x;
-            if (j < n && v[u] <= threshold) {
+            if (u < per && j < n && v[u] <= threshold) {
                 int pos = atomicAdd(&count, 1);
                 s[kp + pos] = v[u];
                 idx[kp + pos] = (unsigned)j;

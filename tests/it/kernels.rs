@@ -502,7 +502,8 @@ fn select_topk_kernel_keeps_each_rows_best_k_in_order() {
     write(&d.join("scores"), &scores);
     write(&d.join("add"), &add);
     write(&d.join("thresholds"), &thresholds);
-    for k in [1usize, 10, 100, 1024] {
+    // kp of 1 to 1024: rounds of four columns a thread, and of one at kp = 1024.
+    for k in [1usize, 10, 100, 300, 600, 1024] {
         for thresholded in [false, true] {
             let kp = k.next_power_of_two();
             let args = [rows, ld, n, k, kp, thresholded as usize].map(|v| v.to_string());
