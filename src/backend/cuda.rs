@@ -983,14 +983,21 @@ impl Device {
         let err = |e| gpu_err("copying thresholds to the device", e);
         // The last copy from this buffer (two tiles ago) must have read it.
         ret.sent.synchronize().map_err(err)?;
-        let host = ret.thresholds.as_mut_slice().map_err(err)?;
+        let host = &mut ret.thresholds.as_mut_slice().map_err(err)?[..topk.len()];
         for (th, tk) in host.iter_mut().zip(topk) {
             *th = tk.threshold();
         }
-        let dst = grown(&stream, &mut self.scratch.thresholds, ret.thresholds.len())?;
-        stream.memcpy_htod(&ret.thresholds, dst).map_err(err)?;
+        let dst = raw(
+            &stream,
+            grown(&stream, &mut self.scratch.thresholds, topk.len())?,
+        );
+        // Only this call's thresholds: the pinned buffer may be larger, from an earlier call.
+        // SAFETY: the device buffer holds `topk.len()` elements, and the pinned one is not
+        // written again before `sent` (waited on above, the next time).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, host, stream.cu_stream()) }
+            .map_err(err)?;
         ret.sent.record(&stream).map_err(err)?;
-        Ok(raw(&stream, dst))
+        Ok(dst)
     }
 
     /// Queues the copy of the first `n` entries of `out_col` and `out_score` back into the
@@ -1005,12 +1012,20 @@ impl Device {
             _ => return Err(Error::Gpu("device buffer missing".into())),
         };
         let err = |e| gpu_err("copying results from the device", e);
-        stream
-            .memcpy_dtoh(&cols.slice(0..n), &mut ret.cols)
-            .map_err(err)?;
-        stream
-            .memcpy_dtoh(&scores.slice(0..n), &mut ret.scores)
-            .map_err(err)?;
+        if cols.len() < n || scores.len() < n {
+            return Err(Error::Gpu("selection buffers smaller than the tile".into()));
+        }
+        let (cols, scores) = (raw(&stream, cols), raw(&stream, scores));
+        // Only the first `n` entries: the pinned buffers may be larger, from an earlier call.
+        // SAFETY: both device buffers hold at least `n` elements; the pinned ones are read only
+        // after `returned` and written again only after that read (`fold_selection`).
+        unsafe {
+            let to = &mut ret.cols.as_mut_slice().map_err(err)?[..n];
+            cudarc::driver::result::memcpy_dtoh_async(to, cols, stream.cu_stream()).map_err(err)?;
+            let to = &mut ret.scores.as_mut_slice().map_err(err)?[..n];
+            cudarc::driver::result::memcpy_dtoh_async(to, scores, stream.cu_stream())
+                .map_err(err)?;
+        }
         ret.returned.record(&stream).map_err(err)
     }
 
