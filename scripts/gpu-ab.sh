@@ -14,6 +14,9 @@
 #      VECBUILD_GPU_PROBES=host against its default (probes chosen on the device)
 #   4. CAGRA 1M GPU builds with VECBUILD_TRACE=1 (trace spans summed per name), and NEW with
 #      --gpu-precision tf32 (the cuBLAS join)
+#   5. a batch query job: each binary's CAGRA index searched on the GPU with every base row as a
+#      query (1M; --small: the 100 queries), whole CLI runs timed (NEW writes each batch's
+#      results while the next is searched)
 #
 # --small: sizes for a dry run on the CUDA emulator (LD_LIBRARY_PATH at its libraries).
 # scripts/gpu-prepare.sh builds the binaries here; scripts/gpu-check.sh is the parity check.
@@ -39,10 +42,10 @@ note() { echo "$*" | tee -a "$AB"; }
 
 if [ -n "$SMALL" ]; then
     big=(--rows 1500 --dim 32 --clusters 20) wide=(--rows 1000 --dim 96 --clusters 10)
-    nq=100 nq_ivf=300 runs=1 lists=16 probes="2"
+    nq=100 nq_ivf=300 runs=1 lists=16 probes="2" every=q
 else
     big=(--rows 1000000 --dim 128 --clusters 1000) wide=(--rows 200000 --dim 768 --clusters 1000)
-    nq=10000 nq_ivf=100000 runs=5 lists=4096 probes="8 32 64"
+    nq=10000 nq_ivf=100000 runs=5 lists=4096 probes="8 32 64" every=b
 fi
 
 # 1. The GPU tests. They run the CLI binary at the path compiled into them: put NEW there.
@@ -153,4 +156,19 @@ done
 cagra "NEW cagra tf32" "$NEW" --gpu-precision tf32
 [ "$(sums "$W/c-r1-OLD-cagra.vbx")" = "$(sums "$W/c-r1-NEW-cagra.vbx")" ] \
     && note "CAGRA tensors OLD = NEW" || note "CAGRA tensors OLD != NEW"
+
+# 5. A batch query job: every base row as a query against each binary's own CAGRA index.
+for round in 1 2; do
+    for v in OLD NEW; do
+        bin=$OLD; [ $v = NEW ] && bin=$NEW
+        log="$OUT/cagra-search-$v-r$round.log"
+        start=$(date +%s%N)
+        "$bin" search --gpu 0 --index "$W/c-r1-$v-cagra.vbx" --queries "$W/$every.parquet" --k 10 \
+            --out "$W/s-$v.parquet" >"$log" 2>&1
+        status=$?
+        note "r$round $v CAGRA search of every base row: exit $status, $(awk -v a="$start" \
+            -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') s wall; $(grep -E \
+            '^searched' "$log" | tail -1)"
+    done
+done
 echo "logs in $OUT"
