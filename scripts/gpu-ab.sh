@@ -10,8 +10,9 @@
 #   2. exact k-NN: bench-knn (base from the host, and --held where the binary has it) at
 #      10-NN and 100-NN on 1M × 128 and 10-NN on 200k × 768, 10k queries; `knn --gpu 0` whole
 #      runs on the 1M file
-#   3. IVF-PQ search on the 1M index (built once by NEW), 100k queries, n_probes 8/32/64, NEW with
-#      VECBUILD_GPU_PROBES=host against its default (probes chosen on the device)
+#   3. IVF-PQ 1M builds with VECBUILD_TRACE=1 (spans summed per name); search on the 1M index
+#      (built once by NEW), 100k queries, n_probes 8/32/64, NEW with VECBUILD_GPU_PROBES=host
+#      against its default (probes chosen on the device)
 #   4. CAGRA 1M GPU builds with VECBUILD_TRACE=1 (trace spans summed per name), and NEW with
 #      --gpu-precision tf32 (the cuBLAS join)
 #   5. a batch query job: each binary's CAGRA index searched on the GPU with every base row as a
@@ -102,15 +103,24 @@ done
 cmp -s "$W/knn-OLD.parquet" "$W/knn-NEW.parquet" && note "knn results OLD = NEW (bytes)" \
     || note "knn results OLD != NEW (bytes): compare with vecbuild eval"
 
+# A log's trace spans summed per name.
+spans() {
+    awk '/^trace: /{ms=$(NF-1); $1=""; $(NF)=""; $(NF-1)=""; t[$0]+=ms; c[$0]++}
+         END{for (k in t) printf "    trace%s %.1f ms in %d\n", k, t[k], c[k]}' "$1" \
+        | sort | tee -a "$AB"
+}
+
 # 3. IVF-PQ builds, the two binaries alternating (the same tensors expected), then search with
 #    the probes on the device against probes from the host.
 for round in 1 2; do
     for v in OLD NEW; do
         bin=$OLD; [ $v = NEW ] && bin=$NEW
-        "$bin" build --gpu 0 --input "$W/b.parquet" --index ivf-pq --n-lists "$lists" \
-            --out "$W/p-$v.vbx" >"$OUT/ivf-build-$v-r$round.log" 2>&1
-        note "r$round IVF-PQ build $v: exit $?, $(grep -E '^(IVF-PQ stages|time):' \
-            "$OUT/ivf-build-$v-r$round.log" | tr '\n' ' ')"
+        log="$OUT/ivf-build-$v-r$round.log"
+        VECBUILD_TRACE=1 "$bin" build --gpu 0 --input "$W/b.parquet" --index ivf-pq \
+            --n-lists "$lists" --out "$W/p-$v.vbx" >"$log" 2>&1
+        note "r$round IVF-PQ build $v: exit $?, $(grep -E '^(IVF-PQ stages|time):' "$log" \
+            | tr '\n' ' ')"
+        spans "$log"
     done
 done
 sums() { "$NEW" info --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["checksums"])'; }
@@ -145,9 +155,7 @@ cagra() { # label binary extra...
         --out "$W/c-${label// /-}.vbx" "$@" >"$log" 2>&1
     note "$label: exit $?, $(grep -E '^time:' "$log")"
     grep -E '^CAGRA (stages|optimisation)' "$log" | sed 's/^/    /' | tee -a "$AB"
-    awk '/^trace: /{ms=$(NF-1); $1=""; $(NF)=""; $(NF-1)=""; t[$0]+=ms; c[$0]++}
-         END{for (k in t) printf "    trace%s %.1f ms in %d\n", k, t[k], c[k]}' "$log" \
-        | sort | tee -a "$AB"
+    spans "$log"
 }
 for round in 1 2; do
     cagra "r$round OLD cagra" "$OLD"

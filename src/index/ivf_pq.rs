@@ -305,6 +305,7 @@ impl Trained {
         out: &mut Encoded,
     ) -> Result<()> {
         for chunk in batch.axis_chunks_iter(Axis(0), ENCODE_CHUNK) {
+            let part = crate::laps::span("ivf-pq encode: lists assigned");
             let labels = assign_lists(
                 backend,
                 chunk,
@@ -312,8 +313,13 @@ impl Trained {
                 self.metric,
                 self.bounds.as_deref(),
             )?;
+            drop(part);
+            let part = crate::laps::span("ivf-pq encode: residuals");
             let r = residuals(chunk, &labels, self.centroids.view());
+            drop(part);
+            let part = crate::laps::span("ivf-pq encode: residuals encoded");
             let codes = self.pq.encode(backend, r.view())?;
+            drop(part);
             match codes.as_slice() {
                 Some(flat) => out.codes.extend_from_slice(flat),
                 None => out.codes.extend(codes.iter()),
