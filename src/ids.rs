@@ -257,13 +257,7 @@ mod tests {
 
     #[test]
     fn the_first_repeated_id_and_its_first_row_are_found_for_every_id_type() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |range: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % range
-        };
+        let mut rng = crate::synth::Rng::new(7);
         for (n, range) in [
             (0usize, 1u64),
             (1, 1),
@@ -272,7 +266,7 @@ mod tests {
             (300, 100_000),
             (500, 3),
         ] {
-            let values: Vec<u64> = (0..n).map(|_| next(range)).collect();
+            let values: Vec<u64> = (0..n).map(|_| rng.below(range)).collect();
             let mut strings = Ids::empty(IdKind::Utf8);
             for v in &values {
                 strings.push_str(&format!("id-{v}"));

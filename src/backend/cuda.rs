@@ -1019,10 +1019,13 @@ impl Device {
         // Only the first `n` entries: the pinned buffers may be larger, from an earlier call.
         // SAFETY: both device buffers hold at least `n` elements; the pinned ones are read only
         // after `returned` and written again only after that read (`fold_selection`).
+        let short = || Error::Gpu("pinned selection buffers smaller than the tile".into());
         unsafe {
-            let to = &mut ret.cols.as_mut_slice().map_err(err)?[..n];
+            let to = ret.cols.as_mut_slice().map_err(err)?;
+            let to = to.get_mut(..n).ok_or_else(short)?;
             cudarc::driver::result::memcpy_dtoh_async(to, cols, stream.cu_stream()).map_err(err)?;
-            let to = &mut ret.scores.as_mut_slice().map_err(err)?[..n];
+            let to = ret.scores.as_mut_slice().map_err(err)?;
+            let to = to.get_mut(..n).ok_or_else(short)?;
             cudarc::driver::result::memcpy_dtoh_async(to, scores, stream.cu_stream())
                 .map_err(err)?;
         }

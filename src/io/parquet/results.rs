@@ -108,7 +108,11 @@ impl ResultsWriter {
             let io = parquet_error(&self.path);
             let (writers, rows) = match &mut self.open {
                 Some(open) => open,
-                open => open.insert((self.groups.create_column_writers(0).map_err(io)?, 0)),
+                open => {
+                    let index = self.file.flushed_row_groups().len();
+                    let writers = self.groups.create_column_writers(index).map_err(io)?;
+                    open.insert((writers, 0))
+                }
             };
             let take = (self.group_rows - *rows).min(batch.num_rows() - start);
             let part = batch.slice(start, take);
