@@ -6,7 +6,8 @@
 #   Exact k-NN:    `vecbuild search` on a flat artifact vs faiss IndexFlatL2.search
 #   IVF-PQ:        build and recall/QPS curves vs faiss IndexIVFPQ (with and without re-ranking)
 #   CAGRA:         graph build vs hnswlib (M=16) and faiss HNSW32 (efConstruction 200), and
-#                  recall@10/QPS curves (itopk_size vs ef), QPS at recall 0.95 and 0.99
+#                  recall@10/QPS curves (itopk_size vs ef), QPS at recall 0.95 and 0.99, and
+#                  the curves of hnswlib and faiss searching our graph through `export`
 #
 # usage: scripts/bench-peers.sh [--rows N] [--dim D] [--queries Q] [--k K] [--threads T]
 #                               [--base FILE.parquet --query-file FILE.parquet]

@@ -256,13 +256,32 @@ if not args.skip_cagra:
         secs = float(re.search(r"in ([0-9.]+) s \(", r.stderr).group(1))
         return recall4(pq.read_table(res).column("neighbors").to_pylist()), nq / secs
 
-    def hnsw_point(search):
+    def hnsw_point(search, labels=id_of_row):
+        # labels: row number -> id; None where the search returns ids.
         def point(ef):
             t = time.perf_counter()
-            found = search(ef)
+            found = np.asarray(search(ef))
             secs = time.perf_counter() - t
-            return recall4(id_of_row[np.asarray(found)].tolist()), nq / secs
+            return recall4((found if labels is None else labels[found]).tolist()), nq / secs
         return point
+
+    # Our graph as the peers load it (`export`): their own searches (greedy on the upper
+    # levels) over the CAGRA graph and upper levels. The exports' labels are the ids.
+    export_hnswlib = os.path.join(args.work, "bench-cagra.hnswlib")
+    export_faiss = os.path.join(args.work, "bench-cagra.faiss")
+    vb_run("export", "--index", cagra_art, "--format", "hnswlib", "--out", export_hnswlib)
+    vb_run("export", "--index", cagra_art, "--format", "faiss", "--out", export_faiss)
+    hnsw["export-hnswlib"] = hnswlib.Index("l2", dim)
+    hnsw["export-hnswlib"].load_index(export_hnswlib)
+    hnsw["export-faiss"] = faiss.read_index(export_faiss)
+
+    def export_hnswlib_search(ef):
+        hnsw["export-hnswlib"].set_ef(max(ef, args.k))
+        return hnsw["export-hnswlib"].knn_query(queries, k=args.k, num_threads=args.threads)[0].astype(np.int64)
+
+    def export_faiss_search(ef):
+        faiss.downcast_index(hnsw["export-faiss"].index).hnsw.efSearch = max(ef, args.k)
+        return hnsw["export-faiss"].search(queries, args.k)[1]
 
     def hnswlib_search(ef):
         hnsw[16].set_ef(max(ef, args.k))
@@ -274,7 +293,9 @@ if not args.skip_cagra:
 
     series = [("vecbuild CAGRA (itopk_size)", ours_cagra_point, [16, 24, 32, 48, 64, 128]),
               ("hnswlib M=16 (ef)", hnsw_point(hnswlib_search), [10, 16, 24, 32, 48, 64, 128]),
-              ("faiss HNSW32 (efSearch)", hnsw_point(faiss_hnsw_search), [10, 16, 24, 32, 48, 64, 128])]
+              ("faiss HNSW32 (efSearch)", hnsw_point(faiss_hnsw_search), [10, 16, 24, 32, 48, 64, 128]),
+              ("hnswlib on vecbuild's export (ef)", hnsw_point(export_hnswlib_search, None), [32, 64, 128]),
+              ("faiss on vecbuild's export (efSearch)", hnsw_point(export_faiss_search, None), [32, 64, 128])]
     samples = {(name, p): [] for name, _, params in series for p in params}
     for _ in range(args.repeats):
         for name, point, params in series:
@@ -290,7 +311,7 @@ if not args.skip_cagra:
 
     for target in [0.95, 0.99]:
         ours_q = best_qps(g_curves[0][1], target)
-        for name, points in g_curves[1:]:
+        for name, points in g_curves[1:3]:
             peer_q = best_qps(points, target)
             ratio = ours_q / peer_q if ours_q and peer_q else float("nan")
             rows.append((f"graph search QPS at recall@10 >= {target}", f"{ours_q or 0:.0f} QPS",
