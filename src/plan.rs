@@ -17,7 +17,7 @@
 
 use crate::backend::base_tile_rows;
 use crate::index::cagra::knn_graph::IvfJoin;
-use crate::index::cagra::{BuildAlgo, CagraParams, RECALL_SAMPLE};
+use crate::index::cagra::{BuildAlgo, CagraParams};
 use crate::index::ivf_pq::{IvfPqParams, ENCODE_CHUNK, PQ_TRAIN_ROWS};
 use crate::Metric;
 
@@ -342,12 +342,8 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     }
                     let mut own = Vec::new();
                     if gpu {
-                        // The row sample's exact neighbours, then k-means and the assignment.
-                        let bt = (base_tile_rows(kdim as usize) as u64).min(n);
-                        let qt = RECALL_SAMPLE as u64;
-                        scratch.need("queries", 4 * qt * kdim);
-                        scratch.need("base tiles", 2 * 4 * bt * (kdim + 1));
-                        scratch.need("scores", 4 * qt * bt);
+                        // k-means and the assignment (the row sample's exact neighbours are
+                        // found on the host meanwhile).
                         assign_scratch(&mut scratch, n, lists, kdim, tile);
                         own.push((
                             "k-means rows (held on the device)",

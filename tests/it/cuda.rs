@@ -582,6 +582,39 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     let ivf = ["--index", "cagra", "--build-algo", "ivf"];
     build_on_cpu_and_gpu(d, &ivf);
     assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
+    // On the GPU the sample's exact neighbours were found on the host during the partition,
+    // and measured the same graph alike.
+    let stats = |f: &str| {
+        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+        a.manifest.params["cagra_stats"].clone()
+    };
+    let (cpu, gpu) = (stats("c.vbx"), stats("g.vbx"));
+    let parts = |s: &serde_json::Value| -> Vec<String> {
+        let parts = s["knn_graph_parts"].as_array().cloned().unwrap_or_default();
+        parts
+            .iter()
+            .map(|p| p[0].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        parts(&cpu),
+        [
+            "exact sample",
+            "partition",
+            "join",
+            "neighbours of neighbours"
+        ]
+    );
+    assert_eq!(
+        parts(&gpu),
+        [
+            "partition (exact sample beside)",
+            "join",
+            "neighbours of neighbours"
+        ]
+    );
+    assert_eq!(cpu["knn_graph_recall"], gpu["knn_graph_recall"]);
+    assert_eq!(cpu["ivf"], gpu["ivf"]);
     // tf32 takes cuBLAS instead, one product per probed list: on the emulator, whose products
     // are fp32 whatever the mode, the same graph again; on a GPU tf32 may order near-ties
     // differently, so there it has to build.

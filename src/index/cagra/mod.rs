@@ -38,6 +38,7 @@ pub mod knn_graph;
 pub mod optimize;
 
 use crate::artifact::container::{DType, TensorOut};
+use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::index::sq8::Sq8;
 use crate::laps::{span, Laps};
@@ -345,26 +346,23 @@ fn graph_stages(
     let started = Instant::now();
     let mut laps = Laps::start();
     // The approximate builders are measured against (and the ivf probes chosen by) the exact
-    // neighbours of a sample of rows.
-    let truth = match algo {
+    // neighbours of a sample of rows. Where the ivf partition runs on a device, the host's
+    // cores find them meanwhile: the probes are chosen only once both are done.
+    let sample = || {
+        let mut rng = Rng::new(params.seed ^ 0x5eed);
+        crate::index::kmeans::sample_indices(n, RECALL_SAMPLE, &mut rng)
+    };
+    let sample_beside = algo == BuildAlgo::Ivf && backend.device_name().is_some();
+    let mut truth = match algo {
         BuildAlgo::Exact => None,
+        _ if sample_beside => None,
         _ => {
             progress("knn graph sample", 0.0);
-            let mut rng = Rng::new(params.seed ^ 0x5eed);
-            let rows = crate::index::kmeans::sample_indices(n, RECALL_SAMPLE, &mut rng);
-            Some(SampleTruth::new(
-                backend,
-                data.view(),
-                norms,
-                metric,
-                k,
-                rows,
-            )?)
+            let found = SampleTruth::new(backend, data.view(), norms, metric, k, sample())?;
+            laps.mark("exact sample");
+            Some(found)
         }
     };
-    if truth.is_some() {
-        laps.mark("exact sample");
-    }
     let mut ivf = None;
     let mut nn_descent_iters = None;
     let exact = |label: &str| {
@@ -372,15 +370,32 @@ fn graph_stages(
             progress(label, f)
         })
     };
-    let knn = match (algo, &truth) {
-        (BuildAlgo::Ivf, Some(truth)) => {
+    let knn = match algo {
+        BuildAlgo::Ivf => {
             let mut p = IvfJoin::auto(n, k, params.seed);
             progress("knn graph (ivf)", 0.0);
-            let mut part = IvfPartition::new(backend, data.view(), &p)?;
-            (p.n_probes, p.coverage) = part.probes_for(truth, p.n_probes);
+            let (mut part, found) = match truth.take() {
+                Some(found) => (IvfPartition::new(backend, data.view(), &p)?, found),
+                None => std::thread::scope(|s| {
+                    let host = s.spawn(|| {
+                        let _span = span("cagra: exact sample (host, beside the partition)");
+                        SampleTruth::new(&CpuBackend, data.view(), norms, metric, k, sample())
+                    });
+                    let part = IvfPartition::new(backend, data.view(), &p);
+                    let found = host
+                        .join()
+                        .map_err(|_| Error::param("internal: the exact sample panicked"))?;
+                    Ok::<_, Error>((part?, found?))
+                })?,
+            };
+            (p.n_probes, p.coverage) = part.probes_for(&found, p.n_probes);
             part.keep_probes(p.n_probes);
+            truth = Some(found);
             ivf = Some(p);
-            laps.mark("partition");
+            laps.mark(match sample_beside {
+                true => "partition (exact sample beside)",
+                false => "partition",
+            });
             if params.build_algo == BuildAlgo::Auto
                 && (p.coverage < knn_graph::COVERAGE_TARGET || p.n_probes * 4 > p.n_lists)
             {
@@ -401,7 +416,7 @@ fn graph_stages(
                 graph
             }
         }
-        (BuildAlgo::NnDescent, _) => {
+        BuildAlgo::NnDescent => {
             let p = knn_graph::NnDescent {
                 max_iters: params.nn_descent_niter,
                 delta: 0.001,
