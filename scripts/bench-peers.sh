@@ -10,13 +10,15 @@
 #                  the curves of hnswlib and faiss searching our graph through `export`
 #
 # usage: scripts/bench-peers.sh [--rows N] [--dim D] [--queries Q] [--k K] [--threads T]
-#                               [--base FILE.parquet --query-file FILE.parquet]
+#                               [--spread S] [--base FILE.parquet --query-file FILE.parquet]
 #                               [--repeats N] [--skip-ivf-pq] [--skip-cagra]
-# Given files must have the schema `id` (integer) + `embedding` (list of float).
+# Without --base, the data is `vecbuild generate`'s, 1000 clusters, seed 7; --spread S (default
+# 0.35: clusters far apart) towards 1 makes them overlap. Given files must have the schema `id`
+# (integer) + `embedding` (list of float).
 # Quote figures only from an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rows=200000 dim=128 queries=10000 k=10 threads=$(nproc) base="" qfile="" extra=()
+rows=200000 dim=128 queries=10000 k=10 threads=$(nproc) spread="" base="" qfile="" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows=$2; shift 2 ;;
@@ -24,6 +26,7 @@ while [ $# -gt 0 ]; do
     --queries) queries=$2; shift 2 ;;
     --k) k=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --spread) spread=$2; shift 2 ;;
     --base) base=$2; shift 2 ;;
     --query-file) qfile=$2; shift 2 ;;
     --repeats) extra+=(--repeats "$2"); shift 2 ;;
@@ -41,11 +44,12 @@ fi
 cargo build --release --quiet
 mkdir -p bench-data
 if [ -z "$base" ]; then
-  base=bench-data/base-${rows}x${dim}.parquet
-  qfile=bench-data/queries-${queries}x${dim}.parquet
+  tag=${spread:+-spread$spread}
+  base=bench-data/base-${rows}x${dim}$tag.parquet
+  qfile=bench-data/queries-${queries}x${dim}$tag.parquet
   if [ ! -f "$base" ] || [ ! -f "$qfile" ]; then
     target/release/vecbuild generate --rows "$rows" --dim "$dim" --clusters 1000 --seed 7 \
-      --out "$base" --queries "$queries" --queries-out "$qfile"
+      ${spread:+--spread "$spread"} --out "$base" --queries "$queries" --queries-out "$qfile"
   fi
 fi
 .venv-bench/bin/python scripts/bench_peers.py --vecbuild target/release/vecbuild \

@@ -53,6 +53,20 @@ pub struct Clustered {
 pub const DEFAULT_SPREAD: f32 = 0.35;
 
 pub fn clustered(n: usize, nq: usize, dim: usize, clusters: usize, seed: u64) -> Clustered {
+    clustered_with_spread(n, nq, dim, clusters, DEFAULT_SPREAD, seed)
+}
+
+/// [`clustered`] with the points' spread around their centre given (relative to the spread of
+/// the centres): at the default 0.35 the clusters lie far apart; towards 1 they overlap and
+/// nearest neighbours cross cluster borders, as in most real embeddings.
+pub fn clustered_with_spread(
+    n: usize,
+    nq: usize,
+    dim: usize,
+    clusters: usize,
+    spread: f32,
+    seed: u64,
+) -> Clustered {
     let mut rng = Rng::new(seed);
     let clusters = clusters.max(1);
     let centres = Array2::from_shape_fn((clusters, dim), |_| rng.normal() as f32);
@@ -61,7 +75,7 @@ pub fn clustered(n: usize, nq: usize, dim: usize, clusters: usize, seed: u64) ->
         for mut row in out.rows_mut() {
             let c = centres.row(rng.below(clusters as u64) as usize);
             for (v, centre) in row.iter_mut().zip(c) {
-                *v = centre + DEFAULT_SPREAD * rng.normal() as f32;
+                *v = centre + spread * rng.normal() as f32;
             }
         }
         out
@@ -69,4 +83,30 @@ pub fn clustered(n: usize, nq: usize, dim: usize, clusters: usize, seed: u64) ->
     let base = draw(n, &mut rng);
     let queries = draw(nq, &mut rng);
     Clustered { base, queries }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Within one cluster every coordinate varies around its centre with variance spread².
+    #[test]
+    fn spread_sets_the_variance_around_the_centre() {
+        for spread in [0.35f32, 0.8] {
+            let data = clustered_with_spread(20_000, 0, 4, 1, spread, 3);
+            for col in data.base.columns() {
+                let mean = col.mean().unwrap_or(f32::NAN);
+                let var = col.iter().map(|&v| (v - mean).powi(2)).sum::<f32>() / col.len() as f32;
+                let want = spread * spread;
+                assert!(
+                    (var - want).abs() < 0.05 * want,
+                    "spread {spread}: variance {var}, expected {want}"
+                );
+            }
+        }
+        assert_eq!(
+            clustered(500, 10, 8, 7, 9).base,
+            clustered_with_spread(500, 10, 8, 7, DEFAULT_SPREAD, 9).base
+        );
+    }
 }

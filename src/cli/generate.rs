@@ -25,6 +25,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1000)]
     pub clusters: usize,
 
+    /// Spread of the points around their cluster's centre, relative to the spread of the
+    /// centres: 0.35 gives clusters far apart; 0.6–1.0 clusters that overlap, so that nearest
+    /// neighbours cross cluster borders (harder for graph and IVF search, as most real
+    /// embeddings are).
+    #[arg(long, default_value_t = vecbuild::synth::DEFAULT_SPREAD)]
+    pub spread: f32,
+
     /// Random seed (same seed, same data).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -70,8 +77,21 @@ pub fn run(args: GenerateArgs, ui: &Ui) -> anyhow::Result<()> {
     if args.queries > 0 && args.queries_out.is_none() {
         return Err(Error::param("--queries needs --queries-out").into());
     }
-    let data =
-        vecbuild::synth::clustered(args.rows, args.queries, args.dim, args.clusters, args.seed);
+    if !(args.spread.is_finite() && args.spread > 0.0) {
+        return Err(Error::param(format!(
+            "--spread must be a positive number, got {}",
+            args.spread
+        ))
+        .into());
+    }
+    let data = vecbuild::synth::clustered_with_spread(
+        args.rows,
+        args.queries,
+        args.dim,
+        args.clusters,
+        args.spread,
+        args.seed,
+    );
     write(&args.out, data.base.view(), args.row_group_rows)?;
     if let Some(q) = &args.queries_out {
         write(q, data.queries.view(), args.row_group_rows)?;

@@ -266,6 +266,19 @@ fn usage_errors_exit_2_and_k_is_checked() {
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("missing.vbx"), "{}", out.stderr);
+    for spread in ["0", "-1", "NaN"] {
+        let spread = format!("--spread={spread}");
+        let out = run(
+            d,
+            &["generate", "--rows", "5", &spread, "--out", "s.parquet"],
+        );
+        assert_eq!(out.code, 2, "--spread {spread}: {}", out.stderr);
+        assert!(out.stderr.contains("--spread"), "{}", out.stderr);
+        assert!(
+            !d.join("s.parquet").exists(),
+            "--spread {spread} wrote a file"
+        );
+    }
 }
 
 #[test]
