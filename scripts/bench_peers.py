@@ -291,9 +291,9 @@ if not args.skip_cagra:
         hnsw["faiss"].hnsw.efSearch = max(ef, args.k)
         return hnsw["faiss"].search(queries, args.k)[1]
 
-    series = [("vecbuild CAGRA (itopk_size)", ours_cagra_point, [16, 24, 32, 48, 64, 128]),
-              ("hnswlib M=16 (ef)", hnsw_point(hnswlib_search), [10, 16, 24, 32, 48, 64, 128]),
-              ("faiss HNSW32 (efSearch)", hnsw_point(faiss_hnsw_search), [10, 16, 24, 32, 48, 64, 128]),
+    series = [("vecbuild CAGRA (itopk_size)", ours_cagra_point, [10, 12, 16, 24, 32, 48, 64, 96, 128]),
+              ("hnswlib M=16 (ef)", hnsw_point(hnswlib_search), [10, 16, 24, 32, 48, 64, 96, 128]),
+              ("faiss HNSW32 (efSearch)", hnsw_point(faiss_hnsw_search), [10, 16, 24, 32, 48, 64, 96, 128]),
               ("hnswlib on vecbuild's export (ef)", hnsw_point(export_hnswlib_search, None), [32, 64, 128]),
               ("faiss on vecbuild's export (efSearch)", hnsw_point(export_faiss_search, None), [32, 64, 128])]
     samples = {(name, p): [] for name, _, params in series for p in params}

@@ -118,9 +118,10 @@ impl Out<'_> {
 }
 
 /// faiss's `HNSW::set_default_probas(M, 1 / ln M)`, in its float/double mix: level
-/// probabilities and the cumulative neighbour slots per level (`2M` on level 0, `M` above),
-/// extended (with vanishing probabilities) to cover `levels` levels.
-fn hnsw_probas(m: usize, levels: usize) -> (Vec<f64>, Vec<i32>) {
+/// probabilities, and the cumulative neighbour slots per level (`m0` on level 0, `m_upper`
+/// above, where faiss's default has `2M` and `M`), extended (with vanishing probabilities) to
+/// cover `levels` levels.
+fn hnsw_probas(m: usize, m0: usize, m_upper: usize, levels: usize) -> (Vec<f64>, Vec<i32>) {
     let level_mult = (1.0 / (m as f64).ln()) as f32;
     let mut probas = Vec::new();
     let mut cum = vec![0i32];
@@ -133,7 +134,11 @@ fn hnsw_probas(m: usize, levels: usize) -> (Vec<f64>, Vec<i32>) {
             break;
         }
         probas.push(p as f64);
-        nn += if level == 0 { 2 * m as i32 } else { m as i32 };
+        nn += if level == 0 {
+            m0 as i32
+        } else {
+            m_upper as i32
+        };
         cum.push(nn);
     }
     (probas, cum)
@@ -143,7 +148,7 @@ fn hnsw_probas(m: usize, levels: usize) -> (Vec<f64>, Vec<i32>) {
 fn hnsw_flat(o: &mut Out<'_>, layers: &Layers<'_>, metric: i32) -> Result<()> {
     let (n, dim, m) = (layers.n, layers.dim, layers.m);
     let max_level = layers.max_level();
-    let (probas, cum) = hnsw_probas(m, max_level + 1);
+    let (probas, cum) = hnsw_probas(m, layers.m0, layers.m_upper, max_level + 1);
     let levels: Vec<usize> = (0..n).map(|r| layers.level(r)).collect();
     o.bytes(b"IHNf")?;
     o.header(dim, n as u64, metric)?;

@@ -1,7 +1,9 @@
 //! What the hnswlib and faiss HNSW exports share: a CAGRA artifact seen as HNSW layers. Level 0
 //! is the CAGRA graph; levels ≥ 1 are the artifact's upper levels
-//! ([`crate::index::cagra::hierarchy`]), with `M = graph_degree / 2` so level 0 holds `2M`
-//! links as HNSW expects.
+//! ([`crate::index::cagra::hierarchy`]). HNSW's `M` (its level distribution) is
+//! `graph_degree / 2`, as the build drew the levels; level 0 holds `graph_degree` links and the
+//! upper levels as many as the artifact stores per row (`graph_degree`, or `M` in artifacts
+//! written by earlier versions). hnswlib and faiss both record the two counts in their files.
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind};
@@ -14,11 +16,15 @@ const NONE: u32 = u32::MAX;
 pub struct Layers<'a> {
     pub n: usize,
     pub dim: usize,
-    /// HNSW's `M`: links per row on levels ≥ 1 (level 0 holds `2M`).
+    /// HNSW's `M`: the level distribution's base, `1 / ln M` its multiplier.
     pub m: usize,
+    /// Link slots per row on level 0 (≥ `degree`).
+    pub m0: usize,
+    /// Link slots per row on levels ≥ 1.
+    pub m_upper: usize,
     /// `[n, dim]` as stored (unit rows for cosine).
     pub vectors: &'a [f32],
-    /// `[n, degree]`, degree ≤ 2M.
+    /// `[n, degree]`.
     pub graph: &'a [u32],
     pub degree: usize,
     upper: Option<HierarchyView<'a>>,
@@ -65,12 +71,13 @@ impl<'a> Layers<'a> {
             .as_ref()
             .and_then(|h| h.rows.first().copied())
             .unwrap_or(first_entry);
+        let m = (degree / 2).max(2);
         Ok(Layers {
             n,
             dim,
-            m: upper
-                .as_ref()
-                .map_or(degree.div_ceil(2), |h| h.m.max(degree.div_ceil(2))),
+            m,
+            m0: degree.max(1),
+            m_upper: upper.as_ref().map_or(m, |h| h.m),
             vectors: a.tensor::<f32>("vectors", DType::F32, &[n, dim])?,
             graph: a.tensor::<u32>("graph", DType::U32, &[n, degree])?,
             degree,

@@ -14,11 +14,11 @@
 //! | `offsetData_` | u64 | `4 + 4·maxM0` |
 //! | `maxlevel_` | i32 | highest level |
 //! | `enterpoint_node_` | u32 | the top row |
-//! | `maxM_`, `maxM0_`, `M_` | u64 ×3 | M, 2M, M |
+//! | `maxM_`, `maxM0_`, `M_` | u64 ×3 | upper-level links per row (the graph degree; M in artifacts of earlier versions), the graph degree, M = graph degree / 2 |
 //! | `mult_` | f64 | 1 / ln M |
 //! | `ef_construction_` | u64 | 200 (unused by search) |
 //! | level 0, per row | | u16 link count, u8 flags (0), u8 0, `maxM0` × u32 links, `dim` × f32, u64 label |
-//! | upper levels, per row | | u32 byte length `level · (4 + 4M)`, then per level 1.. a u32 count and `M` × u32 links |
+//! | upper levels, per row | | u32 byte length `level · (4 + 4·maxM)`, then per level 1.. a u32 count and `maxM` × u32 links |
 //!
 //! Spaces: `l2` (squared L2), `ip` (hnswlib reports 1 − q·x), `cosine` (vectors stored unit
 //! length; hnswlib normalises queries and reports 1 − cos). Labels are the integer ids; string
@@ -47,7 +47,7 @@ pub struct Exported {
 pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
     let layers = Layers::of(artifact)?;
     let (n, dim, m) = (layers.n, layers.dim, layers.m);
-    let max_m0 = 2 * m;
+    let (max_m0, max_m) = (layers.m0, layers.m_upper);
     if max_m0 > u16::MAX as usize {
         return Err(Error::param(format!(
             "graph degree {} is above hnswlib's limit of 65535 links",
@@ -78,7 +78,7 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
     }
     buf.extend_from_slice(&(layers.max_level() as i32).to_le_bytes());
     buf.extend_from_slice(&layers.entry.to_le_bytes());
-    for v in [m as u64, max_m0 as u64, m as u64] {
+    for v in [max_m as u64, max_m0 as u64, m as u64] {
         buf.extend_from_slice(&v.to_le_bytes());
     }
     buf.extend_from_slice(&(1.0 / (m as f64).ln()).to_le_bytes());
@@ -104,14 +104,14 @@ pub fn export(artifact: &Artifact, out: &Path) -> Result<Exported> {
         write(&mut buf, false)?;
     }
     // Upper levels per row.
-    let block = 4 + 4 * m;
+    let block = 4 + 4 * max_m;
     for r in 0..n {
         let level = layers.level(r);
         buf.extend_from_slice(&((level * block) as u32).to_le_bytes());
         for l in 1..=level {
             let links = layers.links(r, l);
             buf.extend_from_slice(&(links.len() as u32).to_le_bytes());
-            for s in 0..m {
+            for s in 0..max_m {
                 buf.extend_from_slice(&links.get(s).copied().unwrap_or(0).to_le_bytes());
             }
         }

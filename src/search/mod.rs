@@ -468,21 +468,32 @@ pub fn codes_view(a: &Artifact) -> Result<Option<Sq8View<'_>>> {
     }))
 }
 
-/// A CAGRA artifact's upper levels, when it has them; `M` is half the recorded graph degree.
+/// A CAGRA artifact's upper levels, when it has them. Links per row per level: `upper.graph`'s
+/// length over the sum of `upper.counts` (the graph degree; half of it in artifacts written by
+/// earlier versions, which load the same way). [`HierarchyView::check`] checks the rest.
 pub fn hierarchy_view(a: &Artifact) -> Result<Option<HierarchyView<'_>>> {
     if !a.container.tensors.contains_key("upper.rows") {
         return Ok(None);
     }
     let slice = |name: &str| a.container.slice::<u32>(name, DType::U32).map(|s| s.0);
-    let m = a.manifest.params["cagra"]["graph_degree"]
-        .as_u64()
-        .unwrap_or(0) as usize
-        / 2;
+    let (counts, graph) = (slice("upper.counts")?, slice("upper.graph")?);
+    let total: usize = counts.iter().map(|&c| c as usize).sum();
+    if total > 0 && (graph.is_empty() || graph.len() % total != 0) {
+        return Err(Error::artifact(
+            a.container.path(),
+            "upper.graph",
+            format!(
+                "holds {} entries, not a positive multiple of the {total} upper-level rows",
+                graph.len()
+            ),
+        ));
+    }
+    let m = graph.len().checked_div(total).unwrap_or(0);
     Ok(Some(HierarchyView {
         m,
         rows: slice("upper.rows")?,
-        counts: slice("upper.counts")?,
-        graph: slice("upper.graph")?,
+        counts,
+        graph,
     }))
 }
 

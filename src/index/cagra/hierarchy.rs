@@ -12,9 +12,15 @@
 //!    a prefix of that order, of length `counts[l − 1]`.
 //! 3. Levels ≥ 1 are built by HNSW insertion, rows in that order (within a level in seeded
 //!    random order): greedy descent to the row's level, then on each of its levels a beam
-//!    search of width 100, up to `M` neighbours chosen by HNSW's heuristic (a candidate is
-//!    kept only if it is closer to the row than to every one kept before), and reverse links
-//!    re-pruned by the same heuristic when a list overflows. Early insertions, made while a
+//!    search of width 100, up to `2M` (the graph degree) neighbours chosen by HNSW's heuristic
+//!    (a candidate is kept only if it is closer to the row than to every one kept before), and
+//!    reverse links re-pruned by the same heuristic when a list overflows. HNSW keeps `M` on
+//!    levels ≥ 1 and `2M` on level 0; here level 1 is where the search finds the query's
+//!    cluster, so it gets level 0's count. Measured on 200k × 128 in 1000 clusters (2
+//!    threads, 10k queries, medians of 2 runs): at spread 0.35, QPS at recall@10 ≥ 0.99 rose
+//!    from 40k to 76k (itopk 48 → 16) and at ≥ 0.999 from 25k to 46k (96 → 32); at spread 0.8
+//!    (overlapping clusters), from 23k to 38k at ≥ 0.99; upper levels 0.61 → 0.65–0.78 s to
+//!    build; 48 or 64 links gained little recall for less QPS. Early insertions, made while a
 //!    level is sparse, leave the long edges that make it navigable. Rows go in batches of a
 //!    32nd of those already in (at most 2048): a batch's searches run in parallel on the
 //!    levels as the batch found them, then its links are made in order, so the result does
@@ -72,18 +78,19 @@ impl Hierarchy {
         }
     }
 
-    /// Draws levels and links every level ≥ 1 (`data: [n, dim]`, `norms: [n]` for L2).
+    /// Draws levels with HNSW's `M = m` and links every level ≥ 1 with up to `links` neighbours
+    /// per row (`data: [n, dim]`, `norms: [n]` for L2).
     pub fn build(
         backend: &dyn Backend,
         data: ArrayView2<'_, f32>,
         norms: &[f32],
         metric: Metric,
-        m: usize,
+        (m, links): (usize, usize),
         seed: u64,
     ) -> Result<Self> {
         let n = data.nrows();
-        let m = m.max(2);
-        let mult = 1.0 / (m as f64).ln();
+        let mult = 1.0 / (m.max(2) as f64).ln();
+        let m = links.max(2);
         let mut rng = Rng::new(seed ^ 0x4e53_5748);
         let mut leveled: Vec<(u32, u32, u64)> = (0..n)
             .filter_map(|row| {
@@ -214,10 +221,11 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
-    /// Gives every row of level ≥ 1 its level-1 links on level 0 too, after the first half of
-    /// its CAGRA edges (replacing the last ones): the long edges then also serve searches that
-    /// enter level 0 in the wrong cluster, including hnswlib's and faiss's greedy descents
-    /// through the exports (measured on 1000 separated clusters: recall@10 0.63 without).
+    /// Gives every row of level ≥ 1 its level-1 links on level 0 too, as many as fit after the
+    /// first half of its CAGRA edges (replacing the last ones): the long edges then also serve
+    /// searches that enter level 0 in the wrong cluster, including hnswlib's and faiss's
+    /// greedy descents through the exports (measured on 1000 separated clusters: recall@10
+    /// 0.63 without).
     pub fn share_links(&self, graph: &mut Graph) {
         let d = graph.degree;
         let view = self.view();
