@@ -162,8 +162,13 @@ for round in 1 2; do
     cagra "r$round NEW cagra" "$NEW"
 done
 cagra "NEW cagra tf32" "$NEW" --gpu-precision tf32
-[ "$(sums "$W/c-r1-OLD-cagra.vbx")" = "$(sums "$W/c-r1-NEW-cagra.vbx")" ] \
-    && note "CAGRA tensors OLD = NEW" || note "CAGRA tensors OLD != NEW"
+# Since the upper levels keep graph_degree links per row (sixteenth session), `upper.graph`
+# and the level-1 rows' shared links in `graph` differ from the old binary's by design.
+note "CAGRA tensors that differ OLD/NEW: $(python3 -c 'import json, subprocess, sys
+a, b = (json.loads(subprocess.run([sys.argv[1], "info", "--json", p], capture_output=True,
+        text=True).stdout)["checksums"] for p in sys.argv[2:])
+print(" ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "none")' \
+    "$NEW" "$W/c-r1-OLD-cagra.vbx" "$W/c-r1-NEW-cagra.vbx")"
 
 # 5. A batch query job: every base row as a query against each binary's own CAGRA index.
 for round in 1 2; do

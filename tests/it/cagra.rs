@@ -641,7 +641,24 @@ fn upper_levels_keep_graph_degree_links_and_m_link_artifacts_still_load() {
     h.m = m;
     let mut manifest = manifest(IndexKind::Cagra, Metric::L2, base.nrows(), base.ncols());
     manifest.params = serde_json::json!({ "cagra": params });
-    cagra::write(&narrow, &index, base, &ids, params.search_codes, manifest).unwrap();
+    cagra::write(
+        &narrow,
+        &index,
+        base,
+        &ids,
+        params.search_codes,
+        manifest.clone(),
+    )
+    .unwrap();
+    // A list count that does not divide the links is refused, naming the tensor.
+    let bad = dir.path().join("bad.vbx");
+    index.hierarchy.graph.pop();
+    cagra::write(&bad, &index, base, &ids, params.search_codes, manifest).unwrap();
+    let err = vecbuild::Searcher::open(&bad).err().map(|e| e.to_string());
+    assert!(
+        err.as_ref().is_some_and(|e| e.contains("upper.graph")),
+        "{err:?}"
+    );
 
     let want = truth(&data.base, &data.queries, Metric::L2, 10);
     let search = |path: &std::path::Path| {
