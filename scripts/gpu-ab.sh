@@ -17,7 +17,7 @@
 #      --gpu-precision tf32 (the cuBLAS join)
 #   5. a batch query job: each binary's CAGRA index searched on the GPU with every base row as a
 #      query (1M; --small: the 100 queries), whole CLI runs timed (NEW writes each batch's
-#      results while the next is searched)
+#      results while the next is searched), and NEW searching OLD's index
 #
 # --small: sizes for a dry run on the CUDA emulator (LD_LIBRARY_PATH at its libraries).
 # scripts/gpu-prepare.sh builds the binaries here; scripts/gpu-check.sh is the parity check.
@@ -170,18 +170,20 @@ a, b = (json.loads(subprocess.run([sys.argv[1], "info", "--json", p], capture_ou
 print(" ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "none")' \
     "$NEW" "$W/c-r1-OLD-cagra.vbx" "$W/c-r1-NEW-cagra.vbx")"
 
-# 5. A batch query job: every base row as a query against each binary's own CAGRA index.
+# 5. A batch query job: every base row as a query against each binary's own CAGRA index, and
+# the new binary against the old index (whose upper levels keep 16 links per row, not 32).
 for round in 1 2; do
-    for v in OLD NEW; do
+    for pair in OLD:OLD NEW:NEW NEW:OLD; do
+        v=${pair%%:*} idx=${pair##*:}
         bin=$OLD; [ $v = NEW ] && bin=$NEW
-        log="$OUT/cagra-search-$v-r$round.log"
+        log="$OUT/cagra-search-$v-on-$idx-r$round.log"
         start=$(date +%s%N)
-        "$bin" search --gpu 0 --index "$W/c-r1-$v-cagra.vbx" --queries "$W/$every.parquet" --k 10 \
-            --out "$W/s-$v.parquet" >"$log" 2>&1
+        "$bin" search --gpu 0 --index "$W/c-r1-$idx-cagra.vbx" --queries "$W/$every.parquet" \
+            --k 10 --out "$W/s-$v.parquet" >"$log" 2>&1
         status=$?
-        note "r$round $v CAGRA search of every base row: exit $status, $(awk -v a="$start" \
-            -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') s wall; $(grep -E \
-            '^searched' "$log" | tail -1)"
+        note "r$round $v binary, $idx index: CAGRA search of every base row: exit $status, \
+$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }') s wall; \
+$(grep -E '^searched' "$log" | tail -1)"
     done
 done
 echo "logs in $OUT"
