@@ -78,18 +78,19 @@ impl Hierarchy {
         }
     }
 
-    /// Draws levels with HNSW's `M = m` and links every level ≥ 1 with up to `links` neighbours
-    /// per row (`data: [n, dim]`, `norms: [n]` for L2).
+    /// Draws levels with HNSW's `M = level_m` and links every level ≥ 1 with up to `links`
+    /// neighbours per row (`data: [n, dim]`, `norms: [n]` for L2).
     pub fn build(
         backend: &dyn Backend,
         data: ArrayView2<'_, f32>,
         norms: &[f32],
         metric: Metric,
-        (m, links): (usize, usize),
+        (level_m, links): (usize, usize),
         seed: u64,
     ) -> Result<Self> {
         let n = data.nrows();
-        let mult = 1.0 / (m.max(2) as f64).ln();
+        let mult = 1.0 / (level_m.max(2) as f64).ln();
+        // From here on `m` is what each list holds, as `Hierarchy::m` records it.
         let m = links.max(2);
         let mut rng = Rng::new(seed ^ 0x4e53_5748);
         let mut leveled: Vec<(u32, u32, u64)> = (0..n)
