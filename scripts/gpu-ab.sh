@@ -123,7 +123,8 @@ for round in 1 2; do
         spans "$log"
     done
 done
-sums() { "$NEW" info --json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["checksums"])'; }
+sums() { "$NEW" info --json "$1" | python3 -c 'import json, sys
+print(json.dumps(json.load(sys.stdin)["checksums"], sort_keys=True))'; }
 [ "$(sums "$W/p-OLD.vbx")" = "$(sums "$W/p-NEW.vbx")" ] && note "IVF-PQ tensors OLD = NEW" \
     || note "IVF-PQ tensors OLD != NEW"
 cp "$W/p-NEW.vbx" "$W/p.vbx"
@@ -163,12 +164,12 @@ for round in 1 2; do
 done
 cagra "NEW cagra tf32" "$NEW" --gpu-precision tf32
 # Since the upper levels keep graph_degree links per row (sixteenth session), `upper.graph`
-# and the level-1 rows' shared links in `graph` differ from the old binary's by design.
-note "CAGRA tensors that differ OLD/NEW: $(python3 -c 'import json, subprocess, sys
-a, b = (json.loads(subprocess.run([sys.argv[1], "info", "--json", p], capture_output=True,
-        text=True).stdout)["checksums"] for p in sys.argv[2:])
+# and the level-1 rows' shared links in `graph` differ from the old binary's by design, and
+# with them the stored order: every tensor.
+note "CAGRA tensors that differ OLD/NEW: $(python3 -c 'import json, sys
+a, b = map(json.loads, sys.argv[1:])
 print(" ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "none")' \
-    "$NEW" "$W/c-r1-OLD-cagra.vbx" "$W/c-r1-NEW-cagra.vbx")"
+    "$(sums "$W/c-r1-OLD-cagra.vbx")" "$(sums "$W/c-r1-NEW-cagra.vbx")")"
 
 # 5. A batch query job: every base row as a query against each binary's own CAGRA index, and
 # the new binary against the old index (whose upper levels keep 16 links per row, not 32).
