@@ -96,6 +96,20 @@ static const int OPTIN_SHARED = DYN_SMEM_BYTES;
 static std::mutex lock;
 static std::map<CUdeviceptr, size_t> allocations;
 static size_t allocated = 0;
+// The most device memory held at once, written at exit to the file VECBUILD_EMULATED_PEAK_FILE
+// names (where it is set): what a build really allocated, for the tests to hold `build
+// --dry-run`'s device figures against. With VECBUILD_EMULATED_ALLOC_LOG set, each allocation
+// and the total after it go to stderr (to find which buffer a plan missed).
+static size_t peak = 0;
+static void write_peak() {
+    const char* path = std::getenv("VECBUILD_EMULATED_PEAK_FILE");
+    if (!path || !*path) return;
+    if (FILE* f = std::fopen(path, "w")) {
+        std::fprintf(f, "%zu\n", peak);
+        std::fclose(f);
+    }
+}
+static const int PEAK_AT_EXIT = std::atexit(write_peak);
 static Opaque* const THE_CONTEXT = reinterpret_cast<Opaque*>(0x1000);
 
 // Each allocation is filled with 0xff bytes (NaN floats, all-ones integers), as a GPU leaves
@@ -115,6 +129,8 @@ static CUresult device_alloc(CUdeviceptr* p, size_t bytes) {
     *p = reinterpret_cast<CUdeviceptr>(host);
     allocations[*p] = bytes;
     allocated += bytes;
+    peak = std::max(peak, allocated);
+    if (std::getenv("VECBUILD_EMULATED_ALLOC_LOG")) std::fprintf(stderr, "emu alloc %zu -> %zu\n", bytes, allocated);
     return CUDA_SUCCESS;
 }
 

@@ -581,6 +581,7 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     generate_dataset(d, size(5000, 1500), 32, 40, 10);
     let ivf = ["--index", "cagra", "--build-algo", "ivf"];
     build_on_cpu_and_gpu(d, &ivf);
+    plan_covers_the_build(d, &ivf);
     assert_eq!(graph(d, "c.vbx"), graph(d, "g.vbx"));
     // On the GPU the sample's exact neighbours were found on the host during the partition,
     // and measured the same graph alike.
@@ -638,7 +639,9 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
     // k-means with the rows held on the GPU (coarse: GEMM path; PQ sub-spaces: direct path),
     // centroids moved by the update kernel: every tensor must be the CPU's, bit for bit.
     generate_dataset(d, size(6000, 1500), 48, 30, 10);
-    build_on_cpu_and_gpu(d, &["--index", "ivf-pq", "--n-lists", "64"]);
+    let ivf_pq = ["--index", "ivf-pq", "--n-lists", "64"];
+    build_on_cpu_and_gpu(d, &ivf_pq);
+    plan_covers_the_build(d, &ivf_pq);
     let tensors = |f: &str| {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
         a.container
@@ -671,11 +674,72 @@ fn graph(d: &Path, f: &str) -> Vec<u32> {
 }
 
 /// `vecbuild build --input b.parquet <args>` into `c.vbx` on the CPU and `g.vbx` on GPU 0;
-/// returns the GPU build's summary (stderr).
+/// returns the GPU build's summary (stderr). On the emulator the GPU build's peak device
+/// memory is recorded for [`plan_covers_the_build`].
 fn build_on_cpu_and_gpu(d: &std::path::Path, args: &[&str]) -> String {
     let build = ["build", "--input", "b.parquet", "--out"];
     ok(d, &[&build[..], &["c.vbx"], args].concat());
-    succeeds(d, &[&build[..], &["g.vbx"], args, &["--gpu", "0"]].concat())
+    gpu_build(d, &[args, &["--out", "g.vbx"]].concat())
+}
+
+/// `vecbuild build --input b.parquet --gpu 0 <args>`; returns its summary (stderr). On the
+/// emulator the most device memory it held is recorded in `d/device-peak`.
+fn gpu_build(d: &Path, args: &[&str]) -> String {
+    if crate::emu::emulated() {
+        let peak = d.join("device-peak");
+        let _ = std::fs::remove_file(&peak);
+        crate::emu::set_env("VECBUILD_EMULATED_PEAK_FILE", peak.to_str());
+    }
+    let said = succeeds(
+        d,
+        &[&["build", "--input", "b.parquet", "--gpu", "0"][..], args].concat(),
+    );
+    crate::emu::set_env("VECBUILD_EMULATED_PEAK_FILE", None);
+    said
+}
+
+/// On the emulator, which counts every device allocation: `build --dry-run <args> --gpu 0`
+/// plans at least the device memory the last [`gpu_build`] held at its peak (less 2 %, for
+/// the small buffers a plan leaves out), and at most half as much again (the ivf join's
+/// scores are estimated, generously). A plan's figures are rounded to 3 digits. On a GPU, scripts/gpu-check.sh sets the plan beside nvidia-smi's peak.
+fn plan_covers_the_build(d: &Path, args: &[&str]) {
+    if !crate::emu::emulated() {
+        return;
+    }
+    let measured: f64 = std::fs::read_to_string(d.join("device-peak"))
+        .expect("the emulator recorded the build's peak device memory")
+        .trim()
+        .parse()
+        .unwrap();
+    let plan = ok(
+        d,
+        &[
+            &["build", "--input", "b.parquet", "--gpu", "0", "--dry-run"][..],
+            args,
+            &["--out", "plan.vbx"],
+        ]
+        .concat(),
+    );
+    let line = plan
+        .lines()
+        .find_map(|l| l.strip_prefix("peak device memory: "))
+        .unwrap_or_else(|| panic!("no device peak in the plan:\n{plan}"));
+    let mut words = line.split(' ');
+    let value: f64 = words.next().unwrap().parse().unwrap();
+    let unit = match words.next().unwrap() {
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "KiB" => 1024.0,
+        other => panic!("unit {other} in {line}"),
+    };
+    let (low, high) = ((value - 0.05) * unit, (value + 0.05) * unit);
+    eprintln!("{args:?}: planned {line}, held {measured} bytes");
+    let what = format!("{args:?}: planned {line}, held {measured} bytes\n{plan}");
+    assert!(measured <= high * 1.02, "the plan is short: {what}");
+    assert!(
+        low <= measured * 1.5,
+        "the plan is half as much again too large: {what}"
+    );
 }
 
 /// A device too small for a stage's data (the emulator's memory set small): exact k-NN takes
@@ -762,4 +826,43 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
         "r.parquet",
     ];
     refused(d, &search, "copies the index to it", "r.parquet");
+}
+
+/// `build --dry-run --gpu 0` plans the device memory the CAGRA builders really hold, counted
+/// by the emulator: the exact and nn-descent kNN graphs, on L2, on inner product (lifted rows)
+/// and on cosine (no norms).
+#[test]
+fn gpu_build_plans_cover_what_the_cagra_builders_allocate_where_emulated() {
+    let dir = tmp();
+    let d = dir.path();
+    if no_device(d) {
+        return;
+    }
+    if !crate::emu::emulated() {
+        eprintln!("SKIPPED: only the emulator counts allocations (scripts/gpu-check.sh sets the plan beside nvidia-smi's peak)");
+        return;
+    }
+    generate_dataset(d, 1200, 16, 12, 10);
+    for args in [
+        &["--index", "cagra", "--build-algo", "exact"][..],
+        &[
+            "--index",
+            "cagra",
+            "--build-algo",
+            "exact",
+            "--metric",
+            "ip",
+        ],
+        &[
+            "--index",
+            "cagra",
+            "--build-algo",
+            "nn-descent",
+            "--metric",
+            "cosine",
+        ],
+    ] {
+        gpu_build(d, &[args, &["--out", "g.vbx"]].concat());
+        plan_covers_the_build(d, args);
+    }
 }

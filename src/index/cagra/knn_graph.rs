@@ -36,7 +36,7 @@ pub const IVF_LIST_ROWS: usize = 256;
 /// Neighbours (and their neighbours) each row scores in the ivf builder's [`refine`] pass.
 pub const REFINE_FAN: usize = 8;
 /// Rows scored per `knn_block` call of the exact builder.
-const EXACT_CHUNK: usize = 4096;
+pub const EXACT_CHUNK: usize = 4096;
 
 /// A row's ranking score against another row.
 #[inline]
