@@ -398,6 +398,35 @@ fn gpu_cagra_search_matches_the_cpu_where_a_gpu_is_present() {
         // The same search: only the order of float additions differs.
         searches_agree(d, &search, &["--exact-walk"], metric);
     }
+    // Wider beams, longer and shorter lists, a capped walk, and 64 links a row.
+    ok(
+        d,
+        &[
+            "build",
+            "--input",
+            "b.parquet",
+            "--index",
+            "cagra",
+            "--graph-degree",
+            "64",
+            "--intermediate-graph-degree",
+            "96",
+            "--out",
+            "c.vbx",
+        ],
+    );
+    for params in [
+        &["--k", "100", "--itopk-size", "128", "--search-width", "4"][..],
+        &["--k", "50", "--itopk-size", "512", "--search-width", "2"],
+        &["--k", "10", "--itopk-size", "64", "--max-iterations", "3"],
+    ] {
+        let search = [
+            &["search", "--index", "c.vbx", "--queries", "q.parquet"][..],
+            params,
+        ]
+        .concat();
+        searches_agree(d, &search, &["--exact-walk"], &format!("{params:?}"));
+    }
 }
 
 /// `vecbuild <search…> <cpu_extra…>` on the CPU and `vecbuild <search…> --gpu 0` find the same
