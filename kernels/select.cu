@@ -424,3 +424,41 @@ to_half(const float* __restrict__ x, long long n, unsigned short* __restrict__ o
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = half_bits(x[i]);
 }
+
+// Exact re-ranking of an IVF-PQ search's candidates: each candidate's exact score against its
+// query, with the CPU's arithmetic (src/search/ivf_pq.rs): for L2 the squared differences, for
+// inner product (and cosine, on unit rows) the negated dot product, each summed from zero in
+// dimension order with separate roundings (no fused multiply-add), so the scores are the
+// CPU's bit for bit.
+//
+// queries: [nq, dim] row-major
+// rows:    [n, dim] row-major, the index's raw vectors
+// cand:    [nq, kc] row numbers (NO_ROW: an empty slot, scored +inf)
+// out:     [nq, kc] the scores
+//
+// grid: (ceil(nq · kc / 256)), block: 256 (one thread per candidate).
+extern "C" __global__ void __launch_bounds__(256)
+rescore_exact(const float* __restrict__ queries, int dim, const float* __restrict__ rows,
+              const unsigned* __restrict__ cand, long long total, int kc, int l2,
+              float* __restrict__ out) {
+    const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= total) return;
+    const unsigned r = cand[c];
+    if (r == NO_ROW) {
+        out[c] = __int_as_float(0x7f800000);
+        return;
+    }
+    const float* q = queries + (c / kc) * (long long)dim;
+    const float* x = rows + (long long)r * dim;
+    float s = 0.0f;
+    if (l2) {
+        for (int j = 0; j < dim; ++j) {
+            const float d = __fsub_rn(q[j], x[j]);
+            s = __fadd_rn(s, __fmul_rn(d, d));
+        }
+    } else {
+        for (int j = 0; j < dim; ++j) s = __fadd_rn(s, __fmul_rn(q[j], x[j]));
+        s = -s;
+    }
+    out[c] = s;
+}

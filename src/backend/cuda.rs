@@ -86,6 +86,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("select.cu", "assign_small"),
     ("select.cu", "to_half"),
     ("select.cu", "ivf_pq_scan"),
+    ("select.cu", "rescore_exact"),
     ("cagra.cu", "prune_graph"),
     ("cagra.cu", "reverse_count"),
     ("cagra.cu", "reverse_fill"),
@@ -517,6 +518,7 @@ struct Device {
     join_scores: CudaFunction,
     cagra_search: CudaFunction,
     ivf_pq_scan: CudaFunction,
+    rescore_exact: CudaFunction,
     centroid_means: CudaFunction,
     pq_encode: CudaFunction,
     ordered_sums: CudaFunction,
@@ -681,6 +683,7 @@ impl CudaBackend {
             join_scores: load("join_scores")?,
             cagra_search: load("cagra_search")?,
             ivf_pq_scan: load("ivf_pq_scan")?,
+            rescore_exact: load("rescore_exact")?,
             centroid_means: load("centroid_means")?,
             pq_encode: load("pq_encode")?,
             ordered_sums: load("ordered_sums")?,
@@ -1673,6 +1676,16 @@ impl Backend for CudaBackend {
         candidates: usize,
     ) -> Result<Option<Vec<Vec<crate::Neighbor>>>> {
         ivf_pq::probe_and_scan(self, index, loaded, queries, n_probes, candidates)
+    }
+
+    fn ivf_pq_rescore(
+        &self,
+        index: &IvfPqIndex<'_>,
+        loaded: Option<&Loaded>,
+        queries: ArrayView2<'_, f32>,
+        found: &[Vec<crate::Neighbor>],
+    ) -> Result<Option<Vec<f32>>> {
+        ivf_pq::rescore(self, index, loaded, queries, found)
     }
 
     fn lloyd<'a>(

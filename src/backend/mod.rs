@@ -289,6 +289,20 @@ pub trait Backend: Sync {
         Ok(None)
     }
 
+    /// Exact re-ranking scores of an IVF-PQ search's candidates (`found`, from the scan) against
+    /// the index's raw vectors, as [`crate::search::ivf_pq::exact_score`] computes them, bit
+    /// for bit, in `found`'s order (query by query), with what [`Backend::load_ivf_pq`]
+    /// returned for this index. `None`: the caller scores them where the vectors lie (the CPU).
+    fn ivf_pq_rescore(
+        &self,
+        _index: &IvfPqIndex<'_>,
+        _loaded: Option<&Loaded>,
+        _queries: ArrayView2<'_, f32>,
+        _found: &[Vec<Neighbor>],
+    ) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
+
     /// Holds `data: [n, dim]` for k-means iterations ([`Lloyd`]) where this backend keeps
     /// rows apart from the host (a GPU, when they fit in its memory). `None`: iterate with
     /// [`Backend::assign_nearest`] on the rows where they lie (the CPU).

@@ -91,24 +91,46 @@ impl IvfPqIndex<'_> {
             )));
         }
 
-        // 4. Re-rank (each query's own, on all cores).
+        // 4. Re-rank (each query's own): the candidates' exact scores from the backend where
+        // it holds the raw vectors (a GPU), else on all cores here.
         let cm = coarse_metric(self.metric);
+        let scores = match (refine, self.vectors) {
+            (true, Some(_)) => backend.ivf_pq_rescore(self, loaded, queries, &found)?,
+            _ => None,
+        };
+        if scores
+            .as_ref()
+            .is_some_and(|s| s.len() != found.iter().map(Vec::len).sum::<usize>())
+        {
+            return Err(Error::Gpu(format!(
+                "{}: re-ranking returned scores for other candidates than the scan's",
+                backend.name()
+            )));
+        }
+        let starts: Vec<usize> = found
+            .iter()
+            .scan(0, |at, f| {
+                let start = *at;
+                *at += f.len();
+                Some(start)
+            })
+            .collect();
         let per_query: Vec<Vec<Neighbor>> = found
             .into_par_iter()
+            .zip(starts)
             .enumerate()
-            .map(|(qi, found)| match (refine, self.vectors) {
+            .map(|(qi, (found, start))| match (refine, self.vectors) {
                 (true, Some(vectors)) => {
                     let q = queries.row(qi);
                     let q = q.as_slice().unwrap_or(&[]);
                     let mut exact = TopK::new(k);
-                    for n in found {
-                        let x = vectors.row(n.row as usize);
-                        let x = x.as_slice().unwrap_or(&[]);
-                        let s = match cm {
-                            Metric::L2 => {
-                                q.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                    for (i, n) in found.into_iter().enumerate() {
+                        let s = match &scores {
+                            Some(scores) => scores[start + i],
+                            None => {
+                                let x = vectors.row(n.row as usize);
+                                exact_score(cm, q, x.as_slice().unwrap_or(&[]))
                             }
-                            _ => -q.iter().zip(x).map(|(a, b)| a * b).sum::<f32>(),
                         };
                         exact.push(s, n.row);
                     }
@@ -236,6 +258,20 @@ impl IvfPqIndex<'_> {
 
 /// Scores every code of one list: `codes: [len · pq_dim]`, `table: [pq_dim · 256]`.
 #[inline]
+/// A candidate's exact re-ranking score against query `q`, by the lists' metric `cm`
+/// ([`coarse_metric`]): for L2 the squared differences, else the negated dot product (cosine
+/// rows are unit vectors), summed from zero in dimension order. A GPU's re-ranking
+/// (`rescore_exact` in kernels/select.cu) does the same additions, so the same scores.
+pub fn exact_score(cm: Metric, q: &[f32], x: &[f32]) -> f32 {
+    match cm {
+        Metric::L2 => q
+            .iter()
+            .zip(x)
+            .fold(0.0f32, |s, (a, b)| s + (a - b) * (a - b)),
+        _ => -q.iter().zip(x).fold(0.0f32, |s, (a, b)| s + a * b),
+    }
+}
+
 fn scan_list(codes: &[u8], pq_dim: usize, table: &[f32], base: f32, rows: &[u64], top: &mut TopK) {
     // One [f32; 256] per subspace: a u8 code indexes it with no bounds check.
     let tables: Vec<&[f32; TABLE_STRIDE]> = table

@@ -539,10 +539,35 @@ fn gpu_ivf_pq_search_matches_the_cpu_where_a_gpu_is_present() {
             crate::emu::set_env("VECBUILD_GPU_PROBES", None);
             let host = read_results(&d.join("gpu.parquet")).unwrap();
             assert_eq!(
-                (device.offsets, device.neighbors, device.distances),
-                (host.offsets, host.neighbors, host.distances),
+                (&device.offsets, &device.neighbors, &device.distances),
+                (&host.offsets, &host.neighbors, &host.distances),
                 "{metric}, refine {refine}: probes chosen on the device and on the host differ"
             );
+            if refine != "1" {
+                // Re-ranked on the device (its raw vectors copied up once), as the host
+                // re-ranks the same candidates: the same results, bit for bit.
+                crate::emu::set_env("VECBUILD_TRACE", Some("1"));
+                let said = succeeds(
+                    d,
+                    &[&search[..], &["--gpu", "0", "--out", "gpu.parquet"]].concat(),
+                );
+                assert!(said.contains("raw vectors copied up"), "{said}");
+                crate::emu::set_env("VECBUILD_GPU_RERANK", Some("host"));
+                let said = succeeds(
+                    d,
+                    &[&search[..], &["--gpu", "0", "--out", "host.parquet"]].concat(),
+                );
+                assert!(!said.contains("raw vectors copied up"), "{said}");
+                crate::emu::set_env("VECBUILD_GPU_RERANK", None);
+                crate::emu::set_env("VECBUILD_TRACE", None);
+                let on_device = read_results(&d.join("gpu.parquet")).unwrap();
+                let on_host = read_results(&d.join("host.parquet")).unwrap();
+                assert_eq!(
+                    (on_device.offsets, on_device.neighbors, on_device.distances),
+                    (on_host.offsets, on_host.neighbors, on_host.distances),
+                    "{metric}, refine {refine}: re-ranked on the device and on the host differ"
+                );
+            }
         }
     }
     // 256 sub-spaces of 256 codewords: 256 KiB tables, beyond any block's shared memory, so

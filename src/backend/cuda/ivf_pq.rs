@@ -40,6 +40,9 @@ struct OnDevice {
     list_offsets: CudaSlice<i64>,
     codes: CudaSlice<u8>,
     list_rows: CudaSlice<u32>,
+    /// `[n, dim]` raw vectors for re-ranking ([`rescore`]), copied up by the first search that
+    /// re-ranks, where the index keeps them.
+    vectors: std::sync::Mutex<Option<CudaSlice<f32>>>,
 }
 
 /// Where a launch keeps each block's vector and table.
@@ -143,11 +146,123 @@ pub(super) fn load(backend: &CudaBackend, index: &IvfPqIndex<'_>) -> Result<Load
         list_offsets: stream.clone_htod(&list_offsets).map_err(err("lists"))?,
         codes: stream.clone_htod(index.codes).map_err(err("codes"))?,
         list_rows: stream.clone_htod(&list_rows).map_err(err("row map"))?,
+        vectors: std::sync::Mutex::new(None),
     };
     stream
         .synchronize()
         .map_err(|e| gpu_err("copying the index to the device", e))?;
     Ok(Box::new(on))
+}
+
+/// The exact scores of `found`'s candidates, query by query, against the index's raw vectors:
+/// `rescore_exact` (kernels/select.cu), a thread per candidate with the CPU's additions
+/// ([`crate::search::ivf_pq::exact_score`]). The vectors are copied up by the first call and
+/// held with the index. `None` (the host re-ranks) where the index keeps no vectors, is not
+/// held on this GPU, or its vectors need more than half the free device memory; and with
+/// `VECBUILD_GPU_RERANK=host` (a developer's check that the two agree).
+pub(super) fn rescore(
+    backend: &CudaBackend,
+    index: &IvfPqIndex<'_>,
+    loaded: Option<&Loaded>,
+    queries: ArrayView2<'_, f32>,
+    found: &[Vec<Neighbor>],
+) -> Result<Option<Vec<f32>>> {
+    let (Some(vectors), Some(on)) = (
+        index.vectors,
+        loaded.and_then(|l| l.downcast_ref::<OnDevice>()),
+    ) else {
+        return Ok(None);
+    };
+    if std::env::var_os("VECBUILD_GPU_RERANK").is_some_and(|v| v == "host") {
+        return Ok(None);
+    }
+    let (nq, dim) = queries.dim();
+    if vectors.dim() != (on.n, on.dim) || dim != on.dim || found.len() != nq {
+        return Err(Error::Gpu(
+            "the IVF-PQ index loaded on the GPU is not the one searched".into(),
+        ));
+    }
+    let kc = found.iter().map(Vec::len).max().unwrap_or(0);
+    let total = nq * kc;
+    if total == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let mut cand = vec![NO_ROW; total];
+    for (slots, f) in cand.chunks_mut(kc).zip(found) {
+        for (slot, n) in slots.iter_mut().zip(f) {
+            if n.row >= on.n as u64 {
+                return Err(Error::Gpu(format!(
+                    "IVF-PQ re-ranking: candidate row {} of an index of {} rows",
+                    n.row, on.n
+                )));
+            }
+            *slot = n.row as u32;
+        }
+    }
+    let q_host = contiguous(&queries);
+    let dev = backend.lock()?;
+    let stream = dev.stream.clone();
+    let mut held = on
+        .vectors
+        .lock()
+        .map_err(|_| Error::Gpu("IVF-PQ re-ranking: the held vectors' lock was poisoned".into()))?;
+    if held.is_none() {
+        if !super::fits_half_free(&stream, 4 * vectors.len())? {
+            backend.slower(
+                "IVF-PQ re-ranking ran on the CPU: the raw vectors need more than half the free \
+                 device memory"
+                    .to_string(),
+            );
+            return Ok(None);
+        }
+        let _span = crate::laps::span("ivf-pq search: raw vectors copied up");
+        *held = Some(
+            stream
+                .clone_htod(contiguous(&vectors).as_ref())
+                .map_err(|e| gpu_err("copying the index's raw vectors to the device", e))?,
+        );
+    }
+    let rows = held
+        .as_ref()
+        .ok_or_else(|| Error::Gpu("IVF-PQ re-ranking: the raw vectors are not held".into()))?;
+    let copy = |what: &str, e| gpu_err(&format!("copying the {what} to the device"), e);
+    let q_dev = stream
+        .clone_htod(q_host.as_ref())
+        .map_err(|e| copy("queries", e))?;
+    let cand_dev = stream
+        .clone_htod(&cand)
+        .map_err(|e| copy("candidates", e))?;
+    // SAFETY: the kernel writes every one of the `total` scores.
+    let mut out = unsafe { stream.alloc::<f32>(total) }
+        .map_err(|e| gpu_err("allocating device memory for the exact scores", e))?;
+    let (dim_i, total_i, kc_i) = (dim as i32, total as i64, kc as i32);
+    let l2 = i32::from(crate::index::ivf_pq::coarse_metric(index.metric) == Metric::L2);
+    let cfg = LaunchConfig {
+        grid_dim: (total.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&dev.rescore_exact);
+    launch
+        .arg(&q_dev)
+        .arg(&dim_i)
+        .arg(rows)
+        .arg(&cand_dev)
+        .arg(&total_i)
+        .arg(&kc_i)
+        .arg(&l2)
+        .arg(&mut out);
+    // SAFETY: arguments match rescore_exact's signature: the queries hold nq·dim floats, the
+    // rows n·dim, the candidates nq·kc rows below n (checked above) or NO_ROW, out nq·kc.
+    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching rescore_exact", e))?;
+    let scores = stream
+        .clone_dtoh(&out)
+        .map_err(|e| gpu_err("copying the exact scores from the device", e))?;
+    let mut flat = Vec::with_capacity(found.iter().map(Vec::len).sum());
+    for (row, f) in scores.chunks(kc).zip(found) {
+        flat.extend_from_slice(&row[..f.len()]);
+    }
+    Ok(Some(flat))
 }
 
 /// Where a scan's probed lists come from.
