@@ -12,7 +12,8 @@
 #      runs on the 1M file
 #   3. IVF-PQ 1M builds with VECBUILD_TRACE=1 (spans summed per name); search on the 1M index
 #      (built once by NEW), 100k queries, n_probes 8/32/64, NEW with VECBUILD_GPU_PROBES=host
-#      against its default (probes chosen on the device)
+#      against its default (probes chosen on the device); re-ranking (--refine-ratio 4) on
+#      the device against the host (VECBUILD_GPU_RERANK=host)
 #   4. CAGRA 1M GPU builds with VECBUILD_TRACE=1 (trace spans summed per name), and NEW with
 #      --gpu-precision tf32 (the cuBLAS join)
 #   5. a batch query job: each binary's CAGRA index searched on the GPU with every base row as a
@@ -145,6 +146,24 @@ for np in $probes; do
         cmp -s "$W/r-host.parquet" "$W/r-device.parquet" && note "  lists identical" \
             || note "  lists differ"
     done
+done
+
+# 3b. Re-ranking (an index built by NEW with --refine, --refine-ratio 4 at n_probes 32): on the
+#     device (rescore_exact) against the host (VECBUILD_GPU_RERANK=host), alternating.
+"$NEW" build --gpu 0 --input "$W/b.parquet" --index ivf-pq --n-lists "$lists" --refine \
+    --out "$W/pr.vbx" >"$OUT/ivf-refine-build.log" 2>&1
+note "IVF-PQ --refine build: exit $?"
+for round in 1 2; do
+    for rerank in host device; do
+        log="$OUT/ivf-rerank-$rerank-r$round.log"
+        how=""; [ $rerank = host ] && how=host
+        VECBUILD_GPU_RERANK=$how VECBUILD_TRACE=1 "$NEW" search --gpu 0 --index "$W/pr.vbx" --queries "$W/q-ivf.parquet" \
+            --k 10 --n-probes 32 --refine-ratio 4 --out "$W/rr-$rerank.parquet" >"$log" 2>&1
+        note "r$round re-ranked on the $rerank: $(grep -E '^searched' "$log" | tail -1)"
+        spans "$log"
+    done
+    cmp -s "$W/rr-host.parquet" "$W/rr-device.parquet" && note "  lists identical" \
+        || note "  lists differ"
 done
 
 # 4. CAGRA 1M builds on the GPU, with the trace spans summed per name.

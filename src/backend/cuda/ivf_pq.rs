@@ -183,21 +183,14 @@ pub(super) fn rescore(
         ));
     }
     let kc = found.iter().map(Vec::len).max().unwrap_or(0);
-    let total = nq * kc;
-    if total == 0 {
+    if nq == 0 || kc == 0 {
         return Ok(Some(Vec::new()));
     }
-    let mut cand = vec![NO_ROW; total];
-    for (slots, f) in cand.chunks_mut(kc).zip(found) {
-        for (slot, n) in slots.iter_mut().zip(f) {
-            if n.row >= on.n as u64 {
-                return Err(Error::Gpu(format!(
-                    "IVF-PQ re-ranking: candidate row {} of an index of {} rows",
-                    n.row, on.n
-                )));
-            }
-            *slot = n.row as u32;
-        }
+    if let Some(n) = found.iter().flatten().find(|n| n.row >= on.n as u64) {
+        return Err(Error::Gpu(format!(
+            "IVF-PQ re-ranking: candidate row {} of an index of {} rows",
+            n.row, on.n
+        )));
     }
     let q_host = contiguous(&queries);
     let dev = backend.lock()?;
@@ -225,42 +218,56 @@ pub(super) fn rescore(
     let rows = held
         .as_ref()
         .ok_or_else(|| Error::Gpu("IVF-PQ re-ranking: the raw vectors are not held".into()))?;
-    let copy = |what: &str, e| gpu_err(&format!("copying the {what} to the device"), e);
-    let q_dev = stream
-        .clone_htod(q_host.as_ref())
-        .map_err(|e| copy("queries", e))?;
-    let cand_dev = stream
-        .clone_htod(&cand)
-        .map_err(|e| copy("candidates", e))?;
-    // SAFETY: the kernel writes every one of the `total` scores.
-    let mut out = unsafe { stream.alloc::<f32>(total) }
-        .map_err(|e| gpu_err("allocating device memory for the exact scores", e))?;
-    let (dim_i, total_i, kc_i) = (dim as i32, total as i64, kc as i32);
     let l2 = i32::from(crate::index::ivf_pq::coarse_metric(index.metric) == Metric::L2);
-    let cfg = LaunchConfig {
-        grid_dim: (total.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = stream.launch_builder(&dev.rescore_exact);
-    launch
-        .arg(&q_dev)
-        .arg(&dim_i)
-        .arg(rows)
-        .arg(&cand_dev)
-        .arg(&total_i)
-        .arg(&kc_i)
-        .arg(&l2)
-        .arg(&mut out);
-    // SAFETY: arguments match rescore_exact's signature: the queries hold nq·dim floats, the
-    // rows n·dim, the candidates nq·kc rows below n (checked above) or NO_ROW, out nq·kc.
-    unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching rescore_exact", e))?;
-    let scores = stream
-        .clone_dtoh(&out)
-        .map_err(|e| gpu_err("copying the exact scores from the device", e))?;
+    let (dim_i, kc_i) = (dim as i32, kc as i32);
+    let copy = |what: &str, e| gpu_err(&format!("copying the {what} to the device"), e);
     let mut flat = Vec::with_capacity(found.iter().map(Vec::len).sum());
-    for (row, f) in scores.chunks(kc).zip(found) {
-        flat.extend_from_slice(&row[..f.len()]);
+    // A batch of queries at a time, as the scan takes them: its candidates (`NO_ROW` past a
+    // query's own), scored, brought back.
+    for (b, batch) in found.chunks(QUERY_BATCH).enumerate() {
+        let q0 = b * QUERY_BATCH;
+        let total = batch.len() * kc;
+        let mut cand = vec![NO_ROW; total];
+        for (slots, f) in cand.chunks_mut(kc).zip(batch) {
+            for (slot, n) in slots.iter_mut().zip(f) {
+                *slot = n.row as u32;
+            }
+        }
+        let q_dev = stream
+            .clone_htod(&q_host[q0 * dim..(q0 + batch.len()) * dim])
+            .map_err(|e| copy("queries", e))?;
+        let cand_dev = stream
+            .clone_htod(&cand)
+            .map_err(|e| copy("candidates", e))?;
+        // SAFETY: the kernel writes every one of the `total` scores.
+        let mut out = unsafe { stream.alloc::<f32>(total) }
+            .map_err(|e| gpu_err("allocating device memory for the exact scores", e))?;
+        let total_i = total as i64;
+        let cfg = LaunchConfig {
+            grid_dim: (total.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&dev.rescore_exact);
+        launch
+            .arg(&q_dev)
+            .arg(&dim_i)
+            .arg(rows)
+            .arg(&cand_dev)
+            .arg(&total_i)
+            .arg(&kc_i)
+            .arg(&l2)
+            .arg(&mut out);
+        // SAFETY: arguments match rescore_exact's signature: the queries hold the batch's
+        // rows of dim floats, the rows n·dim, the candidates batch·kc rows below n (checked
+        // above) or NO_ROW, out batch·kc.
+        unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching rescore_exact", e))?;
+        let scores = stream
+            .clone_dtoh(&out)
+            .map_err(|e| gpu_err("copying the exact scores from the device", e))?;
+        for (row, f) in scores.chunks(kc).zip(batch) {
+            flat.extend_from_slice(&row[..f.len()]);
+        }
     }
     Ok(Some(flat))
 }
