@@ -99,10 +99,18 @@ impl Scratch {
     }
 }
 
-/// Device scratch of one nearest-centroid assignment of `rows` rows to `k` centroids by GEMM
-/// tiles (`assign_nearest`): the row tile, the centroids and their norms, the score tile and
+/// Device scratch of one nearest-centroid assignment of `rows` rows to `k` centroids
+/// (`assign_nearest`): by GEMM tiles, the row tile, the centroids and their norms, the score
+/// tile and the outputs; for small dimensions (`assign_small`), every row, the centroids and
 /// the outputs.
 fn assign_scratch(s: &mut Scratch, rows: u64, k: u64, dim: u64, tile: u64) {
+    if crate::backend::assigns_small(dim as usize, k as usize) {
+        s.need("queries", 4 * rows * dim);
+        s.need("base", 4 * k * dim);
+        s.need("out_score", 4 * rows);
+        s.need("out_col", 4 * rows);
+        return;
+    }
     let rt = (tile / (4 * k)).clamp(1, rows.max(1));
     s.need("queries", 4 * rt * dim);
     s.need("base", 4 * k * dim);

@@ -23,7 +23,7 @@
 //! the compute stream waits for by event.
 //!
 //! Nearest-centroid assignment ([`Backend::assign_nearest`]) is the same GEMM followed by
-//! `argmin_rows`, one warp per row, ties to the smaller centroid; for up to [`SMALL_DIM`]
+//! `argmin_rows`, one warp per row, ties to the smaller centroid; for up to [`SMALL_DIM`](super::cpu::SMALL_DIM)
 //! dimensions (PQ sub-spaces) `assign_small` computes the differences directly, as the CPU does.
 //!
 //! CAGRA's graph optimisation ([`Backend::optimize_graph`]: rank-based pruning, reverse edges,
@@ -51,7 +51,7 @@ pub use ivf_pq::{
 };
 pub use join::refine_slots;
 
-use super::cpu::SMALL_DIM;
+use super::assigns_small;
 use super::{Backend, ListJoin, Loaded, Queries};
 use crate::laps::span;
 use crate::metric::squared_norms;
@@ -784,12 +784,6 @@ impl CudaBackend {
             .map_err(|e| gpu_err("making the device's context current", e))?;
         Ok(dev)
     }
-}
-
-/// Whether assignment to `kc` centroids of `dim` floats takes `assign_small` (direct
-/// differences, centroids in 48 KiB of shared memory) rather than a GEMM.
-fn assigns_small(dim: usize, kc: usize) -> bool {
-    dim <= SMALL_DIM && kc * dim * 4 <= 48 << 10
 }
 
 fn contiguous<'a>(x: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {

@@ -36,6 +36,13 @@ pub fn tile_bytes(free_bytes: usize) -> usize {
     (free_bytes / 4).clamp(1 << 20, MAX_TILE_BYTES)
 }
 
+/// Whether a GPU assigns rows to `kc` centroids of `dim` floats by `assign_small` (direct
+/// differences, every row at once, the centroids in 48 KiB of shared memory) rather than by
+/// GEMM tiles.
+pub fn assigns_small(dim: usize, kc: usize) -> bool {
+    dim <= cpu::SMALL_DIM && kc * dim * 4 <= 48 << 10
+}
+
 /// Base rows per GEMM tile of a GPU's exact k-NN over rows of `dim` floats.
 pub fn base_tile_rows(dim: usize) -> usize {
     (BASE_TILE_BYTES / (dim.max(1) * 4)).clamp(1, MAX_BASE_TILE)

@@ -695,8 +695,9 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
     // 6-bit codes on sub-spaces of 10 floats (48 = 5 × 10 − 2: the last one padded) for cosine,
     // 4-bit codes on sub-spaces of 24 floats (wider than the direct path's: one sub-space at a
     // time by GEMM) for inner product, and 5-bit codes with the raw vectors kept.
-    generate_dataset(d, size(6000, 1500), 48, 30, 10);
-    let configs: [&[&str]; 4] = [
+    // Last, more rows than PQ training takes (65536), so the encoding reads the input again
+    // in chunks, on 8 dimensions: every assignment by `assign_small`.
+    let small: [&[&str]; 4] = [
         &["--n-lists", "64"],
         &[
             "--n-lists",
@@ -728,7 +729,29 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
             "--refine",
         ],
     ];
-    for config in configs {
+    let streamed: &[&str] = &[
+        "--n-lists",
+        "8",
+        "--pq-dim",
+        "2",
+        "--pq-bits",
+        "4",
+        "--kmeans-n-iters",
+        "2",
+        "--max-train-rows",
+        "2000",
+        "--refine",
+    ];
+    let configs = small
+        .iter()
+        .map(|&c| ((size(6000, 1500), 48), c))
+        .chain([((70_000, 8), streamed)]);
+    let mut made = (0, 0);
+    for ((rows, dim), config) in configs {
+        if made != (rows, dim) {
+            generate_dataset(d, rows, dim, 30, 10);
+            made = (rows, dim);
+        }
         let args = [&["--index", "ivf-pq"][..], config].concat();
         build_on_cpu_and_gpu(d, &args);
         plan_covers_the_build(d, &args);
