@@ -598,7 +598,6 @@ mod tests {
         assert_eq!(tile, 2 << 30);
         let gpu = plan(Build::Cagra(&params), input(n, dim), Some(tile));
         let pruning = gpu.stages.iter().find(|s| s.name == "pruning").unwrap();
-        // The kNN graph, the pruned graph, the reverse edges' keys and the merged graph.
         // The larger of its two steps: the kNN graph pruned, or the pruned graph with its
         // reverse edges' keys and offsets and the merged graph.
         let (d_in, d_out) = (

@@ -256,8 +256,6 @@ impl IvfPqIndex<'_> {
     }
 }
 
-/// Scores every code of one list: `codes: [len · pq_dim]`, `table: [pq_dim · 256]`.
-#[inline]
 /// A candidate's exact re-ranking score against query `q`, by the lists' metric `cm`
 /// ([`coarse_metric`]): for L2 the squared differences, else the negated dot product (cosine
 /// rows are unit vectors), summed from zero in dimension order. A GPU's re-ranking
@@ -272,6 +270,8 @@ pub fn exact_score(cm: Metric, q: &[f32], x: &[f32]) -> f32 {
     }
 }
 
+/// Scores every code of one list: `codes: [len · pq_dim]`, `table: [pq_dim · 256]`.
+#[inline]
 fn scan_list(codes: &[u8], pq_dim: usize, table: &[f32], base: f32, rows: &[u64], top: &mut TopK) {
     // One [f32; 256] per subspace: a u8 code indexes it with no bounds check.
     let tables: Vec<&[f32; TABLE_STRIDE]> = table
