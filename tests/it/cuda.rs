@@ -32,6 +32,19 @@ fn no_device(dir: &Path) -> bool {
     }
 }
 
+/// True (and says why) where a test that needs the emulator has nothing to check: no device
+/// at all, or a real GPU, which cannot do what the test needs (`why`).
+fn not_emulated(dir: &Path, why: &str) -> bool {
+    if no_device(dir) {
+        return true;
+    }
+    if !crate::emu::emulated() {
+        eprintln!("SKIPPED: {why}");
+        return true;
+    }
+    false
+}
+
 /// `gpu` on a GPU, `emulated` on the emulator (whose kernels run on host threads).
 fn size(gpu: usize, emulated: usize) -> usize {
     if crate::emu::emulated() {
@@ -867,11 +880,10 @@ fn plan_covers_the_build(d: &Path, args: &[&str]) {
 fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_clearly() {
     let dir = tmp();
     let d = dir.path();
-    if no_device(d) {
-        return;
-    }
-    if !crate::emu::emulated() {
-        eprintln!("SKIPPED: a real GPU's memory cannot be made small here (the emulator's can)");
+    if not_emulated(
+        d,
+        "a real GPU's memory cannot be made small here (the emulator's can)",
+    ) {
         return;
     }
     // 3000 queries' 100 candidates (2.4 MB) do not fit with the rest on a 3 MiB device.
@@ -953,11 +965,7 @@ fn gpu_stages_on_a_device_too_small_for_their_data_agree_with_the_cpu_or_fail_cl
 fn gpu_cagra_builders_equal_the_cpu_and_stay_within_their_plans_where_emulated() {
     let dir = tmp();
     let d = dir.path();
-    if no_device(d) {
-        return;
-    }
-    if !crate::emu::emulated() {
-        eprintln!("SKIPPED: only the emulator counts allocations and sums in the CPU's order (scripts/gpu-check.sh checks the exact graph and sets the plan beside nvidia-smi's peak)");
+    if not_emulated(d, "only the emulator counts allocations and sums in the CPU's order (scripts/gpu-check.sh checks the exact graph and sets the plan beside nvidia-smi's peak)") {
         return;
     }
     generate_dataset(d, 1200, 16, 12, 10);
