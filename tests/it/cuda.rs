@@ -768,19 +768,26 @@ fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
         let args = [&["--index", "ivf-pq"][..], config].concat();
         build_on_cpu_and_gpu(d, &args);
         plan_covers_the_build(d, &args);
-        let (cpu, gpu) = (tensors(d, "c.vbx"), tensors(d, "g.vbx"));
         assert!(
-            cpu.iter().any(|(n, _)| n.contains("centroids")),
+            tensors(d, "c.vbx")
+                .iter()
+                .any(|(n, _)| n.contains("centroids")),
             "no centroids"
         );
-        assert_eq!(cpu.len(), gpu.len());
-        for ((name, a), (other, b)) in cpu.iter().zip(&gpu) {
-            assert_eq!(name, other);
-            assert!(
-                a == b,
-                "{config:?}: tensor {name} differs between the CPU and GPU builds"
-            );
-        }
+        same_tensors(d, &format!("{config:?}"));
+    }
+}
+
+/// `d/c.vbx` (the CPU build) and `d/g.vbx` (the GPU build) hold the same tensors, bit for bit.
+fn same_tensors(d: &Path, what: &str) {
+    let (cpu, gpu) = (tensors(d, "c.vbx"), tensors(d, "g.vbx"));
+    assert_eq!(cpu.len(), gpu.len(), "{what}");
+    for ((name, a), (other, b)) in cpu.iter().zip(&gpu) {
+        assert_eq!(name, other, "{what}");
+        assert!(
+            a == b,
+            "{what}: tensor {name} differs between the CPU and GPU builds"
+        );
     }
 }
 
@@ -998,6 +1005,6 @@ fn gpu_cagra_builders_equal_the_cpu_and_stay_within_their_plans_where_emulated()
     ] {
         build_on_cpu_and_gpu(d, args);
         plan_covers_the_build(d, args);
-        assert_eq!(tensors(d, "c.vbx"), tensors(d, "g.vbx"), "{args:?}");
+        same_tensors(d, &format!("{args:?}"));
     }
 }

@@ -199,25 +199,25 @@ pub(super) fn rescore(
         .vectors
         .lock()
         .map_err(|_| Error::Gpu("IVF-PQ re-ranking: the held vectors' lock was poisoned".into()))?;
-    if held.is_none() {
-        if !super::fits_half_free(&stream, 4 * vectors.len())? {
-            backend.slower(
-                "IVF-PQ re-ranking ran on the CPU: the raw vectors need more than half the free \
-                 device memory"
-                    .to_string(),
-            );
-            return Ok(None);
+    let rows: &CudaSlice<f32> = match &mut *held {
+        Some(rows) => rows,
+        empty @ None => {
+            if !super::fits_half_free(&stream, 4 * vectors.len())? {
+                backend.slower(
+                    "IVF-PQ re-ranking ran on the CPU: the raw vectors need more than half the \
+                     free device memory"
+                        .to_string(),
+                );
+                return Ok(None);
+            }
+            let _span = crate::laps::span("ivf-pq search: raw vectors copied up");
+            empty.insert(
+                stream
+                    .clone_htod(contiguous(&vectors).as_ref())
+                    .map_err(|e| gpu_err("copying the index's raw vectors to the device", e))?,
+            )
         }
-        let _span = crate::laps::span("ivf-pq search: raw vectors copied up");
-        *held = Some(
-            stream
-                .clone_htod(contiguous(&vectors).as_ref())
-                .map_err(|e| gpu_err("copying the index's raw vectors to the device", e))?,
-        );
-    }
-    let rows = held
-        .as_ref()
-        .ok_or_else(|| Error::Gpu("IVF-PQ re-ranking: the raw vectors are not held".into()))?;
+    };
     let l2 = i32::from(crate::index::ivf_pq::coarse_metric(index.metric) == Metric::L2);
     let (dim_i, kc_i) = (dim as i32, kc as i32);
     let copy = |what: &str, e| gpu_err(&format!("copying the {what} to the device"), e);
