@@ -1,9 +1,16 @@
 //! What the hnswlib and faiss HNSW exports share: a CAGRA artifact seen as HNSW layers. Level 0
 //! is the CAGRA graph; levels ≥ 1 are the artifact's upper levels
 //! ([`crate::index::cagra::hierarchy`]). HNSW's `M` (its level distribution) is
-//! `graph_degree / 2`, as the build drew the levels; level 0 holds `graph_degree` links and the
-//! upper levels as many as the artifact stores per row (`graph_degree`, or `M` in artifacts
-//! written by earlier versions). hnswlib and faiss both record the two counts in their files.
+//! `graph_degree / 2`, as the build drew the levels; the upper levels hold as many links as the
+//! artifact stores per row (`graph_degree`, or `M` in artifacts written by earlier versions).
+//! hnswlib and faiss both record the two counts in their files.
+//!
+//! A row on level ≥ 1 also keeps its level-1 links on level 0, after its CAGRA links (those
+//! not among them already), so level 0 holds `graph_degree` plus up to that many links. Their
+//! searches descend the upper levels greedily and start level 0 from one level-1 row; vecbuild's
+//! own search runs a beam on level 1 instead. On clustered data the greedy descent often stops
+//! in a neighbouring cluster, and CAGRA's level-0 links, nearly all inside their cluster, do not
+//! lead out of it: the level-1 links on level 0 do (README, "export").
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind};
@@ -18,7 +25,7 @@ pub struct Layers<'a> {
     pub dim: usize,
     /// HNSW's `M`: the level distribution's base, `1 / ln M` its multiplier.
     pub m: usize,
-    /// Link slots per row on level 0 (≥ `degree`).
+    /// Link slots per row on level 0: `degree` plus the most level-1 links a row adds.
     pub m0: usize,
     /// Link slots per row on levels ≥ 1.
     pub m_upper: usize,
@@ -72,7 +79,7 @@ impl<'a> Layers<'a> {
             .and_then(|h| h.rows.first().copied())
             .unwrap_or(first_entry);
         let m = (degree / 2).max(2);
-        Ok(Layers {
+        let mut layers = Layers {
             n,
             dim,
             m,
@@ -84,7 +91,19 @@ impl<'a> Layers<'a> {
             upper,
             position,
             entry,
-        })
+        };
+        let most_added = layers
+            .upper
+            .as_ref()
+            .map_or(0, |h| {
+                h.rows
+                    .iter()
+                    .map(|&r| layers.links(r as usize, 0).len())
+                    .max()
+                    .unwrap_or(0)
+            });
+        layers.m0 = layers.m0.max(most_added);
+        Ok(layers)
     }
 
     /// The highest level (0 when there are no upper levels).
@@ -101,19 +120,30 @@ impl<'a> Layers<'a> {
         }
     }
 
-    /// Row `r`'s links on level `l` (≤ its level), as row numbers.
+    /// Row `r`'s links on level `l` (≤ its level), as row numbers. On level 0: its CAGRA links,
+    /// then, for a row on level ≥ 1, its level-1 links not among them.
     pub fn links(&self, r: usize, l: usize) -> Vec<u32> {
-        if l == 0 {
-            return self.graph[r * self.degree..(r + 1) * self.degree].to_vec();
-        }
-        match &self.upper {
-            Some(h) => h
+        let upper = |l: usize| match &self.upper {
+            Some(h) if self.position[r] != NONE => h
                 .neighbors(l, self.position[r] as usize)
                 .iter()
                 .take_while(|&&p| p != NONE)
                 .map(|&p| h.rows[p as usize])
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
+        };
+        if l > 0 {
+            return upper(l);
         }
+        let mut links = self.graph[r * self.degree..(r + 1) * self.degree].to_vec();
+        if self.level(r) > 0 {
+            let cagra = links.len();
+            for v in upper(1) {
+                if !links[..cagra].contains(&v) {
+                    links.push(v);
+                }
+            }
+        }
+        links
     }
 }

@@ -681,18 +681,57 @@ fn upper_levels_keep_graph_degree_links_and_m_link_artifacts_still_load() {
         "recall@10 at itopk 10: {r_wide:.4} with {d} upper links, {r_narrow:.4} with {m}"
     );
 
-    // hnswlib's header: maxM_ (upper links), maxM0_ (level 0), M_ (the level distribution's).
-    for (path, upper) in [(&wide, d), (&narrow, m)] {
-        let out = dir.path().join("e.hnsw");
-        let a = vecbuild::artifact::Artifact::open(path).unwrap();
-        vecbuild::export::hnswlib::export(&a, &out).unwrap();
-        let bytes = std::fs::read(&out).unwrap();
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-        assert_eq!(
-            (u64_at(56), u64_at(64), u64_at(72)),
-            (upper as u64, d as u64, m as u64),
-            "{}",
-            path.display()
-        );
+    // The build shares up to `M` level-1 links on level 0; the exports add the rest of the
+    // wide lists (all of the narrow ones fit).
+    let m0 = check_hnswlib_export(&wide, d, d, 128);
+    assert!(m0 > d && m0 <= d + d, "{m0} level-0 slots");
+    assert_eq!(check_hnswlib_export(&narrow, d, m, 128), d);
+}
+
+/// Exports the CAGRA artifact at `path` (graph degree `d`, `upper` links per upper-level row,
+/// `dim` dimensions) to hnswlib and checks the file's header — maxM_ (upper links), maxM0_
+/// (level 0), M_ (the level distribution's) — and every row's level-0 list: its CAGRA links,
+/// then for a row on level ≥ 1 its level-1 links not among those (as row numbers); maxM0_ is
+/// the longest list. Returns maxM0_.
+fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usize) -> usize {
+    let out = path.with_extension("hnsw");
+    let a = vecbuild::artifact::Artifact::open(path).unwrap();
+    vecbuild::export::hnswlib::export(&a, &out).unwrap();
+    let u32s = |name: &str| {
+        let dt = vecbuild::artifact::container::DType::U32;
+        a.container.slice::<u32>(name, dt).unwrap().0.to_vec()
+    };
+    let (graph, rows, level1) = (u32s("graph"), u32s("upper.rows"), u32s("upper.graph"));
+    let level1_count = u32s("upper.counts")[0] as usize;
+    let mut want: Vec<Vec<u32>> = graph.chunks(d).map(|l| l.to_vec()).collect();
+    for (p, &r) in rows.iter().enumerate().take(level1_count) {
+        let own = want[r as usize].clone();
+        let added = level1[p * upper..(p + 1) * upper]
+            .iter()
+            .take_while(|&&q| q != u32::MAX)
+            .map(|&q| rows[q as usize])
+            .filter(|v| !own.contains(v));
+        want[r as usize].extend(added);
     }
+    let m0 = want.iter().map(Vec::len).max().unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        (u64_at(56), u64_at(64), u64_at(72)),
+        (upper as u64, m0 as u64, d as u64 / 2),
+        "{}",
+        path.display()
+    );
+    let per_row = u64_at(24) as usize;
+    assert_eq!(per_row, 4 + 4 * m0 + 4 * dim + 8);
+    for (r, links) in want.iter().enumerate() {
+        let at = 96 + r * per_row;
+        let count = u16::from_le_bytes([bytes[at], bytes[at + 1]]) as usize;
+        let got: Vec<u32> = bytes[at + 4..at + 4 + 4 * count]
+            .chunks(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(&got, links, "row {r} on level 0 of {}", path.display());
+    }
+    m0
 }
