@@ -92,16 +92,13 @@ impl<'a> Layers<'a> {
             position,
             entry,
         };
-        let most_added = layers
-            .upper
-            .as_ref()
-            .map_or(0, |h| {
-                h.rows
-                    .iter()
-                    .map(|&r| layers.links(r as usize, 0).len())
-                    .max()
-                    .unwrap_or(0)
-            });
+        let most_added = layers.upper.as_ref().map_or(0, |h| {
+            h.rows
+                .iter()
+                .map(|&r| layers.links(r as usize, 0).len())
+                .max()
+                .unwrap_or(0)
+        });
         layers.m0 = layers.m0.max(most_added);
         Ok(layers)
     }

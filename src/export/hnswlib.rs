@@ -1,6 +1,7 @@
 //! hnswlib's index file (`hnswlib/hnswalg.h`, `saveIndex`/`loadIndex`, hnswlib 0.8), so stock
 //! `hnswlib.Index(space, dim).load_index(path)` searches a CAGRA artifact: level 0 is the CAGRA
-//! graph, levels ≥ 1 the artifact's upper levels ([`super::hnsw::Layers`]).
+//! graph (and, for rows on level ≥ 1, their level-1 links), levels ≥ 1 the artifact's upper
+//! levels ([`super::hnsw::Layers`]).
 //!
 //! Little-endian, 64-bit `size_t`:
 //!
@@ -14,10 +15,10 @@
 //! | `offsetData_` | u64 | `4 + 4·maxM0` |
 //! | `maxlevel_` | i32 | highest level |
 //! | `enterpoint_node_` | u32 | the top row |
-//! | `maxM_`, `maxM0_`, `M_` | u64 ×3 | upper-level links per row (the graph degree; M in artifacts of earlier versions), the graph degree, M = graph degree / 2 |
+//! | `maxM_`, `maxM0_`, `M_` | u64 ×3 | upper-level links per row (the graph degree; M in artifacts of earlier versions), level-0 slots (the graph degree plus the most level-1 links a row adds), M = graph degree / 2 |
 //! | `mult_` | f64 | 1 / ln M |
 //! | `ef_construction_` | u64 | 200 (unused by search) |
-//! | level 0, per row | | u16 link count, u8 flags (0), u8 0, `maxM0` × u32 links, `dim` × f32, u64 label |
+//! | level 0, per row | | u16 link count, u8 flags (0), u8 0, `maxM0` × u32 links (0 past the count), `dim` × f32, u64 label |
 //! | upper levels, per row | | u32 byte length `level · (4 + 4·maxM)`, then per level 1.. a u32 count and `maxM` × u32 links |
 //!
 //! Spaces: `l2` (squared L2), `ip` (hnswlib reports 1 − q·x), `cosine` (vectors stored unit
