@@ -130,10 +130,10 @@ fn every_builder_gives_a_fixed_degree_graph_reachable_from_its_entry_points() {
                 "reverse edges",
                 "merge",
                 "entry point",
-                "connectivity",
-                "short rows filled",
                 "upper levels",
-                "upper links shared"
+                "upper links shared",
+                "connectivity",
+                "short rows filled"
             ],
             "{what}"
         );

@@ -10,7 +10,9 @@
 //!    to probe more than a quarter of the lists. Inner-product indexes are built on rows
 //!    lifted to L2 (see `build`), where the graph is a proximity graph.
 //! 2. Graph optimisation to `graph_degree` ([`optimize`]): rank-based pruning of detourable
-//!    edges, reverse edges, merge; then, optionally, a connectivity guarantee.
+//!    edges, reverse edges, merge; the upper levels ([`hierarchy`]), whose level-1 links
+//!    replace some of their rows' last edges; then, optionally, a connectivity guarantee over
+//!    the graph as stored.
 //! 3. The artifact holds the vectors, their squared norms (L2), 8-bit codes of them that the
 //!    search walks the graph on (`search_codes`), the graph and its entry points, with the rows
 //!    stored upper-level rows first, then breadth first over the graph (neighbours near each
@@ -236,12 +238,12 @@ pub struct CagraStats {
     /// Everything after the kNN graph: the three parts below and the rest.
     pub optimize_seconds: f64,
     /// Where the optimisation's time went, in order (pruning, reverse edges, merge, entry
-    /// point, connectivity, short rows, the upper levels or the wait for them, their links).
+    /// point, the upper levels or the wait for them, their links, connectivity, short rows).
     #[serde(default)]
     pub optimize_parts: Vec<(String, f64)>,
     /// Rank-based pruning, reverse edges and merge.
     pub prune_seconds: f64,
-    /// The connectivity guarantee.
+    /// The connectivity guarantee and short rows filled.
     pub connect_seconds: f64,
     /// The upper levels (their own time, where they were built beside the graph stages).
     pub upper_levels_seconds: f64,
@@ -328,9 +330,9 @@ pub fn build(
     })
 }
 
-/// The stages after the rows are prepared: kNN graph, pruning, reverse edges, connectivity,
-/// and the upper levels from `upper_levels` (built there, or waited for: `upper_levels_beside`),
-/// with their own time.
+/// The stages after the rows are prepared: kNN graph, pruning, reverse edges, the upper
+/// levels from `upper_levels` (built there, or waited for: `upper_levels_beside`, with their
+/// own time) and their links shared, connectivity.
 fn graph_stages(
     backend: &dyn Backend,
     data: ArrayView2<'_, f32>,
@@ -444,6 +446,18 @@ fn graph_stages(
     let prune_seconds = started.elapsed().as_secs_f64();
     let entry = nearest_to_mean(data.view(), norms, metric);
     laps.mark("entry point");
+    progress("upper levels", 0.0);
+    let (hierarchy, upper_levels_seconds) = upper_levels()?;
+    laps.mark(match upper_levels_beside {
+        true => "upper levels (what was left to wait for)",
+        false => "upper levels",
+    });
+    // The level-1 links replace some of the upper-level rows' last edges, so they go in before
+    // the connectivity guarantee, which then holds for the graph as stored (and starts from a
+    // graph whose long edges already join most clusters).
+    hierarchy.share_links(&mut graph);
+    laps.mark("upper links shared");
+    let connecting = Instant::now();
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
         let linked =
@@ -455,15 +469,7 @@ fn graph_stages(
     };
     fill_short_rows(&mut graph, &knn);
     laps.mark("short rows filled");
-    let connect_seconds = started.elapsed().as_secs_f64() - prune_seconds;
-    progress("upper levels", 0.0);
-    let (hierarchy, upper_levels_seconds) = upper_levels()?;
-    laps.mark(match upper_levels_beside {
-        true => "upper levels (what was left to wait for)",
-        false => "upper levels",
-    });
-    hierarchy.share_links(&mut graph);
-    laps.mark("upper links shared");
+    let connect_seconds = connecting.elapsed().as_secs_f64();
     Ok(Cagra {
         graph,
         entry_points,
