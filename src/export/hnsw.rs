@@ -5,17 +5,20 @@
 //! artifact stores per row (`graph_degree`, or `M` in artifacts written by earlier versions).
 //! hnswlib and faiss both record the two counts in their files.
 //!
-//! A row on level ≥ 1 also keeps its level-1 links on level 0, after its CAGRA links (those
-//! not among them already), so level 0 holds `graph_degree` plus up to that many links. Their
-//! searches descend the upper levels greedily and start level 0 from one level-1 row; vecbuild's
-//! own search runs a beam on level 1 instead. On clustered data the greedy descent often stops
-//! in a neighbouring cluster, and CAGRA's level-0 links, nearly all inside their cluster, do not
-//! lead out of it: the level-1 links on level 0 do (README, "export").
+//! Level 0 also holds level-1 links, after each row's CAGRA links (those not among them
+//! already): a row on level ≥ 1 gets its own, any other row those of its hub, the first row
+//! of its CAGRA list that is on level ≥ 1. So level 0 holds `graph_degree` plus up to the
+//! upper levels' count of links. hnswlib's and faiss's searches descend the upper levels
+//! greedily and start level 0 from one level-1 row; vecbuild's own search runs a beam on
+//! level 1 instead. On clustered data the greedy descent often stops in a neighbouring
+//! cluster, and CAGRA's level-0 links, nearly all inside their cluster, do not lead out of it:
+//! the level-1 links on level 0 do (README, "export").
 
 use crate::artifact::container::DType;
 use crate::artifact::{Artifact, IndexKind};
 use crate::index::cagra::hierarchy::HierarchyView;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 const NONE: u32 = u32::MAX;
 
@@ -92,14 +95,13 @@ impl<'a> Layers<'a> {
             position,
             entry,
         };
-        let most_added = layers.upper.as_ref().map_or(0, |h| {
-            h.rows
-                .iter()
-                .map(|&r| layers.links(r as usize, 0).len())
-                .max()
-                .unwrap_or(0)
-        });
-        layers.m0 = layers.m0.max(most_added);
+        if layers.upper.is_some() {
+            let longest = (0..n)
+                .into_par_iter()
+                .map(|r| layers.links(r, 0).len())
+                .max();
+            layers.m0 = layers.m0.max(longest.unwrap_or(0));
+        }
         Ok(layers)
     }
 
@@ -118,25 +120,33 @@ impl<'a> Layers<'a> {
     }
 
     /// Row `r`'s links on level `l` (≤ its level), as row numbers. On level 0: its CAGRA links,
-    /// then, for a row on level ≥ 1, its level-1 links not among them.
+    /// then the level-1 links not among them of `r` where it is on level ≥ 1, else of its hub
+    /// (the first row of its CAGRA list on level ≥ 1), itself left out.
     pub fn links(&self, r: usize, l: usize) -> Vec<u32> {
-        let upper = |l: usize| match &self.upper {
-            Some(h) if self.position[r] != NONE => h
-                .neighbors(l, self.position[r] as usize)
-                .iter()
-                .take_while(|&&p| p != NONE)
-                .map(|&p| h.rows[p as usize])
-                .collect(),
-            _ => Vec::new(),
+        let level_links = |row: usize, l: usize| -> Vec<u32> {
+            match &self.upper {
+                Some(h) if self.position[row] != NONE => h
+                    .neighbors(l, self.position[row] as usize)
+                    .iter()
+                    .take_while(|&&p| p != NONE)
+                    .map(|&p| h.rows[p as usize])
+                    .collect(),
+                _ => Vec::new(),
+            }
         };
         if l > 0 {
-            return upper(l);
+            return level_links(r, l);
         }
         let mut links = self.graph[r * self.degree..(r + 1) * self.degree].to_vec();
-        if self.level(r) > 0 {
+        let upper = |v: &u32| *v != NONE && self.position[*v as usize] != NONE;
+        let hub = match self.position[r] != NONE {
+            true => Some(r),
+            false => links.iter().find(|v| upper(v)).map(|&v| v as usize),
+        };
+        if let Some(hub) = hub {
             let cagra = links.len();
-            for v in upper(1) {
-                if !links[..cagra].contains(&v) {
+            for v in level_links(hub, 1) {
+                if v as usize != r && !links[..cagra].contains(&v) {
                     links.push(v);
                 }
             }

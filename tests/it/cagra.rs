@@ -681,17 +681,19 @@ fn upper_levels_keep_graph_degree_links_and_m_link_artifacts_still_load() {
         "recall@10 at itopk 10: {r_wide:.4} with {d} upper links, {r_narrow:.4} with {m}"
     );
 
-    // The build shares up to `M` level-1 links on level 0; the exports add the rest of the
-    // wide lists (all of the narrow ones fit).
-    let m0 = check_hnswlib_export(&wide, d, d, 128);
-    assert!(m0 > d && m0 <= d + d, "{m0} level-0 slots");
-    assert_eq!(check_hnswlib_export(&narrow, d, m, 128), d);
+    // The build shares up to `M` level-1 links on level 0; the exports add the rest, and give
+    // the other rows their hub's.
+    for (path, upper) in [(&wide, d), (&narrow, m)] {
+        let m0 = check_hnswlib_export(path, d, upper, 128);
+        assert!(m0 > d && m0 <= d + upper, "{m0} level-0 slots");
+    }
 }
 
 /// Exports the CAGRA artifact at `path` (graph degree `d`, `upper` links per upper-level row,
 /// `dim` dimensions) to hnswlib and checks the file's header — maxM_ (upper links), maxM0_
 /// (level 0), M_ (the level distribution's) — and every row's level-0 list: its CAGRA links,
-/// then for a row on level ≥ 1 its level-1 links not among those (as row numbers); maxM0_ is
+/// then the level-1 links not among those (as row numbers) of the row itself where it is on
+/// level ≥ 1, else of the first row of its CAGRA list that is, the row left out; maxM0_ is
 /// the longest list. Returns maxM0_.
 fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usize) -> usize {
     let out = path.with_extension("hnsw");
@@ -703,15 +705,28 @@ fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usi
     };
     let (graph, rows, level1) = (u32s("graph"), u32s("upper.rows"), u32s("upper.graph"));
     let level1_count = u32s("upper.counts")[0] as usize;
-    let mut want: Vec<Vec<u32>> = graph.chunks(d).map(|l| l.to_vec()).collect();
+    let mut level1_links = std::collections::HashMap::new();
     for (p, &r) in rows.iter().enumerate().take(level1_count) {
-        let own = want[r as usize].clone();
-        let added = level1[p * upper..(p + 1) * upper]
+        let links: Vec<u32> = level1[p * upper..(p + 1) * upper]
             .iter()
             .take_while(|&&q| q != u32::MAX)
             .map(|&q| rows[q as usize])
-            .filter(|v| !own.contains(v));
-        want[r as usize].extend(added);
+            .collect();
+        level1_links.insert(r, links);
+    }
+    let mut want: Vec<Vec<u32>> = graph.chunks(d).map(|l| l.to_vec()).collect();
+    for (r, list) in want.iter_mut().enumerate() {
+        let own = list.clone();
+        let hub = match level1_links.contains_key(&(r as u32)) {
+            true => Some(r as u32),
+            false => own.iter().copied().find(|v| level1_links.contains_key(v)),
+        };
+        if let Some(hub) = hub {
+            let added = level1_links[&hub]
+                .iter()
+                .filter(|&&v| v != r as u32 && !own.contains(&v));
+            list.extend(added);
+        }
     }
     let m0 = want.iter().map(Vec::len).max().unwrap();
     let bytes = std::fs::read(&out).unwrap();
