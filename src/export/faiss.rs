@@ -14,9 +14,9 @@
 //!
 //! PQ codes of `nbits < 8` are packed least-significant bit first, sub-quantizer 0 first.
 //!
-//! CAGRA artifacts export as `IHNf`: level 0 is the CAGRA graph (and the level-1 links of rows on
-//! level ≥ 1; rows with fewer links pad with −1), levels ≥ 1 its upper levels
-//! (see [`super::hnsw`]); cosine ones as inner product over the unit vectors.
+//! CAGRA artifacts export as `IHNf`: level 0 is the CAGRA graph and level-1 links (rows with
+//! fewer links pad with −1), levels ≥ 1 its upper levels (see [`super::hnsw`]); cosine ones as
+//! inner product over the unit vectors.
 //!
 //! Conventions: `cosine` flat indexes export as inner product over the unit vectors (faiss
 //! reports cos, not 1 − cos); `cosine` IVF-PQ indexes were built as L2 over unit vectors and

@@ -1,7 +1,6 @@
 //! hnswlib's index file (`hnswlib/hnswalg.h`, `saveIndex`/`loadIndex`, hnswlib 0.8), so stock
 //! `hnswlib.Index(space, dim).load_index(path)` searches a CAGRA artifact: level 0 is the CAGRA
-//! graph (and, for rows on level ≥ 1, their level-1 links), levels ≥ 1 the artifact's upper
-//! levels ([`super::hnsw::Layers`]).
+//! graph and level-1 links, levels ≥ 1 the artifact's upper levels ([`super::hnsw::Layers`]).
 //!
 //! Little-endian, 64-bit `size_t`:
 //!
