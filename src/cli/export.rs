@@ -8,15 +8,20 @@ use vecbuild::artifact::Artifact;
 ///
 /// `--format faiss` writes a file `faiss.read_index` loads: flat indexes as IndexFlat (in an
 /// IndexIDMap when ids are not row numbers), IVF-PQ as IndexIVFPQ (the PQ part; raw vectors
-/// kept by --refine are not exported), CAGRA as IndexHNSWFlat (level 0 the CAGRA graph, upper
-/// levels the artifact's) in an IndexIDMap (CAGRA stores rows in graph order, so ids are never
-/// the stored row numbers). Cosine indexes need normalised queries: flat and CAGRA ones export
+/// kept by --refine are not exported), CAGRA as IndexHNSWFlat (level 0 the CAGRA graph plus
+/// level-1 links, upper levels the artifact's) in an IndexIDMap (CAGRA stores rows in graph
+/// order, so ids are never the stored row numbers). Cosine indexes need normalised queries: flat and CAGRA ones export
 /// as inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String ids
 /// become input row numbers.
 ///
 /// `--format hnswlib` (CAGRA only) writes a file stock hnswlib loads with
 /// `hnswlib.Index(space, dim).load_index(path)`, the space printed on export (`l2`, `ip` or
 /// `cosine`); call `set_ef` after loading (hnswlib resets it to 10).
+///
+/// Both HNSW exports give each row, after its CAGRA links, the level-1 links of the first
+/// upper-level row in its list (its own if it has them), so their level-0 search can leave a
+/// cluster where their greedy descent wrongly stopped: level 0 holds up to twice the graph
+/// degree links.
 ///
 /// Example: vecbuild export --index emb.vbx --format faiss --out emb.faiss
 #[derive(Debug, clap::Args)]
