@@ -154,13 +154,16 @@ fn faiss_loads_exports_and_finds_the_same_neighbours() {
     check(&python, "faiss_checks.py", d);
 }
 
+/// Stock hnswlib and faiss search the CAGRA exports within 0.01 of our recall@10 (ef 64 against
+/// itopk 64). In 200 clusters their greedy descent often stops in a wrong one: without the
+/// level-1 links on the exports' level 0 they reached 0.980 here against our 0.997.
 #[test]
 fn hnswlib_and_faiss_load_cagra_exports_at_our_recall() {
     let Some(python) = python() else { return };
     let dir = tmp();
     let d = dir.path();
-    let data = vecbuild::synth::clustered(10_000, 300, 32, 10, 41);
-    let ids = Ids::Int64((0..10_000).collect());
+    let data = vecbuild::synth::clustered(20_000, 300, 32, 200, 41);
+    let ids = Ids::Int64((0..20_000).collect());
     vecbuild::io::parquet::write_vectors(&d.join("b.parquet"), &ids, data.base.view(), 2000)
         .unwrap();
     vecbuild::io::npy::write(&d.join("q.npy"), data.queries.view()).unwrap();
