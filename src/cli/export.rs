@@ -10,9 +10,9 @@ use vecbuild::artifact::Artifact;
 /// IndexIDMap when ids are not row numbers), IVF-PQ as IndexIVFPQ (the PQ part; raw vectors
 /// kept by --refine are not exported), CAGRA as IndexHNSWFlat (level 0 the CAGRA graph plus
 /// level-1 links, upper levels the artifact's) in an IndexIDMap (CAGRA stores rows in graph
-/// order, so ids are never the stored row numbers). Cosine indexes need normalised queries: flat and CAGRA ones export
-/// as inner product (faiss reports cos), IVF-PQ ones as L2 (faiss reports 2 − 2·cos). String ids
-/// become input row numbers.
+/// order, so ids are never the stored row numbers). Cosine indexes need normalised queries:
+/// flat and CAGRA ones export as inner product (faiss reports cos), IVF-PQ ones as L2 (faiss
+/// reports 2 − 2·cos). String ids become input row numbers.
 ///
 /// `--format hnswlib` (CAGRA only) writes a file stock hnswlib loads with
 /// `hnswlib.Index(space, dim).load_index(path)`, the space printed on export (`l2`, `ip` or
