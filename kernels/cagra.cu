@@ -396,3 +396,25 @@ join_scores(const float* __restrict__ x, int dim, const unsigned* __restrict__ c
         }
     }
 }
+
+// The connectivity check: whether every row of the optimised graph is reachable from the entry
+// point (src/index/cagra/optimize.rs walks it on the host, and mends what the walk missed). A
+// breadth-first search, one launch per level; the host reads how many rows each few levels
+// reached and stops at the first level that reached none.
+//
+// graph: [n, d], NO_ROW in empty slots; depth: [n], 0 for a row not reached yet, else 1 + its
+// distance in edges from the entry (the host sets the entry's to 1); reached: one count,
+// incremented for each row this level reaches.
+// grid: (⌈n·d / 256⌉), block: 256: a thread per edge, which follows its edge only from a row
+// on the level (depth = level); a row is claimed once (compare-and-swap from 0).
+extern "C" __global__ void __launch_bounds__(256)
+reach_level(const unsigned* __restrict__ graph, int d, unsigned n, unsigned level,
+            unsigned* __restrict__ depth, unsigned* __restrict__ reached) {
+    const unsigned long long e = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (unsigned long long)n * d) return;
+    // A row reached on this level reads 0 or level + 1 here, never level: no race matters.
+    if (depth[e / d] != level) return;
+    const unsigned b = graph[e];
+    if (b >= n) return;
+    if (atomicCAS(&depth[b], 0u, level + 1) == 0u) atomicAdd(reached, 1u);
+}

@@ -516,6 +516,22 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                 host: [base.clone(), on_host].concat(),
                 device: dev(scratch.with(&own)),
             });
+            // Connectivity: the host's walk marks rows and keeps a tree and in-degrees beside
+            // both graphs (the kNN graph is where it looks for in-edges); a GPU first searches
+            // the graph breadth first with a depth per row.
+            stages.push(Stage {
+                name: "connectivity",
+                host: [
+                    base.clone(),
+                    vec![
+                        ("kNN graph", knn),
+                        ("graph", graph),
+                        ("walk: marks, tree, in-degrees", 9 * n),
+                    ],
+                ]
+                .concat(),
+                device: dev(scratch.with(&[("graph", graph), ("depths", 4 * n)])),
+            });
             // Writing: the rows in stored order beside the input's, their 8-bit codes, the
             // graph relabelled beside the built one.
             let codes = if p.search_codes == crate::index::cagra::SearchCodes::Sq8 {
@@ -610,6 +626,15 @@ mod tests {
         let graph = 4 * n * d_out;
         assert!(pruning.device.contains(&("merged graph", graph)));
         assert!(!pruning.device.iter().any(|&(what, _)| what == "kNN graph"));
+        // The connectivity check searches the graph as stored, with a depth per row.
+        let connectivity = gpu
+            .stages
+            .iter()
+            .find(|s| s.name == "connectivity")
+            .unwrap();
+        assert!(connectivity.device.contains(&("graph", graph)));
+        assert!(connectivity.device.contains(&("depths", 4 * n)));
+        assert!(connectivity.device_bytes() < pruning.device_bytes());
         // Score tiles never exceed the tile size the backend picked.
         for s in &gpu.stages {
             for &(what, b) in &s.device {

@@ -93,6 +93,7 @@ const KERNEL_FUNCTIONS: &[(&str, &str)] = &[
     ("cagra.cu", "merge_graph"),
     ("cagra.cu", "refine_graph"),
     ("cagra.cu", "join_scores"),
+    ("cagra.cu", "reach_level"),
     ("cagra_search.cu", "cagra_search"),
     ("quantize.cu", "centroid_means"),
     ("quantize.cu", "pq_encode"),
@@ -516,6 +517,7 @@ struct Device {
     merge_graph: CudaFunction,
     refine_graph: CudaFunction,
     join_scores: CudaFunction,
+    reach_level: CudaFunction,
     cagra_search: CudaFunction,
     ivf_pq_scan: CudaFunction,
     rescore_exact: CudaFunction,
@@ -681,6 +683,7 @@ impl CudaBackend {
             merge_graph: load("merge_graph")?,
             refine_graph: load("refine_graph")?,
             join_scores: load("join_scores")?,
+            reach_level: load("reach_level")?,
             cagra_search: load("cagra_search")?,
             ivf_pq_scan: load("ivf_pq_scan")?,
             rescore_exact: load("rescore_exact")?,
@@ -1601,6 +1604,14 @@ impl Backend for CudaBackend {
         laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph> {
         optimize::optimize_graph(self, knn, d_out, laps)
+    }
+
+    fn reaches_every_row(
+        &self,
+        graph: &crate::index::cagra::Graph,
+        entry: u32,
+    ) -> Result<Option<bool>> {
+        optimize::reaches_every_row(self, graph, entry)
     }
 
     fn join_lists(&self, job: &ListJoin<'_>, progress: &(dyn Fn(f64) + Sync)) -> Result<Vec<u32>> {

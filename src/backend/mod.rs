@@ -213,6 +213,19 @@ pub trait Backend: Sync {
         laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph>;
 
+    /// Whether every row of `graph` is reachable from `entry` by following its edges, where
+    /// this backend tells faster than the host's walk (a GPU: a breadth-first search, a launch
+    /// per level). `None` (this backend cannot tell faster) and `Some(false)` leave it to the
+    /// caller's walk ([`crate::index::cagra::optimize::guarantee_connectivity`]), which mends
+    /// what it misses.
+    fn reaches_every_row(
+        &self,
+        _graph: &crate::index::cagra::Graph,
+        _entry: u32,
+    ) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// The CAGRA ivf builder's join: each list's rows against the rows of its probed lists,
     /// `k` best others per row, `[n, k]` by row (`u32::MAX` where a row has fewer). The CPU
     /// runs one [`Backend::knn_block`] per list ([`crate::index::cagra::knn_graph::join_lists`]).

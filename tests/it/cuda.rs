@@ -696,6 +696,85 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
     }
 }
 
+/// The CAGRA connectivity guarantee: where the device finds every row reachable from the entry
+/// point (a breadth-first search, `reach_level`), the host's walk is skipped; where it does not
+/// (tight clusters far apart, too small to hold an upper-level row, their kNN lists inside
+/// them), the host walks the graph and mends it. On the emulator, whose products round as the
+/// CPU's, either way the CPU's artifact bit for bit; on a GPU, whose products may order these
+/// tight clusters' near-ties differently, the same outcome of the check.
+#[test]
+fn gpu_connectivity_check_skips_the_walk_only_where_every_row_is_reached() {
+    let dir = tmp();
+    let d = dir.path();
+    if no_device(d) {
+        return;
+    }
+    let stats = |f: &str| {
+        let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
+        a.manifest.params["cagra_stats"].clone()
+    };
+    let connectivity = |f: &str| -> (String, u64) {
+        let s = stats(f);
+        let parts = s["optimize_parts"].as_array().cloned().unwrap_or_default();
+        let part = parts
+            .iter()
+            .filter_map(|p| p[0].as_str())
+            .find(|p| p.starts_with("connectivity"))
+            .unwrap_or("")
+            .to_string();
+        (part, s["rewired_edges"].as_u64().unwrap())
+    };
+    // 1000 rows in 50 clusters; their spread 0.05 of the centres' leaves some islands (in
+    // this seeded set, one).
+    let generate = |spread: &str| {
+        let args = [
+            "generate",
+            "--rows",
+            "1000",
+            "--dim",
+            "16",
+            "--clusters",
+            "50",
+            "--seed",
+            "1",
+            "--spread",
+            spread,
+            "--out",
+            "b.parquet",
+        ];
+        ok(d, &args);
+    };
+    let narrow = [
+        "--index",
+        "cagra",
+        "--build-algo",
+        "exact",
+        "--graph-degree",
+        "8",
+        "--intermediate-graph-degree",
+        "16",
+    ];
+    let walked = |what: &str| {
+        let (cpu, gpu) = (connectivity("c.vbx"), connectivity("g.vbx"));
+        if crate::emu::emulated() {
+            same_tensors(d, what);
+            assert_eq!(cpu.1, gpu.1, "{what}");
+        }
+        assert_eq!(cpu.0, "connectivity", "{what}");
+        gpu
+    };
+    generate("0.35");
+    build_on_cpu_and_gpu(d, &narrow);
+    let gpu = walked("every row reached");
+    assert_eq!(gpu, ("connectivity (checked on the device)".to_string(), 0));
+
+    generate("0.05");
+    build_on_cpu_and_gpu(d, &narrow);
+    let (part, rewired) = walked("islands");
+    assert_eq!(part, "connectivity");
+    assert!(rewired > 0, "no island to mend: the test needs one");
+}
+
 #[test]
 fn gpu_ivf_pq_build_equals_the_cpu_where_a_gpu_is_present() {
     let dir = tmp();

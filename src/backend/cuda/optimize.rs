@@ -207,3 +207,86 @@ fn merge(
     sync(dev, "merge_graph")?;
     Ok(neighbors)
 }
+
+/// Levels of the breadth-first search launched between two looks at how many rows they reached.
+const LEVELS_PER_LOOK: usize = 8;
+
+/// Levels after which the device leaves the question to the host's walk (a graph that deep,
+/// a chain more than a graph, costs the device a wait per few levels; the walk, one pass).
+const MAX_LEVELS: u32 = 1024;
+
+/// [`crate::backend::Backend::reaches_every_row`] on the GPU: `reach_level` (kernels/cagra.cu)
+/// level by level from `entry`; `None` where the device cannot hold the graph or the search
+/// runs deeper than [`MAX_LEVELS`].
+pub(super) fn reaches_every_row(
+    backend: &CudaBackend,
+    graph: &Graph,
+    entry: u32,
+) -> Result<Option<bool>> {
+    let (n, d) = (graph.len(), graph.degree);
+    if n == 0 || d == 0 || entry as usize >= n || n >= u32::MAX as usize {
+        return Ok(None);
+    }
+    let dev = backend.lock()?;
+    // The graph and a depth per row; the counts are a few words.
+    if !super::fits_half_free(&dev.stream, 4 * (n * d + n))? {
+        drop(dev);
+        backend.slower(
+            "the CAGRA connectivity check ran on the CPU: the graph needs more than half the \
+             free device memory"
+                .to_string(),
+        );
+        return Ok(None);
+    }
+    let stream = &dev.stream;
+    let alloc_err = |e| gpu_err("allocating device memory", e);
+    let graph_dev = stream
+        .clone_htod(&graph.neighbors)
+        .map_err(|e| gpu_err("copying the graph to the device", e))?;
+    let mut depth = stream.alloc_zeros::<u32>(n).map_err(alloc_err)?;
+    let at = entry as usize;
+    stream
+        .memcpy_htod(&[1u32], &mut depth.slice_mut(at..at + 1))
+        .map_err(|e| gpu_err("copying the entry point to the device", e))?;
+    let mut counts = stream
+        .alloc_zeros::<u32>(LEVELS_PER_LOOK)
+        .map_err(alloc_err)?;
+    let cfg = LaunchConfig {
+        grid_dim: ((n * d).div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (d_i, n_u) = (d as i32, n as u32);
+    // Rows reached so far, the entry's own level being 1.
+    let (mut reached, mut level) = (1usize, 1u32);
+    while reached < n && level <= MAX_LEVELS {
+        stream
+            .memset_zeros(&mut counts)
+            .map_err(|e| gpu_err("clearing the level counts", e))?;
+        for i in 0..LEVELS_PER_LOOK {
+            let this = level + i as u32;
+            let mut count = counts.slice_mut(i..i + 1);
+            let mut launch = stream.launch_builder(&dev.reach_level);
+            launch
+                .arg(&graph_dev)
+                .arg(&d_i)
+                .arg(&n_u)
+                .arg(&this)
+                .arg(&mut depth)
+                .arg(&mut count);
+            // SAFETY: arguments match reach_level's signature; the graph holds n·d entries,
+            // depth n, count one word.
+            unsafe { launch.launch(cfg) }.map_err(|e| gpu_err("launching reach_level", e))?;
+        }
+        let found = stream
+            .clone_dtoh(&counts)
+            .map_err(|e| gpu_err("copying the level counts from the device", e))?;
+        reached += found.iter().map(|&c| c as usize).sum::<usize>();
+        level += LEVELS_PER_LOOK as u32;
+        if found[LEVELS_PER_LOOK - 1] == 0 {
+            // A level that reached no row ends the search: the levels after it find none.
+            return Ok(Some(reached == n));
+        }
+    }
+    Ok((reached == n).then_some(true))
+}

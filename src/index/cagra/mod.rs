@@ -460,10 +460,23 @@ fn graph_stages(
     let connecting = Instant::now();
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
-        let linked =
-            optimize::guarantee_connectivity(&mut graph, &knn, entry, data.view(), norms, metric);
-        laps.mark("connectivity");
-        linked
+        // A device that finds every row reachable spares the host its walk (the same outcome:
+        // nothing to mend); otherwise the walk finds what to mend.
+        if backend.reaches_every_row(&graph, entry)? == Some(true) {
+            laps.mark("connectivity (checked on the device)");
+            (vec![entry], 0)
+        } else {
+            let linked = optimize::guarantee_connectivity(
+                &mut graph,
+                &knn,
+                entry,
+                data.view(),
+                norms,
+                metric,
+            );
+            laps.mark("connectivity");
+            linked
+        }
     } else {
         (vec![entry], 0)
     };
