@@ -66,9 +66,12 @@ impl Backend for CpuBackend {
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        order: &[u32],
         laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph> {
-        Ok(crate::index::cagra::optimize::optimize(knn, d_out, laps))
+        Ok(crate::index::cagra::optimize::optimize(
+            knn, d_out, order, laps,
+        ))
     }
 
     fn subspace_lloyds<'a>(

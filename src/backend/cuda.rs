@@ -1601,9 +1601,10 @@ impl Backend for CudaBackend {
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        order: &[u32],
         laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph> {
-        optimize::optimize_graph(self, knn, d_out, laps)
+        optimize::optimize_graph(self, knn, d_out, order, laps)
     }
 
     fn reaches_every_row(

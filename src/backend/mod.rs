@@ -205,11 +205,14 @@ pub trait Backend: Sync {
     /// CAGRA graph optimisation, steps 1–3 of [`crate::index::cagra::optimize`]: rank-based
     /// pruning to the `d_out` edges of each kNN-graph row with the fewest detourable routes,
     /// reverse edges, merge. Each step is a part of `laps` (`rank-based pruning`, `reverse
-    /// edges`, `merge`). The CPU's is [`crate::index::cagra::optimize::optimize`].
+    /// edges`, `merge`). `order`: the rows in an order that visits rows sharing neighbours
+    /// together (a permutation of the rows, or empty), where the host prunes; the result does
+    /// not depend on it. The CPU's is [`crate::index::cagra::optimize::optimize`].
     fn optimize_graph(
         &self,
         knn: &crate::index::cagra::Graph,
         d_out: usize,
+        order: &[u32],
         laps: &mut crate::laps::Laps,
     ) -> Result<crate::index::cagra::Graph>;
 

@@ -179,9 +179,10 @@ impl vecbuild::backend::Backend for NamedDevice {
         &self,
         knn: &Graph,
         d_out: usize,
+        order: &[u32],
         laps: &mut vecbuild::laps::Laps,
     ) -> vecbuild::Result<Graph> {
-        CpuBackend.optimize_graph(knn, d_out, laps)
+        CpuBackend.optimize_graph(knn, d_out, order, laps)
     }
     fn assign_nearest(
         &self,

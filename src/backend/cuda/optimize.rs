@@ -27,6 +27,7 @@ pub(super) fn optimize_graph(
     backend: &CudaBackend,
     knn: &Graph,
     d_out: usize,
+    order: &[u32],
     laps: &mut Laps,
 ) -> Result<Graph> {
     let (n, d) = (knn.len(), knn.degree);
@@ -65,7 +66,7 @@ pub(super) fn optimize_graph(
         backend.slower(format!(
             "the CAGRA graph optimisation ran on the CPU: {why}"
         ));
-        return Ok(optimize::optimize(knn, d_out, laps));
+        return Ok(optimize::optimize(knn, d_out, order, laps));
     }
     let pruned = prune(&dev, knn, d_out, table)?;
     sync(&dev, "prune_graph")?;

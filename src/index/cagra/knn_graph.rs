@@ -207,6 +207,12 @@ pub struct IvfPartition {
 }
 
 impl IvfPartition {
+    /// The rows grouped by list, lists in order: rows that share most of their neighbours
+    /// come together.
+    pub fn into_members(self) -> Vec<u32> {
+        self.members
+    }
+
     /// k-means on a sample ([`kmeans::train_local`]), then every row to its nearest centroid
     /// ([`kmeans::assign_bounded`]).
     pub fn new(backend: &dyn Backend, data: ArrayView2<'_, f32>, p: &IvfJoin) -> Result<Self> {
@@ -531,10 +537,16 @@ fn map_rows_in_order<S>(
             let u = if ordered { order[i] as usize } else { i };
             row(state, u, slots);
         });
-    if !ordered {
-        return out;
+    match ordered {
+        true => in_row_order(&out, order, width),
+        false => out,
     }
-    // Position i holds row order[i]'s slots: put each in its row's place.
+}
+
+/// Slots made in visiting order (position `i`: row `order[i]`'s `width` slots; `order` a
+/// permutation of the rows, `width` > 0), each put in its row's place.
+pub fn in_row_order(out: &[u32], order: &[u32], width: usize) -> Vec<u32> {
+    let n = order.len();
     let mut position = vec![0u32; n];
     for (i, &u) in order.iter().enumerate() {
         position[u as usize] = i as u32;

@@ -367,6 +367,9 @@ fn graph_stages(
     };
     let mut ivf = None;
     let mut nn_descent_iters = None;
+    // An order of the rows that keeps rows with neighbours in common together, where the
+    // builder has one (empty: row order).
+    let mut visit: Vec<u32> = Vec::new();
     let exact = |label: &str| {
         knn_graph::exact(backend, data.view(), norms, metric, k, &|f| {
             progress(label, f)
@@ -398,7 +401,7 @@ fn graph_stages(
                 true => "partition (exact sample beside)",
                 false => "partition",
             });
-            if params.build_algo == BuildAlgo::Auto
+            let graph = if params.build_algo == BuildAlgo::Auto
                 && (p.coverage < knn_graph::COVERAGE_TARGET || p.n_probes * 4 > p.n_lists)
             {
                 // Neighbours spread over many lists (high intrinsic dimension): a join that
@@ -416,7 +419,10 @@ fn graph_stages(
                 laps.took("join", join_seconds);
                 laps.mark("neighbours of neighbours");
                 graph
-            }
+            };
+            // The rows by partition list: the pruning visits them in this order.
+            visit = part.into_members();
+            graph
         }
         BuildAlgo::NnDescent => {
             let p = knn_graph::NnDescent {
@@ -442,7 +448,7 @@ fn graph_stages(
     let started = Instant::now();
     let mut laps = Laps::start();
     progress("optimizing graph", 0.0);
-    let mut graph = backend.optimize_graph(&knn, params.graph_degree, &mut laps)?;
+    let mut graph = backend.optimize_graph(&knn, params.graph_degree, &visit, &mut laps)?;
     let prune_seconds = started.elapsed().as_secs_f64();
     let entry = nearest_to_mean(data.view(), norms, metric);
     laps.mark("entry point");

@@ -19,6 +19,7 @@
 //! The graph is stored as `u32 [N, d_out]`; every slot holds a distinct row other than the
 //! row itself.
 
+use super::knn_graph::{in_row_order, is_permutation};
 use super::Graph;
 use crate::laps::Laps;
 use crate::search::cagra::{CagraIndex, CagraSearchParams};
@@ -102,7 +103,20 @@ pub(crate) const RANK_TABLE_ROWS: usize = 1 << 24;
 
 /// Step 1: the `d_out` edges of each row with the fewest detourable routes.
 pub fn prune(knn: &Graph, d_out: usize) -> Graph {
+    prune_in_order(knn, d_out, &[])
+}
+
+/// [`prune`], visiting the rows in `order` (a permutation of the rows; empty: 0, 1, …). The
+/// result does not depend on the order, but the time does: a row's routes read its neighbours'
+/// lists and look their entries up among its own, and the rows of one partition list share
+/// most of those, so visiting them together finds them in cache (the ivf builder passes the
+/// rows in list order).
+pub fn prune_in_order(knn: &Graph, d_out: usize, order: &[u32]) -> Graph {
     let (n, d) = (knn.len(), knn.degree);
+    let ordered = n > 0 && is_permutation(order, n);
+    // The row at position `i` of the visit.
+    let row_at = |i: usize| if ordered { order[i] as usize } else { i };
+    let width = d_out.max(1);
     let mut neighbors = vec![NONE; n * d_out];
     let keep = |a: usize, counts: &[u32], order: &mut Vec<usize>, out: &mut [u32]| {
         let list = knn.row(a);
@@ -117,14 +131,14 @@ pub fn prune(knn: &Graph, d_out: usize) -> Graph {
         // Blocks of rows, each with its own table of every row's rank in the current list.
         let block = n.div_ceil(rayon::current_num_threads() * 8).max(1024);
         neighbors
-            .par_chunks_mut(block * d_out.max(1))
+            .par_chunks_mut(block * width)
             .enumerate()
             .for_each(|(i, outs)| {
                 let mut rank_of = vec![RANK_ABSENT; n];
                 let mut counts = vec![0u32; d + 1];
                 let mut order = Vec::with_capacity(d);
-                for (j, out) in outs.chunks_mut(d_out.max(1)).enumerate() {
-                    let a = i * block + j;
+                for (j, out) in outs.chunks_mut(width).enumerate() {
+                    let a = row_at(i * block + j);
                     detour_counts_by_table(knn, a, &mut rank_of, &mut counts);
                     keep(a, &counts, &mut order, out);
                 }
@@ -133,7 +147,7 @@ pub fn prune(knn: &Graph, d_out: usize) -> Graph {
         // A quarter full: most lookups miss (B not in A's list) and stop at the first empty
         // slot.
         let table = (4 * d).next_power_of_two().max(16);
-        neighbors.par_chunks_mut(d_out).enumerate().for_each_init(
+        neighbors.par_chunks_mut(width).enumerate().for_each_init(
             || {
                 (
                     vec![(NONE, 0u32); table],
@@ -141,11 +155,15 @@ pub fn prune(knn: &Graph, d_out: usize) -> Graph {
                     Vec::with_capacity(d),
                 )
             },
-            |(map, counts, order), (a, out)| {
+            |(map, counts, order), (i, out)| {
+                let a = row_at(i);
                 detour_counts(knn, a, map, counts);
                 keep(a, counts, order, out);
             },
         );
+    }
+    if ordered && d_out > 0 {
+        neighbors = in_row_order(&neighbors, order, d_out);
     }
     Graph {
         degree: d_out,
@@ -311,9 +329,10 @@ pub fn merge(pruned: &Graph, reverse: &Reverse) -> Graph {
     }
 }
 
-/// Steps 1–3 on the CPU: pruning to `d_out` edges, reverse edges, merge; each a part of `laps`.
-pub fn optimize(knn: &Graph, d_out: usize, laps: &mut Laps) -> Graph {
-    let pruned = prune(knn, d_out);
+/// Steps 1–3 on the CPU: pruning to `d_out` edges (visiting the rows in `order`, see
+/// [`prune_in_order`]), reverse edges, merge; each a part of `laps`.
+pub fn optimize(knn: &Graph, d_out: usize, order: &[u32], laps: &mut Laps) -> Graph {
+    let pruned = prune_in_order(knn, d_out, order);
     laps.mark("rank-based pruning");
     let reverse = reverse_edges(&pruned);
     laps.mark("reverse edges");
@@ -496,6 +515,42 @@ mod tests {
             degree,
             neighbors: rows.iter().flat_map(|r| r.iter().copied()).collect(),
         }
+    }
+
+    #[test]
+    fn pruning_gives_the_same_graph_in_any_row_order() {
+        let (n, d) = (500usize, 12usize);
+        let mut rng = crate::synth::Rng::new(11);
+        // Lists of distinct other rows, some cut short (empty slots at the end).
+        let knn = Graph {
+            degree: d,
+            neighbors: (0..n)
+                .flat_map(|a| {
+                    let len = d - rng.below(3) as usize;
+                    let mut list: Vec<u32> = Vec::with_capacity(d);
+                    while list.len() < len {
+                        let v = rng.below(n as u64) as u32;
+                        if v as usize != a && !list.contains(&v) {
+                            list.push(v);
+                        }
+                    }
+                    list.resize(d, NONE);
+                    list
+                })
+                .collect(),
+        };
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for d_out in [1, 6, d] {
+            let plain = prune(&knn, d_out);
+            assert_eq!(prune_in_order(&knn, d_out, &order), plain, "d_out {d_out}");
+            // Not a permutation: row order.
+            assert_eq!(prune_in_order(&knn, d_out, &order[1..]), plain);
+        }
+        // Something to prune: at full degree, some edges move behind ones with fewer detours.
+        assert_ne!(prune(&knn, d).neighbors, knn.neighbors);
     }
 
     #[test]
