@@ -329,12 +329,24 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
             let kdim = if lifted > 0 { dim + 1 } else { dim };
             // The graph's k-NN is L2 (with norms) but for cosine.
             let l2 = metric != Metric::Cosine;
-            let base = vec![
+            // The upper levels: about n / (graph_degree / 2) rows with graph_degree links each
+            // (the levels above 1 add a 16th), their vectors gathered while they are built. A
+            // GPU build makes them on the host beside its graph stages; a CPU build after
+            // pruning, in a stage of their own.
+            let upper_rows = n / (d_out / 2).max(2);
+            let upper = vec![
+                ("upper levels: rows gathered", 4 * upper_rows * (kdim + 1)),
+                ("upper levels: links", 4 * upper_rows * d_out * 17 / 16),
+            ];
+            let mut base = vec![
                 ("vectors", vectors),
                 ("ids", ids),
                 ("norms", 4 * n),
                 ("lifted rows (inner product)", lifted),
             ];
+            if gpu {
+                base.extend(upper.iter().copied());
+            }
             stages.push(Stage {
                 name: "reading",
                 host: vec![("vectors", vectors), ("ids", ids), reader],
@@ -516,6 +528,18 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                 host: [base.clone(), on_host].concat(),
                 device: dev(scratch.with(&own)),
             });
+            if !gpu {
+                stages.push(Stage {
+                    name: "upper levels",
+                    host: [
+                        base.clone(),
+                        vec![("kNN graph", knn), ("graph", graph)],
+                        upper,
+                    ]
+                    .concat(),
+                    device: Vec::new(),
+                });
+            }
             // Connectivity: the host's walk marks rows and keeps a tree and in-degrees beside
             // both graphs (the kNN graph is where it looks for in-edges); a GPU first searches
             // the graph breadth first with a depth per row.
