@@ -132,7 +132,7 @@ fn every_builder_gives_a_fixed_degree_graph_reachable_from_its_entry_points() {
                 "entry point",
                 "upper levels",
                 "upper links shared",
-                "connectivity",
+                "connectivity (checked on the host)",
                 "short rows filled"
             ],
             "{what}"

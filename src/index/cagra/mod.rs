@@ -466,10 +466,17 @@ fn graph_stages(
     let connecting = Instant::now();
     let (entry_points, rewired_edges) = if params.guarantee_connectivity {
         progress("connecting graph", 0.0);
-        // A device that finds every row reachable spares the host its walk (the same outcome:
-        // nothing to mend); otherwise the walk finds what to mend.
-        if backend.reaches_every_row(&graph, entry)? == Some(true) {
-            laps.mark("connectivity (checked on the device)");
+        // A search that reaches every row spares the host its walk (the same outcome: nothing
+        // to mend); otherwise the walk finds what to mend.
+        let (reached, checked) = match backend.reaches_every_row(&graph, entry)? {
+            Some(all) => (all, "connectivity (checked on the device)"),
+            None => (
+                optimize::reaches_every_row(&graph, entry),
+                "connectivity (checked on the host)",
+            ),
+        };
+        if reached {
+            laps.mark(checked);
             (vec![entry], 0)
         } else {
             let linked = optimize::guarantee_connectivity(
@@ -480,7 +487,7 @@ fn graph_stages(
                 norms,
                 metric,
             );
-            laps.mark("connectivity");
+            laps.mark("connectivity (islands linked)");
             linked
         }
     } else {
@@ -704,9 +711,6 @@ pub fn write(
     crate::artifact::write(path, manifest, &tensors)
 }
 
-/// Rows of the queue that [`stored_order`]'s walk fetches ahead of the one it reads.
-const BFS_AHEAD: usize = 32;
-
 /// The order rows are stored in: the upper levels' rows first (in hierarchy position order, so
 /// the descent through them reads one compact block), then the rest breadth first over the
 /// graph from the entry points (then any row left), as `(input row of each stored row, stored
@@ -717,32 +721,11 @@ const BFS_AHEAD: usize = 32;
 /// interleaved runs).
 fn stored_order(index: &Cagra) -> (Vec<usize>, Vec<u32>) {
     let n = index.graph.len();
-    let d = index.graph.degree;
     let mut seen = vec![false; n];
     let mut order: Vec<usize> = Vec::with_capacity(n);
-    let mut head = 0;
     let starts = index.entry_points.iter().map(|&e| e as usize).chain(0..n);
     for s in starts {
-        if s >= n || seen[s] {
-            continue;
-        }
-        seen[s] = true;
-        order.push(s);
-        while head < order.len() {
-            // The queue says which rows come next: fetching them ahead hides the memory's
-            // latency (1M × 64 in scrambled row order: 224 → 98 ms).
-            if let Some(&next) = order.get(head + BFS_AHEAD) {
-                crate::distance::prefetch(index.graph.row(next), d * 4);
-            }
-            let u = order[head];
-            head += 1;
-            for &v in index.graph.row(u) {
-                if (v as usize) < n && !seen[v as usize] {
-                    seen[v as usize] = true;
-                    order.push(v as usize);
-                }
-            }
-        }
+        optimize::breadth_first(&index.graph, s, &mut seen, &mut order);
     }
     // Upper-level rows first, in their hierarchy positions' order: the descent reads one
     // compact block.
