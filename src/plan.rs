@@ -540,9 +540,10 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
                     device: Vec::new(),
                 });
             }
-            // Connectivity: the host's walk marks rows and keeps a tree and in-degrees beside
-            // both graphs (the kNN graph is where it looks for in-edges); a GPU first searches
-            // the graph breadth first with a depth per row.
+            // Connectivity: a breadth-first check (on a GPU, on the device, with a depth per
+            // row), then, where it misses rows, the host's walk, which marks rows and keeps a
+            // tree and in-degrees beside both graphs (the kNN graph is where it looks for
+            // in-edges).
             stages.push(Stage {
                 name: "connectivity",
                 host: [
