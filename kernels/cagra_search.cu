@@ -2,8 +2,8 @@
 // et al. (ICDE 2024), step for step the search of src/search/cagra.rs (the CPU oracle):
 //
 // 1. Seeds. With upper levels: a greedy descent from the top row through levels >= 2, then a
-//    best-first search of width itopk on level 1 (at most 2·itopk expansions), whose list
-//    seeds level 0. Then the `seeds` rows (entry points, and fixed pseudo-random rows when
+//    best-first search of width up_list (itopk / 2) on level 1 (at most 2·up_list
+//    expansions), whose list seeds level 0. Then the `seeds` rows (entry points, and fixed pseudo-random rows when
 //    there are no upper levels). The best itopk form the list.
 // 2. Expand the best `width` unexpanded rows of the list; their out-edges not seen before are
 //    scored; 3. merge them into the list (sort by score, then row; keep itopk); repeat until
@@ -257,6 +257,7 @@ __device__ int beam(const Block& b, const unsigned* __restrict__ adj, int degree
 // up_rows:   [up_nodes] row of each upper-level position, highest level first (levels > 0)
 // up_graph:  each level's block, [positions, up_m] positions (NO_ROW pads); level l >= 1
 //            starts at up_offsets[l - 1]
+// up_list:   the level-1 beam's width, 1 <= up_list <= list
 // out_score: [nq, k] ranking scores; out_row: [nq, k] rows, NO_ROW where none was found
 // stats:     [2] scores computed and level-0 expansions, summed over queries
 //
@@ -270,7 +271,7 @@ cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_nor
              const float* __restrict__ queries, const unsigned* __restrict__ seeds, int n_seeds,
              const unsigned* __restrict__ up_rows, const unsigned* __restrict__ up_graph,
              const long long* __restrict__ up_offsets, int levels, int up_m,
-             unsigned up_nodes, int list, int width, int max_iter, int k, int p,
+             unsigned up_nodes, int up_list, int list, int width, int max_iter, int k, int p,
              int cands_p2, int table_size, int team, float* __restrict__ out_score,
              unsigned* __restrict__ out_row, unsigned long long* __restrict__ stats) {
     extern __shared__ __align__(16) unsigned char shared_bytes[];
@@ -357,8 +358,13 @@ cagra_search(const float* __restrict__ vectors, const float* __restrict__ sq_nor
             b.vals[0] = ep;
         }
         __syncthreads();
-        beam(b, up_graph + up_offsets[0], up_m, up_nodes, up_rows, 1, 2 * list, vectors,
+        // The level-1 list is the first up_list slots; its candidates follow it.
+        Block up = b;
+        up.list = up_list;
+        up.cands = p - up_list;
+        beam(up, up_graph + up_offsets[0], up_m, up_nodes, up_rows, 1, 2 * up_list, vectors,
              sq_norms, dim, team, &shared_count);
+        clear_candidates(up);
         // Positions to rows, expansion marks cleared, in (score, row) order.
         for (int i = threadIdx.x; i < list; i += blockDim.x) {
             unsigned v = b.vals[i];

@@ -329,14 +329,14 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
             let kdim = if lifted > 0 { dim + 1 } else { dim };
             // The graph's k-NN is L2 (with norms) but for cosine.
             let l2 = metric != Metric::Cosine;
-            // The upper levels: about n / (graph_degree / 2) rows with graph_degree links each
+            // The upper levels: about n / (graph_degree / 2) rows with 2 · graph_degree links each
             // (the levels above 1 add a 16th), their vectors gathered while they are built. A
             // GPU build makes them on the host beside its graph stages; a CPU build after
             // pruning, in a stage of their own.
             let upper_rows = n / (d_out / 2).max(2);
             let upper = vec![
                 ("upper levels: rows gathered", 4 * upper_rows * (kdim + 1)),
-                ("upper levels: links", 4 * upper_rows * d_out * 17 / 16),
+                ("upper levels: links", 4 * upper_rows * 2 * d_out * 17 / 16),
             ];
             let mut base = vec![
                 ("vectors", vectors),

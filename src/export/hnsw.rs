@@ -2,13 +2,14 @@
 //! is the CAGRA graph; levels ≥ 1 are the artifact's upper levels
 //! ([`crate::index::cagra::hierarchy`]). HNSW's `M` (its level distribution) is
 //! `graph_degree / 2`, as the build drew the levels; the upper levels hold as many links as the
-//! artifact stores per row (`graph_degree`, or `M` in artifacts written by earlier versions).
+//! artifact stores per row (`2 · graph_degree`; `graph_degree` or `M` in artifacts written by
+//! earlier versions).
 //! hnswlib and faiss both record the two counts in their files.
 //!
 //! Level 0 also holds level-1 links, after each row's CAGRA links (those not among them
-//! already): a row on level ≥ 1 gets its own, any other row those of its hub, the first row
-//! of its CAGRA list that is on level ≥ 1. So level 0 holds `graph_degree` plus up to the
-//! upper levels' count of links. hnswlib's and faiss's searches descend the upper levels
+//! already): a row on level ≥ 1 gets the first `graph_degree` of its own, any other row those
+//! of its hub, the first row of its CAGRA list that is on level ≥ 1. So level 0 holds up to
+//! twice `graph_degree` links. hnswlib's and faiss's searches descend the upper levels
 //! greedily and start level 0 from one level-1 row; vecbuild's own search runs a beam on
 //! level 1 instead. On clustered data the greedy descent often stops in a neighbouring
 //! cluster, and CAGRA's level-0 links, nearly all inside their cluster, do not lead out of it:
@@ -120,8 +121,9 @@ impl<'a> Layers<'a> {
     }
 
     /// Row `r`'s links on level `l` (≤ its level), as row numbers. On level 0: its CAGRA links,
-    /// then the level-1 links not among them of `r` where it is on level ≥ 1, else of its hub
-    /// (the first row of its CAGRA list on level ≥ 1), itself left out.
+    /// then those of the first `degree` level-1 links not among them of `r` where it is on
+    /// level ≥ 1, else of its hub (the first row of its CAGRA list on level ≥ 1), itself left
+    /// out.
     pub fn links(&self, r: usize, l: usize) -> Vec<u32> {
         let level_links = |row: usize, l: usize| -> Vec<u32> {
             match &self.upper {
@@ -145,7 +147,7 @@ impl<'a> Layers<'a> {
         };
         if let Some(hub) = hub {
             let cagra = links.len();
-            for v in level_links(hub, 1) {
+            for v in level_links(hub, 1).into_iter().take(self.degree) {
                 if v as usize != r && !links[..cagra].contains(&v) {
                     links.push(v);
                 }

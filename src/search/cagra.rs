@@ -214,7 +214,9 @@ impl CagraIndex<'_> {
         let seed_rows = self.seed_rows(p);
         let seeds = p.itopk_size + p.search_width * self.degree;
         let descent = self.hierarchy.map_or(0, |h| {
-            HierarchyView::max_expansions(p.itopk_size) * h.m + h.levels() + 1
+            HierarchyView::max_expansions(HierarchyView::level1_width(p.itopk_size)) * h.m
+                + h.levels()
+                + 1
         });
         let capacity = 2
             * (seeds + descent + self.entry_points.len() + max_iter * p.search_width * self.degree);
@@ -303,7 +305,8 @@ impl CagraIndex<'_> {
                 let at = row as usize * row_bytes;
                 prefetch(&walk_rows[at..at + row_bytes], row_bytes);
             };
-            let found = h.descend(&score, &mut seen, &fetch, p.itopk_size, &mut s.merged);
+            let width = HierarchyView::level1_width(p.itopk_size);
+            let found = h.descend(&score, &mut seen, &fetch, width, &mut s.merged);
             stats.distances += found as u64;
             s.cands.extend_from_slice(&s.merged);
         }

@@ -619,38 +619,43 @@ fn inner_product_graphs_reach_every_row_from_one_entry_point() {
     assert!(r >= 0.95, "inner-product recall@10 {r:.4}");
 }
 
-/// Upper levels keep `graph_degree` links per row (not HNSW's `M = graph_degree / 2`): the
-/// level-1 beam then finds the query's cluster more often (here, 1000 overlapping clusters:
-/// recall@10 0.93 against 0.82 with half of each list, at itopk 10). Artifacts of earlier
-/// versions, with `M` links, still load, search and export with their own counts.
+/// Upper levels keep `2 · graph_degree` links per row (not HNSW's `M = graph_degree / 2`): the
+/// level-1 beam then finds the query's cluster more often (here, 1000 overlapping clusters, at
+/// itopk 10). Artifacts of earlier versions, with `graph_degree` or `M` links, still load,
+/// search and export with their own counts.
 #[test]
-fn upper_levels_keep_graph_degree_links_and_m_link_artifacts_still_load() {
+fn upper_levels_keep_twice_graph_degree_links_and_earlier_artifacts_still_load() {
     let data = vecbuild::synth::clustered_with_spread(60_000, 400, 128, 1000, 0.6, 13);
     let base = data.base.view();
     let dir = tmp();
     let ids = vecbuild::Ids::Int64((0..base.nrows() as i64).collect());
     let params = CagraParams::default();
-    let (wide, narrow) = (dir.path().join("wide.vbx"), dir.path().join("narrow.vbx"));
+    let wide = dir.path().join("wide.vbx");
     let mut index = build_and_write(&wide, base, Metric::L2, &ids, &params);
-    let h = &mut index.hierarchy;
-    let (d, m) = (params.graph_degree, params.graph_degree / 2);
-    assert_eq!(h.m, d, "links per upper-level row");
-    assert!(!h.counts.is_empty() && h.graph.len() == d * h.counts.iter().sum::<u32>() as usize);
-    // The layout an earlier version stored: `M` links per row (here the first `M` of each of
-    // the same lists, so the two artifacts differ only in the links kept).
-    h.graph = h.graph.chunks(d).flat_map(|l| l[..m].to_vec()).collect();
-    h.m = m;
+    let d = params.graph_degree;
+    let h = index.hierarchy.clone();
+    assert_eq!(h.m, 2 * d, "links per upper-level row");
+    assert!(!h.counts.is_empty() && h.graph.len() == 2 * d * h.counts.iter().sum::<u32>() as usize);
     let mut manifest = manifest(IndexKind::Cagra, Metric::L2, base.nrows(), base.ncols());
     manifest.params = serde_json::json!({ "cagra": params });
-    cagra::write(
-        &narrow,
-        &index,
-        base,
-        &ids,
-        params.search_codes,
-        manifest.clone(),
-    )
-    .unwrap();
+    // The layouts earlier versions stored: `graph_degree` and `M` links per row (here the
+    // first of each of the same lists, so the artifacts differ only in the links kept).
+    let mut narrowed = Vec::new();
+    for m in [d, d / 2] {
+        let path = dir.path().join(format!("upper{m}.vbx"));
+        index.hierarchy.graph = h.graph.chunks(2 * d).flat_map(|l| l[..m].to_vec()).collect();
+        index.hierarchy.m = m;
+        cagra::write(
+            &path,
+            &index,
+            base,
+            &ids,
+            params.search_codes,
+            manifest.clone(),
+        )
+        .unwrap();
+        narrowed.push((path, m));
+    }
     // A list count that does not divide the links is refused, naming the tensor.
     let bad = dir.path().join("bad.vbx");
     index.hierarchy.graph.pop();
@@ -676,26 +681,31 @@ fn upper_levels_keep_graph_degree_links_and_m_link_artifacts_still_load() {
         });
         recall(rows.view(), want.view())
     };
-    let (r_wide, r_narrow) = (search(&wide), search(&narrow));
+    let r_wide = search(&wide);
+    let r: Vec<f64> = narrowed.iter().map(|(p, _)| search(p)).collect();
     assert!(
-        r_narrow > 0.5 && r_wide > r_narrow + 0.05,
-        "recall@10 at itopk 10: {r_wide:.4} with {d} upper links, {r_narrow:.4} with {m}"
+        r[1] > 0.5 && r_wide > r[0] && r_wide > r[1] + 0.05,
+        "recall@10 at itopk 10: {r_wide:.4} with {} upper links, {:.4} with {d}, {:.4} with {}",
+        2 * d,
+        r[0],
+        r[1],
+        d / 2
     );
 
-    // The build shares up to `M` level-1 links on level 0; the exports add the rest, and give
-    // the other rows their hub's.
-    for (path, upper) in [(&wide, d), (&narrow, m)] {
+    // The build shares up to `M` level-1 links on level 0; the exports add up to
+    // `graph_degree` in all, and give the other rows their hub's.
+    for (path, upper) in [(&wide, 2 * d)].into_iter().chain(narrowed.iter().map(|(p, m)| (p, *m))) {
         let m0 = check_hnswlib_export(path, d, upper, 128);
-        assert!(m0 > d && m0 <= d + upper, "{m0} level-0 slots");
+        assert!(m0 > d && m0 <= d + upper.min(d), "{m0} level-0 slots");
     }
 }
 
 /// Exports the CAGRA artifact at `path` (graph degree `d`, `upper` links per upper-level row,
 /// `dim` dimensions) to hnswlib and checks the file's header — maxM_ (upper links), maxM0_
 /// (level 0), M_ (the level distribution's) — and every row's level-0 list: its CAGRA links,
-/// then the level-1 links not among those (as row numbers) of the row itself where it is on
-/// level ≥ 1, else of the first row of its CAGRA list that is, the row left out; maxM0_ is
-/// the longest list. Returns maxM0_.
+/// then those of the first `d` level-1 links not among them (as row numbers) of the row itself
+/// where it is on level ≥ 1, else of the first row of its CAGRA list that is, the row left
+/// out; maxM0_ is the longest list. Returns maxM0_.
 fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usize) -> usize {
     let out = path.with_extension("hnsw");
     let a = vecbuild::artifact::Artifact::open(path).unwrap();
@@ -725,6 +735,7 @@ fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usi
         if let Some(hub) = hub {
             let added = level1_links[&hub]
                 .iter()
+                .take(d)
                 .filter(|&&v| v != r as u32 && !own.contains(&v));
             list.extend(added);
         }

@@ -817,9 +817,9 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
     unsigned nq = std::atoi(argv[5]);
     int n_seeds = std::atoi(argv[6]), levels = std::atoi(argv[7]), up_m = std::atoi(argv[8]);
     unsigned up_nodes = std::atoi(argv[9]);
-    int list = std::atoi(argv[10]), width = std::atoi(argv[11]), max_iter = std::atoi(argv[12]);
-    int k = std::atoi(argv[13]), p = std::atoi(argv[14]), cands_p2 = std::atoi(argv[15]);
-    int table = std::atoi(argv[16]), team = std::atoi(argv[17]);
+    int up_list = std::atoi(argv[10]), list = std::atoi(argv[11]), width = std::atoi(argv[12]);
+    int max_iter = std::atoi(argv[13]), k = std::atoi(argv[14]), p = std::atoi(argv[15]);
+    int cands_p2 = std::atoi(argv[16]), table = std::atoi(argv[17]), team = std::atoi(argv[18]);
     auto vectors = load<float>(dir + "vectors");
     auto norms = load<float>(dir + "norms");
     auto graph = load<unsigned>(dir + "graph");
@@ -834,7 +834,8 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
     launch({nq, 1, 1}, {SEARCH_THREADS, 1, 1}, [&] {
         cagra_search(vectors.data(), norms.data(), graph.data(), n, dim, degree, queries.data(),
                      seeds.data(), n_seeds, up_rows.data(), up_graph.data(), up_offsets.data(),
-                     levels, up_m, up_nodes, list, width, max_iter, k, p, cands_p2, table, team,
+                     levels, up_m, up_nodes, up_list, list, width, max_iter, k, p, cands_p2,
+                     table, team,
                      score.data(), row.data(), stats.data());
     });
     save(dir + "rows", row);"#;
@@ -895,6 +896,7 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
                 h.counts.len(),
                 h.m,
                 h.rows.len(),
+                vecbuild::index::cagra::hierarchy::HierarchyView::level1_width(itopk),
                 itopk,
                 width,
                 index.max_iterations(&p),

@@ -9,6 +9,7 @@
 
 use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, QUERY_BATCH};
 use crate::backend::{Loaded, Queries};
+use crate::index::cagra::hierarchy::HierarchyView;
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
 use crate::search::{SearchResults, NO_NEIGHBOR};
@@ -186,6 +187,7 @@ pub(super) fn search(
     });
     let levels = hierarchy.map_or(0, |h| h.levels()) as i32;
     let up_nodes = hierarchy.map_or(0, |h| h.rows.len()) as u32;
+    let up_list = HierarchyView::level1_width(p.itopk_size) as i32;
     let (n_u, dim_i, degree_i) = (n as u32, dim as i32, index.degree as i32);
     let (list_i, width_i, iter_i, k_i) = (
         p.itopk_size as i32,
@@ -231,6 +233,7 @@ pub(super) fn search(
             .arg(&levels)
             .arg(&up_m_i)
             .arg(&up_nodes)
+            .arg(&up_list)
             .arg(&list_i)
             .arg(&width_i)
             .arg(&iter_i)

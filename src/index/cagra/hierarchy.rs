@@ -12,23 +12,30 @@
 //!    a prefix of that order, of length `counts[l − 1]`.
 //! 3. Levels ≥ 1 are built by HNSW insertion, rows in that order (within a level in seeded
 //!    random order): greedy descent to the row's level, then on each of its levels a beam
-//!    search of width 100, up to `2M` (the graph degree) neighbours chosen by HNSW's heuristic
-//!    (a candidate is kept only if it is closer to the row than to every one kept before), and
-//!    reverse links re-pruned by the same heuristic when a list overflows. HNSW keeps `M` on
-//!    levels ≥ 1 and `2M` on level 0; here level 1 is where the search finds the query's
-//!    cluster, so it gets level 0's count. Measured on 200k × 128 in 1000 clusters (2
-//!    threads, 10k queries, medians of 2 runs): at spread 0.35, QPS at recall@10 ≥ 0.99 rose
-//!    from 40k to 76k (itopk 48 → 16) and at ≥ 0.999 from 25k to 46k (96 → 32); at spread 0.8
-//!    (overlapping clusters), from 23k to 38k at ≥ 0.99; upper levels 0.61 → 0.65–0.78 s to
-//!    build; 48 or 64 links gained little recall for less QPS. Early insertions, made while a
-//!    level is sparse, leave the long edges that make it navigable. Rows go in batches of a
-//!    32nd of those already in (at most 2048): a batch's searches run in parallel on the
-//!    levels as the batch found them, then its links are made in order, so the result does
-//!    not depend on the thread count. Exact `2M`-NN lists with
-//!    the same heuristic were measured and rejected: their cross-cluster edges all lead to the
-//!    same few nearby clusters, and recall@10 stayed at 0.48–0.87 on the data above.
-//! 4. Search descends greedily from the first row (the top) level by level, as HNSW does, and
-//!    starts the beam search at the row it ends on.
+//!    search of width 100, up to `4M` (twice the graph degree) neighbours chosen by HNSW's
+//!    heuristic (a candidate is kept only if it is closer to the row than to every one kept
+//!    before), and reverse links re-pruned by the same heuristic when a list overflows. HNSW
+//!    keeps `M` on levels ≥ 1 and `2M` on level 0; here level 1 is where the search finds the
+//!    query's region, so it gets more. With `2M` links (versions before 2026-11-25) a level-1
+//!    beam as wide as itopk lost whole queries on data of high dimension: 100k × 768 in 1000
+//!    overlapping clusters (`generate --spread 0.8`), 1 query in 150 at itopk 64 ended in
+//!    other clusters, the level-1 rows of its own being reached by few links (2–46 from other
+//!    clusters against a median of 94); recall@10 reached 0.9975 only at itopk 128. With `4M`
+//!    links and a beam half as wide (step 4), the same data reaches 0.9907 at itopk 32 and
+//!    0.9972 at 48: 1.80× the QPS at recall ≥ 0.99 and 2.68× at ≥ 0.995 (2 threads, medians
+//!    of 5 runs alternating with the earlier build's); 200k × 128 in 1000 clusters 1.08–1.23×
+//!    at the same recall (medians of 3), build times unchanged. The heuristic leaves most lists
+//!    short of `4M` (filling them with the candidates it pruned gained less and doubled the
+//!    levels' build time at 128 dimensions). Early insertions, made while a level is sparse,
+//!    leave the long edges that make it navigable. Rows go in batches of a 32nd of those
+//!    already in (at most 2048): a batch's searches run in parallel on the levels as the batch
+//!    found them, then its links are made in order, so the result does not depend on the
+//!    thread count. Exact `2M`-NN lists with the same heuristic were measured and rejected:
+//!    their cross-cluster edges all lead to the same few nearby clusters, and recall@10 stayed
+//!    at 0.48–0.87 on 200k × 128 in 1000 clusters.
+//! 4. Search descends greedily from the first row (the top) through levels ≥ 2, as HNSW does,
+//!    then runs a beam of width `itopk_size / 2` ([`HierarchyView::level1_width`]) on level 1
+//!    from the row it ends on; that beam's rows seed the search of level 0.
 //!
 //! The same levels become the upper layers of the hnswlib and faiss HNSW exports, so those
 //! loaders search exactly this structure.
@@ -281,6 +288,12 @@ impl HierarchyView<'_> {
     /// to `max_expansions · M`).
     pub fn max_expansions(ef: usize) -> usize {
         2 * ef.max(1)
+    }
+
+    /// The level-1 beam's width for a search of `itopk_size` (half of it: level 1 has twice
+    /// the graph degree's links, see the module docs).
+    pub fn level1_width(itopk_size: usize) -> usize {
+        (itopk_size / 2).max(1)
     }
 
     /// Levels above 0.

@@ -27,7 +27,7 @@
 //! | `sq_norms`          | F32   | `[count]`              | ‖x‖² (l2 only) |
 //! | `graph`             | U32   | `[count, graph_degree]`| out-edges, distinct, no self loops |
 //! | `graph.entry_points`| U32   | `[m]`                  | rows every search starts from (m ≥ 1) |
-//! | `upper.*`           | U32   |                        | the upper levels ([`hierarchy`]): `graph_degree` links per row (`graph_degree / 2` in artifacts of earlier versions; the loader divides `upper.graph`'s length by the rows) |
+//! | `upper.*`           | U32   |                        | the upper levels ([`hierarchy`]): `2 · graph_degree` links per row (`graph_degree`, or `graph_degree / 2`, in artifacts of earlier versions; the loader divides `upper.graph`'s length by the rows) |
 //! | `input_rows`        | U32   | `[count]`              | each stored row's row number in the input |
 //! | `codes`             | U8    | `[count, dim]`         | 8-bit codes of `vectors` ([`crate::index::sq8`]; absent with `search_codes = none`) |
 //! | `codes.min`, `codes.scale` | F32 | `[dim]`         | each dimension's code range: `x̂ = min + scale · code` |
@@ -300,7 +300,7 @@ pub fn build(
     // cores build them meanwhile; on the CPU they come last (the cores are busy either way).
     let upper_levels = || -> Result<(Hierarchy, f64)> {
         let t = Instant::now();
-        let m = (params.graph_degree / 2, params.graph_degree);
+        let m = (params.graph_degree / 2, 2 * params.graph_degree);
         let h = Hierarchy::build(backend, data.view(), &norms, metric, m, params.seed)?;
         Ok((h, t.elapsed().as_secs_f64()))
     };
