@@ -643,7 +643,11 @@ fn upper_levels_keep_twice_graph_degree_links_and_earlier_artifacts_still_load()
     let mut narrowed = Vec::new();
     for m in [d, d / 2] {
         let path = dir.path().join(format!("upper{m}.vbx"));
-        index.hierarchy.graph = h.graph.chunks(2 * d).flat_map(|l| l[..m].to_vec()).collect();
+        index.hierarchy.graph = h
+            .graph
+            .chunks(2 * d)
+            .flat_map(|l| l[..m].to_vec())
+            .collect();
         index.hierarchy.m = m;
         cagra::write(
             &path,
@@ -694,7 +698,10 @@ fn upper_levels_keep_twice_graph_degree_links_and_earlier_artifacts_still_load()
 
     // The build shares up to `M` level-1 links on level 0; the exports add up to
     // `graph_degree` in all, and give the other rows their hub's.
-    for (path, upper) in [(&wide, 2 * d)].into_iter().chain(narrowed.iter().map(|(p, m)| (p, *m))) {
+    for (path, upper) in [(&wide, 2 * d)]
+        .into_iter()
+        .chain(narrowed.iter().map(|(p, m)| (p, *m)))
+    {
         let m0 = check_hnswlib_export(path, d, upper, 128);
         assert!(m0 > d && m0 <= d + upper.min(d), "{m0} level-0 slots");
     }
@@ -761,4 +768,69 @@ fn check_hnswlib_export(path: &std::path::Path, d: usize, upper: usize, dim: usi
         assert_eq!(&got, links, "row {r} on level 0 of {}", path.display());
     }
     m0
+}
+
+/// Tight clusters far apart, each too small to be sure of a row on level 1 (20 rows, where
+/// one row in 4 draws a level ≥ 1 at graph degree 8), their kNN lists inside them: nothing
+/// leads into those without one, and the level-1 search of a query there ends in other
+/// clusters. The build gives each such island a level-1 row (without it, here, some cluster
+/// has none), and every query finds its own cluster.
+#[test]
+fn islands_without_a_level_1_row_get_one_and_their_queries_are_found() {
+    let data = vecbuild::synth::clustered_with_spread(1000, 500, 16, 50, 0.05, 1);
+    let dir = tmp();
+    let path = dir.path().join("c.vbx");
+    let ids = vecbuild::Ids::Int64((0..1000).collect());
+    let params = CagraParams {
+        build_algo: BuildAlgo::Exact,
+        graph_degree: 8,
+        intermediate_graph_degree: 16,
+        ..Default::default()
+    };
+    let index = build_and_write(&path, data.base.view(), Metric::L2, &ids, &params);
+    let parts: Vec<&str> = index
+        .stats
+        .optimize_parts
+        .iter()
+        .map(|p| p.0.as_str())
+        .collect();
+    assert!(
+        parts.contains(&"islands given level-1 rows"),
+        "no island without a level-1 row: the test needs one ({parts:?})"
+    );
+    // Every cluster (rows within 1.0 of each other here: the centres are ~5.6 apart, the
+    // rows ~0.28 from theirs) holds a row of the upper levels.
+    let upper: std::collections::HashSet<u32> = index.hierarchy.rows.iter().copied().collect();
+    let base = &data.base;
+    let near = |a: usize, b: usize| -> bool {
+        let d: f32 = (0..16).map(|j| (base[[a, j]] - base[[b, j]]).powi(2)).sum();
+        d < 1.0
+    };
+    for r in 0..1000 {
+        assert!(
+            upper.iter().any(|&u| near(r, u as usize)),
+            "row {r}: no upper-level row in its cluster"
+        );
+    }
+    let searcher = vecbuild::Searcher::open(&path).unwrap();
+    let p = vecbuild::search::SearchParams {
+        itopk_size: Some(16),
+        ..Default::default()
+    };
+    let got = searcher.search(data.queries.view(), 10, &p).unwrap();
+    let rows = got.rows.mapv(|r| match searcher.ids().get(r as usize) {
+        vecbuild::ids::IdRef::Int64(v) => v as u64,
+        other => panic!("unexpected id {other:?}"),
+    });
+    let want = truth(&data.base, &data.queries, Metric::L2, 10);
+    let lost = (0..500)
+        .filter(|&q| {
+            rows.row(q)
+                .iter()
+                .all(|r| !want.row(q).iter().any(|w| w == r))
+        })
+        .count();
+    assert_eq!(lost, 0, "queries none of whose 10 nearest rows were found");
+    let r = recall(rows.view(), want.view());
+    assert!(r >= 0.99, "recall@10 {r:.4}");
 }

@@ -699,7 +699,7 @@ fn gpu_ivf_knn_graph_equals_the_cpu_where_a_gpu_is_present() {
 /// The CAGRA connectivity guarantee: where the device finds every row reachable from the entry
 /// point (a breadth-first search, `reach_level`), the host's walk is skipped; where it does not
 /// (tight clusters far apart, too small to hold an upper-level row, their kNN lists inside
-/// them), the host walks the graph and mends it. On the emulator, whose products round as the
+/// them), the host gives each such island a level-1 row, walks the graph and mends it. On the emulator, whose products round as the
 /// CPU's, either way the CPU's artifact bit for bit; on a GPU, whose products may order these
 /// tight clusters' near-ties differently, the same outcome of the check.
 #[test]
@@ -713,16 +713,17 @@ fn gpu_connectivity_check_skips_the_walk_only_where_every_row_is_reached() {
         let a = vecbuild::artifact::Artifact::open(d.join(f)).unwrap();
         a.manifest.params["cagra_stats"].clone()
     };
-    let connectivity = |f: &str| -> (String, u64) {
+    // The connectivity stage's parts, in order, and the edges it rewired.
+    let connectivity = |f: &str| -> (Vec<String>, u64) {
         let s = stats(f);
         let parts = s["optimize_parts"].as_array().cloned().unwrap_or_default();
-        let part = parts
+        let names = parts
             .iter()
             .filter_map(|p| p[0].as_str())
-            .find(|p| p.starts_with("connectivity"))
-            .unwrap_or("")
-            .to_string();
-        (part, s["rewired_edges"].as_u64().unwrap())
+            .filter(|p| p.starts_with("connectivity") || p.starts_with("islands"))
+            .map(str::to_string)
+            .collect();
+        (names, s["rewired_edges"].as_u64().unwrap())
     };
     // 1000 rows in 50 clusters; their spread 0.05 of the centres' leaves some islands (in
     // this seeded set, one).
@@ -765,15 +766,27 @@ fn gpu_connectivity_check_skips_the_walk_only_where_every_row_is_reached() {
     generate("0.35");
     build_on_cpu_and_gpu(d, &narrow);
     let (cpu, gpu) = both("every row reached");
-    assert_eq!(cpu, ("connectivity (checked on the host)".to_string(), 0));
-    assert_eq!(gpu, ("connectivity (checked on the device)".to_string(), 0));
+    assert_eq!(
+        cpu,
+        (vec!["connectivity (checked on the host)".to_string()], 0)
+    );
+    assert_eq!(
+        gpu,
+        (vec!["connectivity (checked on the device)".to_string()], 0)
+    );
 
+    // Islands with no row on level 1 get one, then the walk links what is left.
     generate("0.05");
     build_on_cpu_and_gpu(d, &narrow);
     let (cpu, gpu) = both("islands");
-    assert_eq!(cpu.0, "connectivity (islands linked)");
-    assert_eq!(gpu.0, "connectivity (islands linked)");
-    assert!(cpu.1 > 0, "no island to mend: the test needs one");
+    for (got, checked) in [(&cpu.0, "host"), (&gpu.0, "device")] {
+        let want = [
+            format!("connectivity (checked on the {checked})"),
+            "islands given level-1 rows".to_string(),
+            "connectivity (islands linked)".to_string(),
+        ];
+        assert_eq!(got[..], want[..], "no island to mend: the test needs one");
+    }
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! 2. Graph optimisation to `graph_degree` ([`optimize`]): rank-based pruning of detourable
 //!    edges, reverse edges, merge; the upper levels ([`hierarchy`]), whose level-1 links
 //!    replace some of their rows' last edges; then, optionally, a connectivity guarantee over
-//!    the graph as stored.
+//!    the graph as stored (where some rows are not reached, those no upper-level row leads to
+//!    first get level-1 rows: [`optimize::unreached_from_upper`], [`Hierarchy::promote`]).
 //! 3. The artifact holds the vectors, their squared norms (L2), 8-bit codes of them that the
 //!    search walks the graph on (`search_codes`), the graph and its entry points, with the rows
 //!    stored upper-level rows first, then breadth first over the graph (neighbours near each
@@ -453,7 +454,7 @@ fn graph_stages(
     let entry = nearest_to_mean(data.view(), norms, metric);
     laps.mark("entry point");
     progress("upper levels", 0.0);
-    let (hierarchy, upper_levels_seconds) = upper_levels()?;
+    let (mut hierarchy, upper_levels_seconds) = upper_levels()?;
     laps.mark(match upper_levels_beside {
         true => "upper levels (what was left to wait for)",
         false => "upper levels",
@@ -479,6 +480,16 @@ fn graph_stages(
             laps.mark(checked);
             (vec![entry], 0)
         } else {
+            laps.mark(checked);
+            // Rows no row of the upper levels leads to (clusters whose kNN lists never lead
+            // into them, where no row drew a level ≥ 1) get level-1 rows, so a query's level-1
+            // search can find them; the walk below then links them on level 0.
+            let promoted = optimize::unreached_from_upper(&graph, entry, &hierarchy.rows);
+            if !promoted.is_empty() {
+                hierarchy.promote(&promoted, data, norms, metric);
+                hierarchy.share_links(&mut graph);
+                laps.mark("islands given level-1 rows");
+            }
             let linked = optimize::guarantee_connectivity(
                 &mut graph,
                 &knn,

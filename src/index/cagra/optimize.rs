@@ -396,6 +396,27 @@ pub fn reachable(graph: &Graph, entries: &[u32]) -> Vec<bool> {
     seen
 }
 
+/// Rows to add to the upper levels so that a search can reach every row: nothing leads to a
+/// row from the entry or from a row on a level ≥ 1 (`upper`) in clusters whose kNN lists
+/// never lead into them and where no row drew a level ≥ 1, and a query's level-1 search,
+/// which seeds level 0, cannot find them. In row order, each row still unreached is listed,
+/// and what it reaches counts as reached.
+pub fn unreached_from_upper(graph: &Graph, entry: u32, upper: &[u32]) -> Vec<u32> {
+    let mut seen = vec![false; graph.len()];
+    let mut order = Vec::new();
+    for &r in std::iter::once(&entry).chain(upper) {
+        breadth_first(graph, r as usize, &mut seen, &mut order);
+    }
+    let mut listed = Vec::new();
+    for u in 0..graph.len() {
+        if !seen[u] {
+            listed.push(u as u32);
+            breadth_first(graph, u, &mut seen, &mut order);
+        }
+    }
+    listed
+}
+
 /// Step 4: makes every row reachable from the returned entry points (which start with
 /// `entry`), in one pass. A depth-first walk from the entry spans a tree of the reachable rows
 /// (`parent`). Each row `u` the walk missed, in row order, gets an in-edge from a reachable row
