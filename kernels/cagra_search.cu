@@ -3,8 +3,8 @@
 //
 // 1. Seeds. With upper levels: a greedy descent from the top row through levels >= 2, then a
 //    best-first search of width up_list (itopk / 2) on level 1 (at most 2·up_list
-//    expansions), whose list seeds level 0. Then the `seeds` rows (entry points, and fixed pseudo-random rows when
-//    there are no upper levels). The best itopk form the list.
+//    expansions), whose list seeds level 0. Then the `seeds` rows (entry points, and fixed
+//    pseudo-random rows when there are no upper levels). The best itopk form the list.
 // 2. Expand the best `width` unexpanded rows of the list; their out-edges not seen before are
 //    scored; 3. merge them into the list (sort by score, then row; keep itopk); repeat until
 //    every row of the list is expanded or `max_iter` expansions ran.

@@ -29,9 +29,8 @@
 //!    [`Hierarchy::promote`] now gives them level-1 rows (see the connectivity stage), and
 //!    recall@10 is 1.0000 at itopk 128 (0.9975 before both changes; 1.66×, 2.13× and 3.43×
 //!    the QPS at ≥ 0.99, 0.995 and 0.999 in that run; 1.19–1.30× on 200k × 128, where no
-//!    row is promoted). The heuristic leaves most lists
-//!    short of `4M` (filling them with the candidates it pruned gained less and doubled the
-//!    levels' build time at 128 dimensions). Early insertions, made while a level is sparse,
+//!    row is promoted). The heuristic leaves most lists short of `4M` (filling them with the
+//!    candidates it pruned gained less and doubled the levels' build time at 128 dimensions). Early insertions, made while a level is sparse,
 //!    leave the long edges that make it navigable. Rows go in batches of a 32nd of those
 //!    already in (at most 2048): a batch's searches run in parallel on the levels as the batch
 //!    found them, then its links are made in order, so the result does not depend on the
