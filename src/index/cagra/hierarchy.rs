@@ -139,11 +139,9 @@ impl Hierarchy {
         };
         let vector = |p: u32| &vectors[p as usize * dim..(p as usize + 1) * dim];
         let dist = |a: u32, b: u32| -> f32 {
-            let d = dot(vector(a), vector(b));
-            match metric {
-                Metric::L2 => sq_norms[a as usize] + sq_norms[b as usize] - 2.0 * d,
-                _ => 1.0 - d,
-            }
+            level_distance(metric, dot(vector(a), vector(b)), || {
+                (sq_norms[a as usize], sq_norms[b as usize])
+            })
         };
         let fetch = |p: u32| crate::distance::prefetch(vector(p), dim * 4);
         let level_of: Vec<usize> = leveled.iter().map(|e| e.0 as usize).collect();
@@ -198,19 +196,14 @@ impl Hierarchy {
             .collect();
         let rows = &self.rows;
         let vector = |p: u32| data.row(rows[p as usize] as usize);
+        let norm = |p: u32| norms[rows[p as usize] as usize];
         let dist = |a: u32, b: u32| -> f32 {
             let (x, y) = (vector(a), vector(b));
             let d = match (x.as_slice(), y.as_slice()) {
                 (Some(x), Some(y)) => dot(x, y),
                 _ => x.dot(&y),
             };
-            match metric {
-                Metric::L2 => {
-                    let norm = |p: u32| norms[rows[p as usize] as usize];
-                    norm(a) + norm(b) - 2.0 * d
-                }
-                _ => 1.0 - d,
-            }
+            level_distance(metric, d, || (norm(a), norm(b)))
         };
         insert(&mut adj, &level_of, before, m, &dist, &|_| {});
         self.graph = flatten(&adj, m);
@@ -365,6 +358,18 @@ impl HierarchyView<'_> {
         );
         out.extend(found.iter().map(|&(s, p)| (s, self.rows[p as usize])));
         scored.get()
+    }
+}
+
+/// The distance the levels are built on, from two rows' dot product: squared L2 with their
+/// squared norms (`norms`, asked only for L2), else `1 − dot`.
+fn level_distance(metric: Metric, dot: f32, norms: impl FnOnce() -> (f32, f32)) -> f32 {
+    match metric {
+        Metric::L2 => {
+            let (a, b) = norms();
+            a + b - 2.0 * dot
+        }
+        _ => 1.0 - dot,
     }
 }
 

@@ -476,11 +476,10 @@ fn graph_stages(
                 "connectivity (checked on the host)",
             ),
         };
+        laps.mark(checked);
         if reached {
-            laps.mark(checked);
             (vec![entry], 0)
         } else {
-            laps.mark(checked);
             // Rows no row of the upper levels leads to (clusters whose kNN lists never lead
             // into them, where no row drew a level ≥ 1) get level-1 rows, so a query's level-1
             // search can find them; the walk below then links them on level 0.
