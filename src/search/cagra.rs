@@ -214,7 +214,7 @@ impl CagraIndex<'_> {
         let seed_rows = self.seed_rows(p);
         let seeds = p.itopk_size + p.search_width * self.degree;
         let descent = self.hierarchy.map_or(0, |h| {
-            HierarchyView::max_expansions(HierarchyView::level1_width(p.itopk_size)) * h.m
+            HierarchyView::max_expansions(h.level1_width(p.itopk_size, self.degree)) * h.m
                 + h.levels()
                 + 1
         });
@@ -305,7 +305,7 @@ impl CagraIndex<'_> {
                 let at = row as usize * row_bytes;
                 prefetch(&walk_rows[at..at + row_bytes], row_bytes);
             };
-            let width = HierarchyView::level1_width(p.itopk_size);
+            let width = h.level1_width(p.itopk_size, self.degree);
             let found = h.descend(&score, &mut seen, &fetch, width, &mut s.merged);
             stats.distances += found as u64;
             s.cands.extend_from_slice(&s.merged);

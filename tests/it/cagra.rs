@@ -4,6 +4,7 @@
 use crate::common::*;
 use vecbuild::artifact::IndexKind;
 use vecbuild::backend::CpuBackend;
+use vecbuild::index::cagra::hierarchy::Hierarchy;
 use vecbuild::index::cagra::{self, optimize, BuildAlgo, CagraParams, Graph, SearchCodes};
 use vecbuild::search::cagra::{CagraIndex, CagraSearchParams};
 use vecbuild::Metric;
@@ -636,6 +637,10 @@ fn upper_levels_keep_twice_graph_degree_links_and_earlier_artifacts_still_load()
     let h = index.hierarchy.clone();
     assert_eq!(h.m, 2 * d, "links per upper-level row");
     assert!(!h.counts.is_empty() && h.graph.len() == 2 * d * h.counts.iter().sum::<u32>() as usize);
+    // Its level-1 beam is half of itopk wide; earlier layouts' keeps all of it.
+    assert_eq!(h.view().level1_width(16, d), 8);
+    let earlier = Hierarchy { m: d, ..h.clone() };
+    assert_eq!(earlier.view().level1_width(16, d), 16);
     let mut manifest = manifest(IndexKind::Cagra, Metric::L2, base.nrows(), base.ncols());
     manifest.params = serde_json::json!({ "cagra": params });
     // The layouts earlier versions stored: `graph_degree` and `M` links per row (here the

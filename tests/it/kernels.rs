@@ -896,7 +896,7 @@ fn cagra_search_kernel_walks_as_the_cpu_search_does() {
                 h.counts.len(),
                 h.m,
                 h.rows.len(),
-                vecbuild::index::cagra::hierarchy::HierarchyView::level1_width(itopk),
+                h.level1_width(itopk, index.degree),
                 itopk,
                 width,
                 index.max_iterations(&p),

@@ -9,7 +9,6 @@
 
 use super::{contiguous, gpu_err, grown, raw, CudaBackend, NO_ROW, QUERY_BATCH};
 use crate::backend::{Loaded, Queries};
-use crate::index::cagra::hierarchy::HierarchyView;
 use crate::metric::squared_norms;
 use crate::search::cagra::{CagraIndex, CagraSearchParams, SearchStats};
 use crate::search::{SearchResults, NO_NEIGHBOR};
@@ -187,7 +186,7 @@ pub(super) fn search(
     });
     let levels = hierarchy.map_or(0, |h| h.levels()) as i32;
     let up_nodes = hierarchy.map_or(0, |h| h.rows.len()) as u32;
-    let up_list = HierarchyView::level1_width(p.itopk_size) as i32;
+    let up_list = hierarchy.map_or(1, |h| h.level1_width(p.itopk_size, index.degree)) as i32;
     let (n_u, dim_i, degree_i) = (n as u32, dim as i32, index.degree as i32);
     let (list_i, width_i, iter_i, k_i) = (
         p.itopk_size as i32,
