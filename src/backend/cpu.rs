@@ -332,7 +332,7 @@ pub const SMALL_DIM: usize = 16;
 const ASSIGN_CHUNK: usize = 4096;
 
 /// data: [n, dim ≤ SMALL_DIM], centroids: [k, dim] → (labels [n], squared distances [n]).
-/// The centroids are transposed to `[dim, k]` so the loop over centroids vectorises.
+/// The centroids are transposed to `[dim, k]`, one row per dimension.
 fn assign_small_dim(
     data: ArrayView2<'_, f32>,
     centroids: ArrayView2<'_, f32>,
@@ -358,19 +358,29 @@ fn assign_small_dim(
 
 /// Nearest of `k` centroids (`ct: [dim, k]`) for each row of `chunk: [rows, dim]`, compiled for
 /// AVX2+FMA when the CPU has them (checked at run time), else for the baseline target.
+///
+/// Every kernel scores a centroid as `Σ_d (x_d − c_d)²` added in dimension order by fused
+/// multiply-adds from zero and keeps the first smallest score (ties to the smaller centroid):
+/// the arithmetic of the GPU's `assign_small` and `pq_encode`, so labels and distances are the
+/// same bits on either backend.
 fn nearest_rows(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if has_avx2_fma() && (1..=SMALL_DIM).contains(&dim) {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         return unsafe { nearest_rows_avx2(chunk, ct, k, dim) };
     }
     nearest_rows_generic(chunk, ct, k, dim)
 }
 
-/// The AVX2 kernel: eight centroids per register, a running best value and index per lane
-/// (indices carried as f32, exact below 2^24), one reduction per row. Rows go four at a time
-/// (each centroid load serves four rows, four independent chains of comparisons), the last
-/// ones alone, each row with the same operations either way.
+/// Rows scored at once by [`nearest_rows_avx2`]: one AVX2 register of floats.
+const ROW_LANES: usize = 8;
+
+/// The AVX2 kernel, vectorised over rows: the chunk is transposed to `[dim, rows]` (padded
+/// with zero rows to whole registers, their results dropped), so a register holds one
+/// dimension of eight rows; then for each centroid, broadcast once, each lane adds its own
+/// row's score and keeps a running best value and label. No reduction across lanes is needed,
+/// and each row's result does not depend on the rows beside it. The loop is compiled for each
+/// dimension up to [`SMALL_DIM`], so a row's dimensions stay in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn nearest_rows_avx2(
@@ -379,134 +389,148 @@ unsafe fn nearest_rows_avx2(
     k: usize,
     dim: usize,
 ) -> (Vec<u32>, Vec<f32>) {
-    assert!(ct.len() >= k * dim && k < 1 << 24 && dim > 0);
-    let rows = chunk.len() / dim;
-    let mut out = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    let mut quads = chunk.chunks_exact(dim * 4);
-    for quad in &mut quads {
-        // SAFETY: AVX2 and FMA as this function; `ct` holds k·dim floats (asserted).
-        unsafe { nearest_group::<4>(quad, ct, k, dim, &mut out) };
+    let rows = chunk.len() / dim.max(1);
+    let padded = rows.next_multiple_of(ROW_LANES);
+    let mut xt = vec![0f32; dim * padded];
+    for (r, row) in chunk.chunks_exact(dim.max(1)).enumerate() {
+        for (d, &v) in row.iter().enumerate() {
+            xt[d * padded + r] = v;
+        }
     }
-    for row in quads.remainder().chunks_exact(dim) {
-        // SAFETY: as above.
-        unsafe { nearest_group::<1>(row, ct, k, dim, &mut out) };
+    let mut labels = vec![0u32; padded];
+    let mut dists = vec![0f32; padded];
+    macro_rules! by_dim {
+        ($($d:literal)*) => {
+            match dim {
+                // SAFETY (each arm): AVX2 and FMA as this function; the buffers are sized
+                // by nearest_lanes' own assertion.
+                $($d => unsafe { nearest_lanes::<$d>(&xt, ct, k, &mut labels, &mut dists) },)*
+                _ => return nearest_rows_generic(chunk, ct, k, dim),
+            }
+        };
     }
-    out
+    by_dim!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    labels.truncate(rows);
+    dists.truncate(rows);
+    (labels, dists)
 }
 
-/// [`nearest_rows_avx2`] for `R` rows (`rows: [R, dim]`), appending labels and distances.
+/// [`nearest_rows_avx2`] for `D` dimensions: `xt: [D, padded]` (`padded` a multiple of
+/// [`ROW_LANES`], the length of `labels` and `dists`), two registers of rows at a time.
 ///
 /// # Safety
-/// AVX2 and FMA; `ct` holds at least `k · dim` floats.
+/// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn nearest_lanes<const D: usize>(
+    xt: &[f32],
+    ct: &[f32],
+    k: usize,
+    labels: &mut [u32],
+    dists: &mut [f32],
+) {
+    let padded = labels.len();
+    assert!(
+        padded.is_multiple_of(ROW_LANES)
+            && dists.len() == padded
+            && xt.len() >= D * padded
+            && ct.len() >= D * k
+            && k <= i32::MAX as usize
+    );
+    let mut at = 0;
+    while at + 2 * ROW_LANES <= padded {
+        // SAFETY: AVX2 and FMA as this function; rows at..at + 16 lie within padded.
+        unsafe { nearest_block::<D, 2>(xt, padded, at, ct, k, labels, dists) };
+        at += 2 * ROW_LANES;
+    }
+    if at < padded {
+        // SAFETY: as above, rows at..at + 8.
+        unsafe { nearest_block::<D, 1>(xt, padded, at, ct, k, labels, dists) };
+    }
+}
+
+/// Rows `at..at + R·8` of [`nearest_lanes`] against every centroid.
+///
+/// # Safety
+/// AVX2 and FMA; `at + R·8 ≤ padded`, `xt` holds `D · padded` floats, `ct` holds `D · k`,
+/// `labels` and `dists` hold `padded` each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn nearest_group<const R: usize>(
-    rows: &[f32],
+unsafe fn nearest_block<const D: usize, const R: usize>(
+    xt: &[f32],
+    padded: usize,
+    at: usize,
     ct: &[f32],
     k: usize,
-    dim: usize,
-    (labels, dists): &mut (Vec<u32>, Vec<f32>),
+    labels: &mut [u32],
+    dists: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    const L: usize = 8;
-    let blocks = k / L;
-    let step = _mm256_set1_ps(L as f32);
-    let mut best_v = [_mm256_set1_ps(f32::INFINITY); R];
-    let mut best_i = [_mm256_setzero_ps(); R];
-    let mut cur = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-    for b in 0..blocks {
-        let mut acc = [_mm256_setzero_ps(); R];
-        for d in 0..dim {
-            // SAFETY: d < dim and b·8 + 8 ≤ k, so the 8 floats at d·k + b·8 lie within ct.
-            let c = unsafe { _mm256_loadu_ps(ct.as_ptr().add(d * k + b * L)) };
-            for (r, a) in acc.iter_mut().enumerate() {
-                let t = _mm256_sub_ps(_mm256_set1_ps(rows[r * dim + d]), c);
-                *a = _mm256_fmadd_ps(t, t, *a);
-            }
+    let mut x = [[_mm256_setzero_ps(); D]; R];
+    for (r, xr) in x.iter_mut().enumerate() {
+        for (d, v) in xr.iter_mut().enumerate() {
+            // SAFETY: d·padded + at + r·8 + 8 ≤ D·padded (the caller's bounds).
+            *v = unsafe { _mm256_loadu_ps(xt.as_ptr().add(d * padded + at + r * ROW_LANES)) };
+        }
+    }
+    let mut best = [_mm256_set1_ps(f32::INFINITY); R];
+    let mut label = [_mm256_setzero_ps(); R];
+    let (mut j, one) = (_mm256_setzero_si256(), _mm256_set1_epi32(1));
+    for c in 0..k {
+        let mut w = [_mm256_setzero_ps(); D];
+        for (d, w) in w.iter_mut().enumerate() {
+            // SAFETY: d·k + c < D·k ≤ ct.len().
+            *w = unsafe { _mm256_broadcast_ss(&*ct.as_ptr().add(d * k + c)) };
         }
         for r in 0..R {
-            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc[r], best_v[r]);
-            best_v[r] = _mm256_blendv_ps(best_v[r], acc[r], better);
-            best_i[r] = _mm256_blendv_ps(best_i[r], cur, better);
+            // (c − x)² is (x − c)² bit for bit: rounding to nearest is symmetric in sign.
+            // The first square alone is the fused multiply-add onto zero.
+            let t = _mm256_sub_ps(w[0], x[r][0]);
+            let mut acc = _mm256_mul_ps(t, t);
+            for d in 1..D {
+                let t = _mm256_sub_ps(w[d], x[r][d]);
+                acc = _mm256_fmadd_ps(t, t, acc);
+            }
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc, best[r]);
+            // min(a, b) is a where a < b, else b: the same choice as `better`.
+            best[r] = _mm256_min_ps(acc, best[r]);
+            label[r] = _mm256_blendv_ps(label[r], _mm256_castsi256_ps(j), better);
         }
-        cur = _mm256_add_ps(cur, step);
+        j = _mm256_add_epi32(j, one);
     }
-    let (mut lane_v, mut lane_i) = ([0f32; L], [0f32; L]);
     for r in 0..R {
-        // SAFETY: both arrays hold exactly 8 floats, the width of the stores.
+        let row = at + r * ROW_LANES;
+        // SAFETY: row + 8 ≤ padded, the length of both outputs.
         unsafe {
-            _mm256_storeu_ps(lane_v.as_mut_ptr(), best_v[r]);
-            _mm256_storeu_ps(lane_i.as_mut_ptr(), best_i[r]);
+            _mm256_storeu_ps(dists.as_mut_ptr().add(row), best[r]);
+            _mm256_storeu_si256(
+                labels.as_mut_ptr().add(row).cast(),
+                _mm256_castps_si256(label[r]),
+            );
         }
-        let row = &rows[r * dim..(r + 1) * dim];
-        let (label, best) = finish_row(row, ct, k, blocks * L, &lane_v, &lane_i);
-        labels.push(label);
-        dists.push(best);
     }
 }
 
-/// Reduces the lanes (ties to the smaller index), then scores centroids `from..k` directly.
-#[inline(always)]
-fn finish_row(
-    row: &[f32],
-    ct: &[f32],
-    k: usize,
-    from: usize,
-    lane_v: &[f32],
-    lane_i: &[f32],
-) -> (u32, f32) {
-    let (mut label, mut best) = (0u32, f32::INFINITY);
-    for (&v, &i) in lane_v.iter().zip(lane_i) {
-        let i = i as u32;
-        if v < best || (v == best && i < label) {
-            best = v;
-            label = i;
-        }
-    }
-    for j in from..k {
-        let a: f32 = row
-            .iter()
-            .enumerate()
-            .map(|(d, &x)| (x - ct[d * k + j]).powi(2))
-            .sum();
-        if a < best {
-            best = a;
-            label = j as u32;
-        }
-    }
-    (label, best)
-}
-
-/// The portable kernel (and the baseline the AVX2 one is tested against): the same blocking
-/// in plain Rust.
+/// The portable kernel (and the baseline the AVX2 one is tested against): the same scores and
+/// choices, a row and a centroid at a time.
 fn nearest_rows_generic(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, Vec<f32>) {
-    const L: usize = 8;
-    let rows = chunk.len() / dim.max(1);
-    let (mut labels, mut dists) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-    let blocks = k / L;
-    for row in chunk.chunks_exact(dim.max(1)) {
-        let mut best_v = [f32::INFINITY; L];
-        let mut best_i = [0f32; L];
-        for b in 0..blocks {
-            for l in 0..L {
-                let j = b * L + l;
-                let a: f32 = row
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &x)| (x - ct[d * k + j]).powi(2))
-                    .sum();
-                if a < best_v[l] {
-                    best_v[l] = a;
-                    best_i[l] = j as f32;
+    chunk
+        .chunks_exact(dim.max(1))
+        .map(|row| {
+            let (mut label, mut best) = (0u32, f32::INFINITY);
+            for c in 0..k {
+                let score = row.iter().enumerate().fold(0f32, |acc, (d, &x)| {
+                    let t = x - ct[d * k + c];
+                    t.mul_add(t, acc)
+                });
+                if score < best {
+                    (label, best) = (c as u32, score);
                 }
             }
-        }
-        let (label, best) = finish_row(row, ct, k, blocks * L, &best_v, &best_i);
-        labels.push(label);
-        dists.push(best);
-    }
-    (labels, dists)
+            (label, best)
+        })
+        .unzip()
 }
 
 /// Position and value of the smallest element (the first, on ties). The minimum is found
@@ -776,46 +800,53 @@ pub fn gemm_abt(a: &[f32], b: &[f32], m: usize, n: usize, dim: usize, scale: f32
 mod tests {
     use super::*;
 
-    /// The AVX2 nearest-centroid kernel agrees with the portable baseline (labels equal except
-    /// at near-ties, where FMA rounding may pick the other; distances within rounding).
+    /// The AVX2 nearest-centroid kernel gives the portable one's labels and distances bit for
+    /// bit, for every dimension it is compiled for, centroid counts that are not whole
+    /// registers, row counts that leave a short last group, a row alone, and exact ties (which
+    /// go to the smaller centroid); and each label is a nearest centroid.
     #[test]
     fn nearest_rows_avx2_matches_the_portable_kernel() {
         #[cfg(target_arch = "x86_64")]
         if has_avx2_fma() {
             let mut rng = crate::synth::Rng::new(3);
-            for (k, dim) in [(256, 2), (16, 4), (37, 3), (5, 16)] {
-                let ct: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
-                // Not a multiple of four: the last three rows go one at a time.
-                let rows: Vec<f32> = (0..503 * dim).map(|_| rng.normal() as f32).collect();
-                let (l1, d1) = nearest_rows_generic(&rows, &ct, k, dim);
-                // SAFETY: the CPU supports AVX2 and FMA, checked above.
-                let (l2, d2) = unsafe { nearest_rows_avx2(&rows, &ct, k, dim) };
-                for (i, row) in rows.chunks_exact(dim).enumerate() {
-                    // A row alone takes the one-row path: the same bits as in a group of four.
-                    // SAFETY: as above.
-                    let (l, d) = unsafe { nearest_rows_avx2(row, &ct, k, dim) };
-                    assert_eq!((l[0], d[0].to_bits()), (l2[i], d2[i].to_bits()), "row {i}");
-                }
-                for i in 0..503 {
-                    assert!(
-                        (d1[i] - d2[i]).abs() <= 1e-5 * (1.0 + d1[i]),
-                        "k={k} dim={dim} row {i}: {} vs {}",
-                        d1[i],
-                        d2[i]
+            for dim in 1..=SMALL_DIM {
+                for k in [1, 5, 37, 256] {
+                    let mut ct: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+                    if k > 5 {
+                        // Centroid 5 repeats centroid 2: rows nearest to it must say 2.
+                        for d in 0..dim {
+                            ct[d * k + 5] = ct[d * k + 2];
+                        }
+                    }
+                    // 203 rows: whole pairs of registers, one register, then three rows.
+                    let mut rows: Vec<f32> = (0..203 * dim).map(|_| rng.normal() as f32).collect();
+                    for d in 0..dim {
+                        rows[d] = ct[d * k + 2.min(k - 1)];
+                    }
+                    let (l1, d1) = nearest_rows_generic(&rows, &ct, k, dim);
+                    // SAFETY: the CPU supports AVX2 and FMA, checked above.
+                    let (l2, d2) = unsafe { nearest_rows_avx2(&rows, &ct, k, dim) };
+                    let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!((&l1, bits(&d1)), (&l2, bits(&d2)), "k={k} dim={dim}");
+                    assert_eq!(
+                        (l1[0], d1[0]),
+                        (2.min(k as u32 - 1), 0.0),
+                        "k={k} dim={dim}"
                     );
-                    if l1[i] != l2[i] {
-                        let row = &rows[i * dim..(i + 1) * dim];
-                        let dist = |j: u32| -> f32 {
+                    for (i, row) in rows.chunks_exact(dim).enumerate().step_by(17) {
+                        // SAFETY: as above.
+                        let (l, d) = unsafe { nearest_rows_avx2(row, &ct, k, dim) };
+                        assert_eq!((l[0], d[0].to_bits()), (l1[i], d1[i].to_bits()), "row {i}");
+                        let exact = |c: usize| -> f64 {
                             row.iter()
                                 .enumerate()
-                                .map(|(d, &x)| (x - ct[d * k + j as usize]).powi(2))
+                                .map(|(d, &x)| (x as f64 - ct[d * k + c] as f64).powi(2))
                                 .sum()
                         };
+                        let nearest = (0..k).map(exact).fold(f64::INFINITY, f64::min);
                         assert!(
-                            (dist(l1[i]) - dist(l2[i])).abs() <= 1e-5,
-                            "k={k} dim={dim} row {i}: labels {} vs {}",
-                            l1[i],
-                            l2[i]
+                            exact(l1[i] as usize) <= nearest + 1e-5,
+                            "k={k} dim={dim} row {i}"
                         );
                     }
                 }

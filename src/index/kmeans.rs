@@ -314,11 +314,38 @@ pub fn group_by_label(labels: &[u32], k: usize) -> Groups {
 
 /// Moves each centroid to the mean of its rows; returns the cluster sizes. Centroids of empty
 /// clusters are left where they are.
+///
+/// Each centroid's sum (f64) adds its rows in row order, whichever way the work is split, so
+/// the result does not depend on the thread count.
 pub fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<f32>) -> Vec<u64> {
     let (k, dim) = centroids.dim();
-    // Rows grouped by centroid, then the centroids summed in parallel: each adds its rows in
-    // row order, the same additions as one pass over the rows, so the result does not depend
-    // on the thread count.
+    if labels.len() * dim < PARALLEL_UPDATE {
+        // Small updates (PQ sub-spaces, run side by side): one pass over the rows, each added
+        // to its centroid's sum.
+        let mut sizes = vec![0u64; k];
+        let mut sums = vec![0f64; k * dim];
+        for (row, &l) in data.rows().into_iter().zip(labels) {
+            sizes[l as usize] += 1;
+            let sum = &mut sums[l as usize * dim..(l as usize + 1) * dim];
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+        }
+        for ((mut centroid, sum), &size) in centroids
+            .rows_mut()
+            .into_iter()
+            .zip(sums.chunks(dim.max(1)))
+            .zip(&sizes)
+        {
+            if size > 0 {
+                let inv = 1.0 / size as f64;
+                centroid
+                    .iter_mut()
+                    .zip(sum)
+                    .for_each(|(v, s)| *v = (s * inv) as f32);
+            }
+        }
+        return sizes;
+    }
+    // Rows grouped by centroid, then the centroids summed in parallel.
     let Groups {
         sizes,
         start,
@@ -327,30 +354,27 @@ pub fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<
     let Some(flat) = centroids.as_slice_mut() else {
         return sizes;
     };
-    let mean = |(c, centroid): (usize, &mut [f32])| {
-        let rows = &order[start[c]..start[c + 1]];
-        if rows.is_empty() {
-            return;
-        }
-        let mut sums = vec![0f64; dim];
-        for &r in rows {
-            let row = data.row(r as usize);
-            // A contiguous row as a slice: the loop vectorises (the same additions).
-            match row.as_slice() {
-                Some(x) => sums.iter_mut().zip(x).for_each(|(s, v)| *s += *v as f64),
-                None => sums.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64),
+    flat.par_chunks_mut(dim.max(1))
+        .enumerate()
+        .for_each(|(c, centroid)| {
+            let rows = &order[start[c]..start[c + 1]];
+            if rows.is_empty() {
+                return;
             }
-        }
-        let inv = 1.0 / rows.len() as f64;
-        for (v, s) in centroid.iter_mut().zip(&sums) {
-            *v = (s * inv) as f32;
-        }
-    };
-    // Small updates (PQ sub-spaces) stay on this thread.
-    match labels.len() * dim >= PARALLEL_UPDATE {
-        true => flat.par_chunks_mut(dim.max(1)).enumerate().for_each(mean),
-        false => flat.chunks_mut(dim.max(1)).enumerate().for_each(mean),
-    }
+            let mut sums = vec![0f64; dim];
+            for &r in rows {
+                let row = data.row(r as usize);
+                // A contiguous row as a slice: the loop vectorises (the same additions).
+                match row.as_slice() {
+                    Some(x) => sums.iter_mut().zip(x).for_each(|(s, v)| *s += *v as f64),
+                    None => sums.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64),
+                }
+            }
+            let inv = 1.0 / rows.len() as f64;
+            for (v, s) in centroid.iter_mut().zip(&sums) {
+                *v = (s * inv) as f32;
+            }
+        });
     sizes
 }
 
