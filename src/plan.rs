@@ -245,10 +245,10 @@ pub fn plan(build: Build<'_>, input: Input, tile: Option<u64>) -> MemoryPlan {
             let steps = match (gpu, together) {
                 (false, _) => vec![
                     ("sub-spaces", 4 * pq_rows * pq_dim * dsub),
-                    // Labels, distances and counting-sort order: at most a thread's worth at
-                    // once, but the allocator keeps what the threads freed (measured at 200k ×
-                    // 128: 352.9 MiB peak against 362–372 MiB planned, with the reader measured).
-                    ("labels, distances and row orders", 12 * pq_rows * pq_dim),
+                    // Each sub-space's labels, kept between steps, and a step's distances and
+                    // rows searched in full: at most a thread's worth at once, but the
+                    // allocator keeps what the threads freed.
+                    ("labels, distances and rows searched", 12 * pq_rows * pq_dim),
                 ],
                 (true, true) => {
                     own.push((

@@ -97,6 +97,14 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn pq_encode(
+        &self,
+        residuals: ArrayView2<'_, f32>,
+        pq: &crate::index::pq::ProductQuantizer,
+    ) -> Result<Option<ndarray::Array2<u8>>> {
+        Ok((pq.dsub() <= SMALL_DIM).then(|| pq_encode_small(residuals, pq)))
+    }
+
     fn assign_nearest_rows(
         &self,
         data: ArrayView2<'_, f32>,
@@ -332,44 +340,102 @@ pub const SMALL_DIM: usize = 16;
 const ASSIGN_CHUNK: usize = 4096;
 
 /// data: [n, dim ≤ SMALL_DIM], centroids: [k, dim] → (labels [n], squared distances [n]).
-/// The centroids are transposed to `[dim, k]`, one row per dimension.
 fn assign_small_dim(
     data: ArrayView2<'_, f32>,
     centroids: ArrayView2<'_, f32>,
 ) -> (Vec<u32>, Vec<f32>) {
     let (k, dim) = centroids.dim();
-    let ct: Vec<f32> = (0..dim)
-        .flat_map(|d| centroids.column(d).to_vec())
-        .collect();
+    let ct = transposed(centroids);
     let data = data.as_standard_layout();
     let flat = data.as_slice().unwrap_or(&[]);
-    let parts: Vec<(Vec<u32>, Vec<f32>)> = flat
+    let parts: Vec<Nearest> = flat
         .par_chunks((ASSIGN_CHUNK * dim).max(1))
-        .map(|chunk| nearest_rows(chunk, &ct, k, dim))
+        .map(|chunk| nearest_rows(chunk, &ct, k, dim, false))
         .collect();
     let mut labels = Vec::with_capacity(data.nrows());
     let mut dists = Vec::with_capacity(data.nrows());
-    for (l, d) in parts {
-        labels.extend(l);
-        dists.extend(d);
+    for part in parts {
+        labels.extend(part.labels);
+        dists.extend(part.dists);
     }
     (labels, dists)
 }
 
-/// Nearest of `k` centroids (`ct: [dim, k]`) for each row of `chunk: [rows, dim]`, compiled for
+/// Rows per task of [`pq_encode_small`].
+const ENCODE_ROWS: usize = 256;
+
+/// PQ codes of `x: [n, dim]` for sub-spaces of at most [`SMALL_DIM`] floats: a task per
+/// [`ENCODE_ROWS`] rows cuts each sub-space out of its rows while they are in cache and finds
+/// the nearest codewords ([`nearest_rows`]); the codes of encoding one sub-space at a time.
+fn pq_encode_small(
+    x: ArrayView2<'_, f32>,
+    pq: &crate::index::pq::ProductQuantizer,
+) -> ndarray::Array2<u8> {
+    let (n, dim) = x.dim();
+    let (pq_dim, dsub, ksub) = (pq.pq_dim, pq.dsub(), pq.ksub());
+    let books = pq.transposed();
+    let x = x.as_standard_layout();
+    let flat = x.as_slice().unwrap_or(&[]);
+    let mut codes = ndarray::Array2::<u8>::zeros((n, pq_dim));
+    let Some(out) = codes.as_slice_mut() else {
+        return codes;
+    };
+    out.par_chunks_mut((ENCODE_ROWS * pq_dim).max(1))
+        .zip(flat.par_chunks((ENCODE_ROWS * dim).max(1)))
+        .for_each(|(codes, rows)| {
+            let mut sub = vec![0f32; ENCODE_ROWS * dsub];
+            for m in 0..pq_dim {
+                let (lo, hi) = crate::index::pq::columns(dim, m, dsub);
+                for (s, row) in sub.chunks_exact_mut(dsub).zip(rows.chunks_exact(dim)) {
+                    let (cut, pad) = s.split_at_mut(hi - lo);
+                    cut.copy_from_slice(&row[lo..hi]);
+                    // Zero past the last column.
+                    pad.fill(0.0);
+                }
+                let count = rows.len() / dim.max(1);
+                let book = &books[m * dsub * ksub..(m + 1) * dsub * ksub];
+                let near = nearest_rows(&sub[..count * dsub], book, ksub, dsub, false);
+                for (c, &l) in codes.iter_mut().skip(m).step_by(pq_dim).zip(&near.labels) {
+                    *c = l as u8;
+                }
+            }
+        });
+    codes
+}
+
+/// `centroids: [k, dim]` as `[dim, k]`, one row per dimension: the layout [`nearest_rows`]
+/// reads.
+pub fn transposed(centroids: ArrayView2<'_, f32>) -> Vec<f32> {
+    (0..centroids.ncols())
+        .flat_map(|d| centroids.column(d).to_vec())
+        .collect()
+}
+
+/// Each row's nearest centroid and squared distance, and where asked the second-smallest
+/// squared distance over all centroids (equal to the smallest where two centroids tie).
+#[derive(Debug, Default, PartialEq)]
+pub struct Nearest {
+    pub labels: Vec<u32>,
+    pub dists: Vec<f32>,
+    /// Empty unless asked for.
+    pub runner_up: Vec<f32>,
+}
+
+/// Nearest of `k` centroids (`ct: [dim, k]`, from [`transposed`]) for each row of
+/// `chunk: [rows, dim]`, with each row's runner-up distance where `runner_up`; compiled for
 /// AVX2+FMA when the CPU has them (checked at run time), else for the baseline target.
 ///
 /// Every kernel scores a centroid as `Σ_d (x_d − c_d)²` added in dimension order by fused
 /// multiply-adds from zero and keeps the first smallest score (ties to the smaller centroid):
 /// the arithmetic of the GPU's `assign_small` and `pq_encode`, so labels and distances are the
 /// same bits on either backend.
-fn nearest_rows(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, Vec<f32>) {
+pub fn nearest_rows(chunk: &[f32], ct: &[f32], k: usize, dim: usize, runner_up: bool) -> Nearest {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() && (1..=SMALL_DIM).contains(&dim) {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { nearest_rows_avx2(chunk, ct, k, dim) };
+        return unsafe { nearest_rows_avx2(chunk, ct, k, dim, runner_up) };
     }
-    nearest_rows_generic(chunk, ct, k, dim)
+    nearest_rows_generic(chunk, ct, k, dim, runner_up)
 }
 
 /// Rows scored at once by [`nearest_rows_avx2`]: one AVX2 register of floats.
@@ -378,9 +444,9 @@ const ROW_LANES: usize = 8;
 /// The AVX2 kernel, vectorised over rows: the chunk is transposed to `[dim, rows]` (padded
 /// with zero rows to whole registers, their results dropped), so a register holds one
 /// dimension of eight rows; then for each centroid, broadcast once, each lane adds its own
-/// row's score and keeps a running best value and label. No reduction across lanes is needed,
-/// and each row's result does not depend on the rows beside it. The loop is compiled for each
-/// dimension up to [`SMALL_DIM`], so a row's dimensions stay in registers.
+/// row's score and keeps a running best value and label (and runner-up). No reduction across
+/// lanes is needed, and each row's result does not depend on the rows beside it. The loop is
+/// compiled for each dimension up to [`SMALL_DIM`], so a row's dimensions stay in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn nearest_rows_avx2(
@@ -388,7 +454,8 @@ unsafe fn nearest_rows_avx2(
     ct: &[f32],
     k: usize,
     dim: usize,
-) -> (Vec<u32>, Vec<f32>) {
+    runner_up: bool,
+) -> Nearest {
     let rows = chunk.len() / dim.max(1);
     let padded = rows.next_multiple_of(ROW_LANES);
     let mut xt = vec![0f32; dim * padded];
@@ -397,42 +464,50 @@ unsafe fn nearest_rows_avx2(
             xt[d * padded + r] = v;
         }
     }
-    let mut labels = vec![0u32; padded];
-    let mut dists = vec![0f32; padded];
+    let mut out = Nearest {
+        labels: vec![0u32; padded],
+        dists: vec![0f32; padded],
+        runner_up: vec![0f32; if runner_up { padded } else { 0 }],
+    };
     macro_rules! by_dim {
         ($($d:literal)*) => {
-            match dim {
+            match (dim, runner_up) {
                 // SAFETY (each arm): AVX2 and FMA as this function; the buffers are sized
                 // by nearest_lanes' own assertion.
-                $($d => unsafe { nearest_lanes::<$d>(&xt, ct, k, &mut labels, &mut dists) },)*
-                _ => return nearest_rows_generic(chunk, ct, k, dim),
+                $(
+                    ($d, false) => unsafe { nearest_lanes::<$d, false>(&xt, ct, k, &mut out) },
+                    ($d, true) => unsafe { nearest_lanes::<$d, true>(&xt, ct, k, &mut out) },
+                )*
+                _ => return nearest_rows_generic(chunk, ct, k, dim, runner_up),
             }
         };
     }
     by_dim!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-    labels.truncate(rows);
-    dists.truncate(rows);
-    (labels, dists)
+    out.labels.truncate(rows);
+    out.dists.truncate(rows);
+    out.runner_up.truncate(rows);
+    out
 }
 
 /// [`nearest_rows_avx2`] for `D` dimensions: `xt: [D, padded]` (`padded` a multiple of
-/// [`ROW_LANES`], the length of `labels` and `dists`), two registers of rows at a time.
+/// [`ROW_LANES`], the length of `out`'s vectors; `runner_up` empty unless `S`), two registers
+/// of rows at a time.
 ///
 /// # Safety
 /// AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn nearest_lanes<const D: usize>(
+unsafe fn nearest_lanes<const D: usize, const S: bool>(
     xt: &[f32],
     ct: &[f32],
     k: usize,
-    labels: &mut [u32],
-    dists: &mut [f32],
+    out: &mut Nearest,
 ) {
-    let padded = labels.len();
+    let padded = out.labels.len();
     assert!(
         padded.is_multiple_of(ROW_LANES)
-            && dists.len() == padded
+            && out.dists.len() == padded
+            && out.runner_up.len() == if S { padded } else { 0 }
             && xt.len() >= D * padded
             && ct.len() >= D * k
             && k <= i32::MAX as usize
@@ -440,12 +515,12 @@ unsafe fn nearest_lanes<const D: usize>(
     let mut at = 0;
     while at + 2 * ROW_LANES <= padded {
         // SAFETY: AVX2 and FMA as this function; rows at..at + 16 lie within padded.
-        unsafe { nearest_block::<D, 2>(xt, padded, at, ct, k, labels, dists) };
+        unsafe { nearest_block::<D, 2, S>(xt, padded, at, ct, k, out) };
         at += 2 * ROW_LANES;
     }
     if at < padded {
         // SAFETY: as above, rows at..at + 8.
-        unsafe { nearest_block::<D, 1>(xt, padded, at, ct, k, labels, dists) };
+        unsafe { nearest_block::<D, 1, S>(xt, padded, at, ct, k, out) };
     }
 }
 
@@ -453,18 +528,17 @@ unsafe fn nearest_lanes<const D: usize>(
 ///
 /// # Safety
 /// AVX2 and FMA; `at + R·8 ≤ padded`, `xt` holds `D · padded` floats, `ct` holds `D · k`,
-/// `labels` and `dists` hold `padded` each.
+/// `out`'s vectors hold `padded` each (`runner_up` only if `S`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn nearest_block<const D: usize, const R: usize>(
+unsafe fn nearest_block<const D: usize, const R: usize, const S: bool>(
     xt: &[f32],
     padded: usize,
     at: usize,
     ct: &[f32],
     k: usize,
-    labels: &mut [u32],
-    dists: &mut [f32],
+    out: &mut Nearest,
 ) {
     use std::arch::x86_64::*;
     let mut x = [[_mm256_setzero_ps(); D]; R];
@@ -475,6 +549,7 @@ unsafe fn nearest_block<const D: usize, const R: usize>(
         }
     }
     let mut best = [_mm256_set1_ps(f32::INFINITY); R];
+    let mut second = [_mm256_set1_ps(f32::INFINITY); R];
     let mut label = [_mm256_setzero_ps(); R];
     let (mut j, one) = (_mm256_setzero_si256(), _mm256_set1_epi32(1));
     for c in 0..k {
@@ -492,6 +567,11 @@ unsafe fn nearest_block<const D: usize, const R: usize>(
                 let t = _mm256_sub_ps(w[d], x[r][d]);
                 acc = _mm256_fmadd_ps(t, t, acc);
             }
+            if S {
+                // The runner-up: the old best where this score beats it, else the smaller
+                // of this score and the old runner-up.
+                second[r] = _mm256_min_ps(second[r], _mm256_max_ps(acc, best[r]));
+            }
             let better = _mm256_cmp_ps::<_CMP_LT_OQ>(acc, best[r]);
             // min(a, b) is a where a < b, else b: the same choice as `better`.
             best[r] = _mm256_min_ps(acc, best[r]);
@@ -501,36 +581,50 @@ unsafe fn nearest_block<const D: usize, const R: usize>(
     }
     for r in 0..R {
         let row = at + r * ROW_LANES;
-        // SAFETY: row + 8 ≤ padded, the length of both outputs.
+        // SAFETY: row + 8 ≤ padded, the length of each output written.
         unsafe {
-            _mm256_storeu_ps(dists.as_mut_ptr().add(row), best[r]);
+            _mm256_storeu_ps(out.dists.as_mut_ptr().add(row), best[r]);
             _mm256_storeu_si256(
-                labels.as_mut_ptr().add(row).cast(),
+                out.labels.as_mut_ptr().add(row).cast(),
                 _mm256_castps_si256(label[r]),
             );
+            if S {
+                _mm256_storeu_ps(out.runner_up.as_mut_ptr().add(row), second[r]);
+            }
         }
     }
 }
 
 /// The portable kernel (and the baseline the AVX2 one is tested against): the same scores and
 /// choices, a row and a centroid at a time.
-fn nearest_rows_generic(chunk: &[f32], ct: &[f32], k: usize, dim: usize) -> (Vec<u32>, Vec<f32>) {
-    chunk
-        .chunks_exact(dim.max(1))
-        .map(|row| {
-            let (mut label, mut best) = (0u32, f32::INFINITY);
-            for c in 0..k {
-                let score = row.iter().enumerate().fold(0f32, |acc, (d, &x)| {
-                    let t = x - ct[d * k + c];
-                    t.mul_add(t, acc)
-                });
-                if score < best {
-                    (label, best) = (c as u32, score);
-                }
+fn nearest_rows_generic(
+    chunk: &[f32],
+    ct: &[f32],
+    k: usize,
+    dim: usize,
+    runner_up: bool,
+) -> Nearest {
+    let mut out = Nearest::default();
+    for row in chunk.chunks_exact(dim.max(1)) {
+        let (mut label, mut best, mut second) = (0u32, f32::INFINITY, f32::INFINITY);
+        for c in 0..k {
+            let score = row.iter().enumerate().fold(0f32, |acc, (d, &x)| {
+                let t = x - ct[d * k + c];
+                t.mul_add(t, acc)
+            });
+            if score < best {
+                (label, best, second) = (c as u32, score, best);
+            } else if score < second {
+                second = score;
             }
-            (label, best)
-        })
-        .unzip()
+        }
+        out.labels.push(label);
+        out.dists.push(best);
+        if runner_up {
+            out.runner_up.push(second);
+        }
+    }
+    out
 }
 
 /// Position and value of the smallest element (the first, on ties). The minimum is found
@@ -823,20 +917,35 @@ mod tests {
                     for d in 0..dim {
                         rows[d] = ct[d * k + 2.min(k - 1)];
                     }
-                    let (l1, d1) = nearest_rows_generic(&rows, &ct, k, dim);
-                    // SAFETY: the CPU supports AVX2 and FMA, checked above.
-                    let (l2, d2) = unsafe { nearest_rows_avx2(&rows, &ct, k, dim) };
                     let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                    assert_eq!((&l1, bits(&d1)), (&l2, bits(&d2)), "k={k} dim={dim}");
+                    let one = nearest_rows_generic(&rows, &ct, k, dim, false);
+                    let both = nearest_rows_generic(&rows, &ct, k, dim, true);
+                    let (l1, d1, s1) = (&both.labels, &both.dists, &both.runner_up);
+                    assert_eq!((&one.labels, bits(&one.dists)), (l1, bits(d1)));
+                    for runner_up in [false, true] {
+                        // SAFETY: the CPU supports AVX2 and FMA, checked above.
+                        let fast = unsafe { nearest_rows_avx2(&rows, &ct, k, dim, runner_up) };
+                        let s2 = if runner_up { bits(s1) } else { Vec::new() };
+                        assert_eq!(
+                            (&fast.labels, bits(&fast.dists), bits(&fast.runner_up)),
+                            (l1, bits(d1), s2),
+                            "k={k} dim={dim} runner-up {runner_up}"
+                        );
+                    }
                     assert_eq!(
                         (l1[0], d1[0]),
                         (2.min(k as u32 - 1), 0.0),
                         "k={k} dim={dim}"
                     );
+                    if k > 5 {
+                        // Row 0 sits on centroid 2 and its copy 5: the runner-up is 0 too.
+                        assert_eq!(s1[0], 0.0);
+                    }
                     for (i, row) in rows.chunks_exact(dim).enumerate().step_by(17) {
                         // SAFETY: as above.
-                        let (l, d) = unsafe { nearest_rows_avx2(row, &ct, k, dim) };
-                        assert_eq!((l[0], d[0].to_bits()), (l1[i], d1[i].to_bits()), "row {i}");
+                        let alone = unsafe { nearest_rows_avx2(row, &ct, k, dim, true) };
+                        let got = (alone.labels[0], alone.dists[0], alone.runner_up[0]);
+                        assert_eq!(got, (l1[i], d1[i], s1[i]), "row {i}");
                         let exact = |c: usize| -> f64 {
                             row.iter()
                                 .enumerate()
@@ -848,6 +957,10 @@ mod tests {
                             exact(l1[i] as usize) <= nearest + 1e-5,
                             "k={k} dim={dim} row {i}"
                         );
+                        let others = (0..k).filter(|&c| c != l1[i] as usize).map(exact);
+                        let runner_up = others.fold(f64::INFINITY, f64::min);
+                        let close = (s1[i] as f64 - runner_up).abs() <= 1e-5 * (1.0 + runner_up);
+                        assert!(close || k == 1, "k={k} dim={dim} row {i}");
                     }
                 }
             }

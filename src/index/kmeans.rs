@@ -324,10 +324,21 @@ pub fn update(data: ArrayView2<'_, f32>, labels: &[u32], centroids: &mut Array2<
         // to its centroid's sum.
         let mut sizes = vec![0u64; k];
         let mut sums = vec![0f64; k * dim];
-        for (row, &l) in data.rows().into_iter().zip(labels) {
+        let mut add = |row: &[f32], l: u32| {
             sizes[l as usize] += 1;
             let sum = &mut sums[l as usize * dim..(l as usize + 1) * dim];
             sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+        };
+        match data.as_slice() {
+            Some(flat) => flat
+                .chunks_exact(dim.max(1))
+                .zip(labels)
+                .for_each(|(row, &l)| add(row, l)),
+            None => data
+                .rows()
+                .into_iter()
+                .zip(labels)
+                .for_each(|(row, &l)| add(&row.to_vec(), l)),
         }
         for ((mut centroid, sum), &size) in centroids
             .rows_mut()

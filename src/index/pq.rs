@@ -17,7 +17,9 @@
 //! Layout: `codebooks: [pq_dim × ksub, dsub]`, codeword `j` of subspace `m` at row
 //! `m · ksub + j`.
 
+use super::bounded::BoundedLloyd;
 use super::kmeans;
+use crate::backend::cpu::SMALL_DIM;
 use crate::backend::{Backend, Lloyds, Step};
 use crate::{Error, Result};
 use ndarray::{Array2, ArrayView2};
@@ -248,7 +250,7 @@ fn table_generic(
 
 /// The columns `lo..hi` of `[dim]` that sub-space `m` takes (`hi − lo < dsub` past the last
 /// column, where it is zero-padded).
-fn columns(dim: usize, m: usize, dsub: usize) -> (usize, usize) {
+pub(crate) fn columns(dim: usize, m: usize, dsub: usize) -> (usize, usize) {
     ((m * dsub).min(dim), (m * dsub + dsub).min(dim))
 }
 
@@ -263,18 +265,47 @@ fn subspace(data: ArrayView2<'_, f32>, m: usize, dsub: usize) -> Array2<f32> {
 
 /// A product quantizer's sub-spaces held on the host for training them together
 /// ([`Backend::subspace_lloyds`]): each step runs the running sub-spaces' Lloyd iterations
-/// ([`kmeans::host_step`]) side by side on all cores. A sub-space's iteration alone (65,536
-/// rows of 2 floats) is too small to keep many cores busy.
+/// side by side on all cores (a sub-space's iteration alone, 65,536 rows of 2 floats, is too
+/// small to keep many cores busy). Sub-spaces of at most [`SMALL_DIM`] floats step by
+/// [`BoundedLloyd`], which searches in full only the rows whose nearest codeword may have
+/// changed; wider ones by [`kmeans::host_step`]. Either way the steps are the same bits.
 pub struct HostSubspaces<'a> {
     backend: &'a dyn Backend,
-    subs: Vec<Array2<f32>>,
+    subs: Vec<Held>,
+}
+
+/// One sub-space's rows `[n, dsub]`, stepped with the nearest-codeword test where narrow
+/// enough.
+enum Held {
+    Bounded(BoundedLloyd),
+    Plain(Array2<f32>),
 }
 
 impl<'a> HostSubspaces<'a> {
     /// Cuts `data: [n, dim]` into `pq_dim` sub-spaces of `⌈dim / pq_dim⌉` columns.
     pub fn hold(backend: &'a dyn Backend, data: ArrayView2<'_, f32>, pq_dim: usize) -> Self {
         let dsub = data.ncols().div_ceil(pq_dim.max(1));
-        let subs = (0..pq_dim).map(|m| subspace(data, m, dsub)).collect();
+        let mut cut = vec![Array2::<f32>::zeros((data.nrows(), dsub)); pq_dim];
+        // Row by row, so each row is read once and each sub-space written in order.
+        for (r, row) in data.rows().into_iter().enumerate() {
+            for (m, sub) in cut.iter_mut().enumerate() {
+                let (lo, hi) = columns(data.ncols(), m, dsub);
+                for (s, v) in sub
+                    .row_mut(r)
+                    .iter_mut()
+                    .zip(row.slice(ndarray::s![lo..hi]))
+                {
+                    *s = *v;
+                }
+            }
+        }
+        let subs = cut
+            .into_iter()
+            .map(|sub| match dsub <= SMALL_DIM {
+                true => Held::Bounded(BoundedLloyd::new(sub)),
+                false => Held::Plain(sub),
+            })
+            .collect();
         HostSubspaces { backend, subs }
     }
 }
@@ -291,12 +322,15 @@ impl Lloyds for HostSubspaces<'_> {
     ) -> Result<Vec<Option<Step>>> {
         let backend = self.backend;
         self.subs
-            .par_iter()
+            .par_iter_mut()
             .zip(centroids.par_iter_mut())
             .zip(running.par_iter())
-            .map(|((sub, c), &run)| {
-                run.then(|| kmeans::host_step(backend, sub.view(), c))
-                    .transpose()
+            .map(|((held, c), &run)| {
+                run.then(|| match held {
+                    Held::Bounded(b) => Ok(b.step(c)),
+                    Held::Plain(sub) => kmeans::host_step(backend, sub.view(), c),
+                })
+                .transpose()
             })
             .collect()
     }
