@@ -333,8 +333,8 @@ fn nearest_indexed_generic(
     }
 }
 
-/// Up to this dimension (PQ subspaces) assignment computes distances directly: a GEMM with
-/// so short an inner dimension is almost all overhead (measured 46 s vs … for PQ training).
+/// Up to this dimension (PQ sub-spaces) assignment computes distances directly: a GEMM with
+/// so short an inner dimension is almost all overhead.
 pub const SMALL_DIM: usize = 16;
 /// Rows per assignment task.
 const ASSIGN_CHUNK: usize = 4096;
