@@ -7,8 +7,13 @@
 //! (Elkan, "Using the triangle inequality to accelerate k-means", ICML 2003: every other
 //! centroid lies more than `h / 2` from the row). The test is made on the float scores with
 //! room for their rounding, so where it holds no other centroid's score can be as low: the
-//! label stands exactly as a full search would leave it, ties included. Only the other rows are
-//! searched in full ([`cpu::nearest_rows`]).
+//! label stands exactly as a full search would leave it, ties included.
+//!
+//! The same argument narrows the search for most of the other rows: every centroid outside
+//! `c`'s [`LOCAL`] nearest others (listed every [`RELIST`] steps) lies at least `R` from `c`,
+//! so a row nearer to `c` than `R / 2` needs only those candidates scored, eight to a register
+//! (ties again to the smaller centroid). Only the rest are searched in full
+//! ([`cpu::nearest_rows`]).
 //!
 //! So the labels, the distances and hence the centroids and the objective are those of
 //! [`kmeans::host_step`] bit for bit (and the GPU's); only the work differs. On PQ training
@@ -34,6 +39,8 @@ pub struct BoundedLloyd {
     data: Array2<f32>,
     /// Empty before the first step.
     labels: Vec<u32>,
+    /// Each centroid's nearest others when last listed, and the steps since.
+    lists: Option<(Vec<u32>, usize)>,
     /// Rows searched in full over all steps.
     pub searched: u64,
 }
@@ -46,6 +53,7 @@ impl BoundedLloyd {
         BoundedLloyd {
             data,
             labels: Vec::new(),
+            lists: None,
             searched: 0,
         }
     }
@@ -73,7 +81,18 @@ impl BoundedLloyd {
         let mut dists = vec![0f32; n];
         let open: Vec<u32> = if self.labels.len() == n {
             let safe = safe_scores(own, &ct, k, dim);
-            check(flat, own, dim, &safe, &self.labels, &mut dists)
+            let open = check(flat, own, dim, &safe, &self.labels, &mut dists);
+            if k >= 2 * LOCAL {
+                let lists = match self.lists.take() {
+                    Some((lists, age)) if age < RELIST => (lists, age + 1),
+                    _ => (nearest_lists(own, &ct, k, dim), 1),
+                };
+                let lists = &self.lists.insert(lists).0;
+                let local = Local::new(own, &ct, k, dim, lists);
+                local_search(flat, dim, &local, &open, &mut self.labels, &mut dists)
+            } else {
+                open
+            }
         } else {
             self.labels = vec![0; n];
             (0..n as u32).collect()
@@ -102,15 +121,220 @@ fn safe_scores(own: &[f32], ct: &[f32], k: usize, dim: usize) -> Vec<f32> {
         .iter()
         .map(|&s| {
             let h2 = (s.min(f32::MAX) as f64 - ABSOLUTE) / (1.0 + RELATIVE);
-            let safe = (h2 / 4.0) * (1.0 - RELATIVE) - ABSOLUTE;
-            let f = safe.max(0.0) as f32;
-            if f as f64 > safe {
-                f.next_down().max(0.0)
-            } else {
-                f
-            }
+            round_down((h2 / 4.0) * (1.0 - RELATIVE) - ABSOLUTE)
         })
         .collect()
+}
+
+/// Candidates a row may be searched among instead of every centroid.
+const LOCAL: usize = 32;
+/// Steps a candidate list is kept (each step still bounds the centroids outside it afresh).
+const RELIST: usize = 4;
+
+/// Squared distances from centroid `a` to every centroid, in f32 (`ct: [dim, k]`).
+fn centroid_distances(own: &[f32], ct: &[f32], k: usize, dim: usize, a: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for d in 0..dim {
+        let x = own[a * dim + d];
+        for (o, &c) in out.iter_mut().zip(&ct[d * k..(d + 1) * k]) {
+            let t = c - x;
+            *o += t * t;
+        }
+    }
+}
+
+/// `[k × LOCAL]`: each centroid's [`LOCAL`] nearest other centroids.
+fn nearest_lists(own: &[f32], ct: &[f32], k: usize, dim: usize) -> Vec<u32> {
+    let mut lists = Vec::with_capacity(k * LOCAL);
+    let mut dist = vec![0f32; k];
+    let mut order: Vec<u32> = Vec::with_capacity(k);
+    for a in 0..k {
+        centroid_distances(own, ct, k, dim, a, &mut dist);
+        order.clear();
+        order.extend((0..k as u32).filter(|&c| c as usize != a));
+        order.select_nth_unstable_by(LOCAL - 1, |&x, &y| {
+            dist[x as usize]
+                .total_cmp(&dist[y as usize])
+                .then(x.cmp(&y))
+        });
+        lists.extend_from_slice(&order[..LOCAL]);
+    }
+    lists
+}
+
+/// A step's candidates: each centroid's list, the candidates' coordinates `[k][dim][LOCAL]`,
+/// and the score below which a row of that centroid is provably nearer to it than half the
+/// distance `R` to every centroid outside its list: `(R² / 4)(1 − RELATIVE) − ABSOLUTE`, with
+/// `R²` the smallest float distance outside the list less its rounding room.
+struct Local<'a> {
+    lists: &'a [u32],
+    coords: Vec<f32>,
+    safe: Vec<f32>,
+}
+
+impl<'a> Local<'a> {
+    fn new(own: &[f32], ct: &[f32], k: usize, dim: usize, lists: &'a [u32]) -> Self {
+        let mut coords = Vec::with_capacity(k * dim * LOCAL);
+        let mut safe = Vec::with_capacity(k);
+        let mut dist = vec![0f32; k];
+        for (a, list) in lists.chunks_exact(LOCAL).enumerate() {
+            for d in 0..dim {
+                coords.extend(list.iter().map(|&c| own[c as usize * dim + d]));
+            }
+            centroid_distances(own, ct, k, dim, a, &mut dist);
+            dist[a] = f32::INFINITY;
+            for &c in list {
+                dist[c as usize] = f32::INFINITY;
+            }
+            let outside = dist.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+            let r2 = (outside.min(f32::MAX) as f64 - ABSOLUTE) / (1.0 + RELATIVE);
+            safe.push(round_down((r2 / 4.0) * (1.0 - RELATIVE) - ABSOLUTE));
+        }
+        Local {
+            lists,
+            coords,
+            safe,
+        }
+    }
+}
+
+/// `v` as an f32 no larger, and no smaller than 0.
+fn round_down(v: f64) -> f32 {
+    let f = v.max(0.0) as f32;
+    if f as f64 > v {
+        f.next_down().max(0.0)
+    } else {
+        f
+    }
+}
+
+/// For the `open` rows (their score against their own centroid in `dists`): where the score
+/// is below the centroid's local safe score, the nearest among the centroid and its list goes
+/// to `labels` and `dists`. Returns the rows still to search in full.
+fn local_search(
+    flat: &[f32],
+    dim: usize,
+    local: &Local<'_>,
+    open: &[u32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+) -> Vec<u32> {
+    let mut full = Vec::new();
+    macro_rules! by_dim {
+        ($($d:literal)*) => {
+            match dim {
+                $($d => {
+                    #[cfg(target_arch = "x86_64")]
+                    if cpu::has_avx2_fma() {
+                        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                        unsafe {
+                            local_search_avx2::<$d>(flat, local, open, labels, dists, &mut full)
+                        };
+                        return full;
+                    }
+                    local_search_generic::<$d>(flat, local, open, labels, dists, &mut full);
+                })*
+                _ => full.extend_from_slice(open),
+            }
+        };
+    }
+    by_dim!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+    full
+}
+
+/// [`local_search`] for rows of `D` floats, a row and a candidate at a time: the nearest of
+/// the row's centroid `a` (at its score) and `a`'s list, ties to the smaller centroid, scored
+/// with the full search's arithmetic.
+fn local_search_generic<const D: usize>(
+    flat: &[f32],
+    local: &Local<'_>,
+    open: &[u32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+    full: &mut Vec<u32>,
+) {
+    for &r in open {
+        let r = r as usize;
+        let (a, score) = (labels[r] as usize, dists[r]);
+        let row = &flat[r * D..(r + 1) * D];
+        if score >= local.safe[a] || score.is_nan() {
+            full.push(r as u32);
+            continue;
+        }
+        let coords = &local.coords[a * D * LOCAL..(a + 1) * D * LOCAL];
+        let (mut label, mut best) = (a as u32, score);
+        for (j, &c) in local.lists[a * LOCAL..(a + 1) * LOCAL].iter().enumerate() {
+            let s = (0..D).fold(0f32, |acc, d| {
+                let t = row[d] - coords[d * LOCAL + j];
+                t.mul_add(t, acc)
+            });
+            if s < best || (s == best && c < label) {
+                (label, best) = (c, s);
+            }
+        }
+        (labels[r], dists[r]) = (label, best);
+    }
+}
+
+/// [`local_search_generic`] with the candidates scored eight to a register, their minimum
+/// found across lanes, and the smallest centroid among those at it picked from a bit mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn local_search_avx2<const D: usize>(
+    flat: &[f32],
+    local: &Local<'_>,
+    open: &[u32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+    full: &mut Vec<u32>,
+) {
+    use std::arch::x86_64::*;
+    const V: usize = LOCAL / 8;
+    for &r in open {
+        let r = r as usize;
+        let (a, score) = (labels[r] as usize, dists[r]);
+        let row = &flat[r * D..(r + 1) * D];
+        if score >= local.safe[a] || score.is_nan() {
+            full.push(r as u32);
+            continue;
+        }
+        let coords = &local.coords[a * D * LOCAL..(a + 1) * D * LOCAL];
+        let mut v = [_mm256_setzero_ps(); V];
+        for (j, v) in v.iter_mut().enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                // SAFETY: d·LOCAL + 8j + 8 ≤ D·LOCAL, the length of coords.
+                let c = unsafe { _mm256_loadu_ps(coords.as_ptr().add(d * LOCAL + 8 * j)) };
+                let t = _mm256_sub_ps(_mm256_set1_ps(x), c);
+                *v = if d == 0 {
+                    _mm256_mul_ps(t, t)
+                } else {
+                    _mm256_fmadd_ps(t, t, *v)
+                };
+            }
+        }
+        let mut m = v[0];
+        for x in &v[1..] {
+            m = _mm256_min_ps(m, *x);
+        }
+        m = _mm256_min_ps(m, _mm256_permute2f128_ps::<1>(m, m));
+        m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b0100_1110>(m, m));
+        m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b1011_0001>(m, m));
+        let least = _mm256_cvtss_f32(m);
+        let best = if least < score { least } else { score };
+        let at = _mm256_set1_ps(best);
+        let mut mask = 0u32;
+        for (j, x) in v.iter().enumerate() {
+            let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*x, at)) as u32;
+            mask |= eq << (8 * j);
+        }
+        let list = &local.lists[a * LOCAL..(a + 1) * LOCAL];
+        let mut label = if score == best { a as u32 } else { u32::MAX };
+        while mask != 0 {
+            label = label.min(list[mask.trailing_zeros() as usize]);
+            mask &= mask - 1;
+        }
+        (labels[r], dists[r]) = (label, best);
+    }
 }
 
 /// Scores each row against its own centroid (`own: [k, dim]`) into `dists`; returns the rows
@@ -246,6 +470,67 @@ mod tests {
             // In one and two dimensions (PQ's sub-spaces by default) the last step searched
             // fewer than half the rows in full.
             assert!(dim > 2 || last < n as u64 / 2, "dim {dim}: {last} of {n}");
+        }
+    }
+
+    /// The local search's AVX2 and portable kernels give the same labels and distances, bit
+    /// for bit, with rows sitting on copies of centroids (exact ties), and each label is the
+    /// full search's.
+    #[test]
+    fn local_search_kernels_agree_with_each_other_and_the_full_search() {
+        let mut rng = crate::synth::Rng::new(5);
+        let (n, k, dim) = (2000, 96, 2);
+        let mut own: Vec<f32> = (0..k * dim).map(|_| rng.normal() as f32).collect();
+        // Centroid 7 repeats centroid 3; rows 0..10 sit on it.
+        for d in 0..dim {
+            own[7 * dim + d] = own[3 * dim + d];
+        }
+        let mut flat: Vec<f32> = (0..n * dim).map(|_| 0.3 * rng.normal() as f32).collect();
+        for r in 0..10 {
+            for d in 0..dim {
+                flat[r * dim + d] = own[3 * dim + d];
+            }
+        }
+        let centroids = ndarray::ArrayView2::from_shape((k, dim), &own).unwrap();
+        let ct = cpu::transposed(centroids);
+        let lists = nearest_lists(&own, &ct, k, dim);
+        let local = Local::new(&own, &ct, k, dim, &lists);
+        // Each row starts at centroid (r mod k), rows 0..10 at the copy 7, scored as the full
+        // search scores.
+        let labels: Vec<u32> = (0..n)
+            .map(|r| if r < 10 { 7 } else { (r % k) as u32 })
+            .collect();
+        let dists: Vec<f32> = (0..n)
+            .map(|r| {
+                let a = labels[r] as usize;
+                (0..dim).fold(0f32, |acc, d| {
+                    let t = flat[r * dim + d] - own[a * dim + d];
+                    t.mul_add(t, acc)
+                })
+            })
+            .collect();
+        let open: Vec<u32> = (0..n as u32).collect();
+        let (mut l1, mut d1, mut f1) = (labels.clone(), dists.clone(), Vec::new());
+        local_search_generic::<2>(&flat, &local, &open, &mut l1, &mut d1, &mut f1);
+        let near = cpu::nearest_rows(&flat, &ct, k, dim, false);
+        let searched: std::collections::HashSet<u32> = f1.iter().copied().collect();
+        let mut local_rows = 0;
+        for r in (0..n).filter(|r| !searched.contains(&(*r as u32))) {
+            assert_eq!(
+                (l1[r], d1[r].to_bits()),
+                (near.labels[r], near.dists[r].to_bits()),
+                "row {r}"
+            );
+            local_rows += 1;
+        }
+        assert!(local_rows > 0 && l1[0] == 3);
+        #[cfg(target_arch = "x86_64")]
+        if cpu::has_avx2_fma() {
+            let (mut l2, mut d2, mut f2) = (labels, dists, Vec::new());
+            // SAFETY: the CPU supports AVX2 and FMA, checked above.
+            unsafe { local_search_avx2::<2>(&flat, &local, &open, &mut l2, &mut d2, &mut f2) };
+            let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!((l1, bits(&d1), f1), (l2, bits(&d2), f2));
         }
     }
 }
