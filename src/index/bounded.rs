@@ -242,9 +242,35 @@ fn local_search(
     full
 }
 
-/// [`local_search`] for rows of `D` floats, a row and a candidate at a time: the nearest of
-/// the row's centroid `a` (at its score) and `a`'s list, ties to the smaller centroid, scored
-/// with the full search's arithmetic.
+/// [`local_search`]'s loop for rows of `D` floats: rows past their centroid's local safe
+/// score go to `full`; the others get `nearest(row, a, score, coords, list)`, the nearest of
+/// the row's centroid `a` (at `score`) and `a`'s list (`coords: [D][LOCAL]`).
+#[inline(always)]
+fn local_search_rows<const D: usize>(
+    flat: &[f32],
+    local: &Local<'_>,
+    open: &[u32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+    full: &mut Vec<u32>,
+    nearest: impl Fn(&[f32], usize, f32, &[f32], &[u32]) -> (u32, f32),
+) {
+    for &r in open {
+        let r = r as usize;
+        let (a, score) = (labels[r] as usize, dists[r]);
+        if score >= local.safe[a] || score.is_nan() {
+            full.push(r as u32);
+            continue;
+        }
+        let row = &flat[r * D..(r + 1) * D];
+        let coords = &local.coords[a * D * LOCAL..(a + 1) * D * LOCAL];
+        let list = &local.lists[a * LOCAL..(a + 1) * LOCAL];
+        (labels[r], dists[r]) = nearest(row, a, score, coords, list);
+    }
+}
+
+/// [`local_search`] a candidate at a time, ties to the smaller centroid, scored with the full
+/// search's arithmetic.
 fn local_search_generic<const D: usize>(
     flat: &[f32],
     local: &Local<'_>,
@@ -253,17 +279,9 @@ fn local_search_generic<const D: usize>(
     dists: &mut [f32],
     full: &mut Vec<u32>,
 ) {
-    for &r in open {
-        let r = r as usize;
-        let (a, score) = (labels[r] as usize, dists[r]);
-        let row = &flat[r * D..(r + 1) * D];
-        if score >= local.safe[a] || score.is_nan() {
-            full.push(r as u32);
-            continue;
-        }
-        let coords = &local.coords[a * D * LOCAL..(a + 1) * D * LOCAL];
+    let nearest = |row: &[f32], a: usize, score: f32, coords: &[f32], list: &[u32]| {
         let (mut label, mut best) = (a as u32, score);
-        for (j, &c) in local.lists[a * LOCAL..(a + 1) * LOCAL].iter().enumerate() {
+        for (j, &c) in list.iter().enumerate() {
             let s = (0..D).fold(0f32, |acc, d| {
                 let t = row[d] - coords[d * LOCAL + j];
                 t.mul_add(t, acc)
@@ -272,8 +290,9 @@ fn local_search_generic<const D: usize>(
                 (label, best) = (c, s);
             }
         }
-        (labels[r], dists[r]) = (label, best);
-    }
+        (label, best)
+    };
+    local_search_rows::<D>(flat, local, open, labels, dists, full, nearest);
 }
 
 /// [`local_search_generic`] with the candidates scored eight to a register, their minimum
@@ -290,19 +309,12 @@ unsafe fn local_search_avx2<const D: usize>(
 ) {
     use std::arch::x86_64::*;
     const V: usize = LOCAL / 8;
-    for &r in open {
-        let r = r as usize;
-        let (a, score) = (labels[r] as usize, dists[r]);
-        let row = &flat[r * D..(r + 1) * D];
-        if score >= local.safe[a] || score.is_nan() {
-            full.push(r as u32);
-            continue;
-        }
-        let coords = &local.coords[a * D * LOCAL..(a + 1) * D * LOCAL];
+    let nearest = |row: &[f32], a: usize, score: f32, coords: &[f32], list: &[u32]| {
+        assert!(coords.len() >= D * LOCAL && list.len() >= LOCAL);
         let mut v = [_mm256_setzero_ps(); V];
         for (j, v) in v.iter_mut().enumerate() {
             for (d, &x) in row.iter().enumerate() {
-                // SAFETY: d·LOCAL + 8j + 8 ≤ D·LOCAL, the length of coords.
+                // SAFETY: d·LOCAL + 8j + 8 ≤ D·LOCAL ≤ coords.len() (asserted).
                 let c = unsafe { _mm256_loadu_ps(coords.as_ptr().add(d * LOCAL + 8 * j)) };
                 let t = _mm256_sub_ps(_mm256_set1_ps(x), c);
                 *v = if d == 0 {
@@ -327,14 +339,14 @@ unsafe fn local_search_avx2<const D: usize>(
             let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(*x, at)) as u32;
             mask |= eq << (8 * j);
         }
-        let list = &local.lists[a * LOCAL..(a + 1) * LOCAL];
         let mut label = if score == best { a as u32 } else { u32::MAX };
         while mask != 0 {
             label = label.min(list[mask.trailing_zeros() as usize]);
             mask &= mask - 1;
         }
-        (labels[r], dists[r]) = (label, best);
-    }
+        (label, best)
+    };
+    local_search_rows::<D>(flat, local, open, labels, dists, full, nearest);
 }
 
 /// Scores each row against its own centroid (`own: [k, dim]`) into `dists`; returns the rows
